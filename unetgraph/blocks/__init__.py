@@ -1,0 +1,36 @@
+"""Block specs and their registry. Importing this package registers the built-in blocks."""
+
+from .base import (
+    BlockSpec,
+    block_names,
+    create_block,
+    get_block,
+    is_leaf_module,
+    leaf_module,
+    register_block,
+    unregister_block,
+)
+from .conv import ConvBlock, Head
+from .io import Input
+from .layers import ACTS, NORMS
+from .merge import Merge
+from .sampling import Down, Up
+
+__all__ = [
+    "BlockSpec",
+    "register_block",
+    "unregister_block",
+    "get_block",
+    "block_names",
+    "create_block",
+    "leaf_module",
+    "is_leaf_module",
+    "ConvBlock",
+    "Head",
+    "Down",
+    "Up",
+    "Merge",
+    "Input",
+    "NORMS",
+    "ACTS",
+]

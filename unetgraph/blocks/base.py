@@ -1,0 +1,288 @@
+"""The block contract and the registry that maps block names to spec classes.
+
+A block spec is a small frozen dataclass. It validates its fields when created, infers
+its output :class:`~unetgraph.types.TensorType` from its inputs' types, says how it
+changes spatial sizes (:mod:`unetgraph.sizes`), counts its parameters without building
+anything, and builds its ``nn.Module`` on demand. Graphs store specs, never modules, so a
+graph is plain data that serializes by the registry name of each spec.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import MISSING, dataclass, fields, replace
+from fractions import Fraction
+from typing import Any, ClassVar, Literal, Sequence, TypeVar
+
+from torch import nn
+
+from ..errors import RegistryError, ShapeError, SpecError
+from ..sizes import SizeOp, apply_ops
+from ..types import TensorType
+
+__all__ = [
+    "BlockSpec",
+    "register_block",
+    "get_block",
+    "block_names",
+    "unregister_block",
+    "create_block",
+    "leaf_module",
+    "is_leaf_module",
+]
+
+S = TypeVar("S", bound="BlockSpec")
+T = TypeVar("T", bound=type)
+
+_REGISTRY: dict[str, type[BlockSpec]] = {}
+_LEAF_MODULES: set[type[nn.Module]] = set()
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Base class of all block specs.
+
+    Subclasses are frozen dataclasses registered with :func:`register_block`. They override
+    :meth:`infer` and :meth:`build`, and, when they change spatial sizes, :meth:`size_ops`.
+
+    Class attributes:
+        type_name: the registry name (set by :func:`register_block`).
+        min_inputs, max_inputs: how many data/skip inputs the block takes
+            (``max_inputs=None``: any number).
+        max_cond: how many conditioning (``cond`` edge) inputs it takes, after the data inputs.
+    """
+
+    type_name: ClassVar[str] = ""
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int | None] = 1
+    max_cond: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- to override -------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check and normalise fields; raise :class:`SpecError` naming the field."""
+
+    def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
+        """Output type for ``inputs`` (one per port); ``sources`` name them for messages."""
+        raise NotImplementedError(f"{type(self).__name__} must implement infer()")
+
+    def size_ops(self, dims: int, axis: int) -> tuple[SizeOp, ...]:
+        """How the block maps a spatial size along ``axis``; empty when it keeps sizes."""
+        return ()
+
+    def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
+        """Check constraints on concrete shapes that size ops cannot express (e.g. a GroupNorm
+        needs more than one value per group). Raise :class:`ShapeError` for shapes that can
+        never run; return notes for shapes that run only in some modes."""
+        return []
+
+    def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:
+        """A fresh ``nn.Module`` whose forward takes the inputs positionally."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build()")
+
+    def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        """Number of parameters. The default builds the module and counts; override to avoid that."""
+        return sum(p.numel() for p in self.build(inputs, output).parameters())
+
+    @property
+    def size_policy(self) -> Literal["equal", "crop"]:
+        """How several spatial inputs must agree: ``"equal"`` sizes, or ``"crop"``: every input
+        but the last is centre-cropped to the last one's size (the original U-Net's merge)."""
+        return "equal"
+
+    def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
+        """Floating-point operations of one forward at these concrete shapes, counted as
+        ``torch.utils.flop_counter.FlopCounterMode`` counts them (2 × multiply-accumulates of
+        convolutions, matmuls and attention; norms, activations and pooling count 0).
+
+        The default runs the built module on meta tensors under ``FlopCounterMode``: exact
+        for any block, no data touched. Built-in blocks override it with formulas.
+        """
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        types = [
+            TensorType(s[1], (Fraction(1),) * (len(s) - 2)) if len(s) > 2 else TensorType(s[1], ()) for s in inputs
+        ]
+        out_type = TensorType(output[1], (Fraction(1),) * (len(output) - 2))
+        with torch.device("meta"):
+            module = self.build(types, out_type)
+            args = [torch.empty(s) for s in inputs]
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            module(*args)
+        return counter.get_total_flops()
+
+    def label(self) -> str:
+        """A few words for tables and drawings."""
+        return self.type_name or type(self).__name__
+
+    # -- shared --------------------------------------------------------------------------
+    def out_size(self, size: int, dims: int, axis: int) -> tuple[int, bool]:
+        """Output size along ``axis`` and whether nothing was rounded away."""
+        return apply_ops(self.size_ops(dims, axis), size)
+
+    def with_(self: S, **changes: Any) -> S:
+        """A copy with ``changes`` applied (validated like a new spec)."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise SpecError(
+                f"{self.type_name} has no field {', '.join(map(repr, unknown))}; fields: {', '.join(sorted(names))}"
+            )
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: ``{"type": name, field: value, ...}`` with tuples as lists."""
+        out: dict[str, Any] = {"type": self.type_name}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    # -- validation helpers for subclasses --------------------------------------------
+    def _require(self, ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            raise SpecError(f"{self.type_name}.{field}: expected {expected}, got {getattr(self, field)!r}")
+
+    def _positive_int(self, field: str, *, optional: bool = False, zero: bool = False) -> None:
+        value = getattr(self, field)
+        if optional and value is None:
+            return
+        lo = 0 if zero else 1
+        what = "a non-negative integer" if zero else "a positive integer"
+        self._require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= lo,
+            field,
+            what + (" or None" if optional else ""),
+        )
+
+    def _choice(self, field: str, choices: Sequence[str], aliases: dict[str, str] | None = None) -> None:
+        value = getattr(self, field)
+        if aliases and value in aliases:
+            self._set(field, aliases[value])
+            return
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), choices, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise SpecError(
+                f"{self.type_name}.{field}: expected one of {', '.join(map(repr, choices))}, got {value!r}{extra}"
+            )
+
+    def _int_or_tuple(self, field: str, *, zero: bool = False, optional: bool = False) -> None:
+        """Accept an int or a per-axis sequence of ints; store sequences as tuples."""
+        value = getattr(self, field)
+        if optional and value is None:
+            return
+        lo = 0 if zero else 1
+        if isinstance(value, (list, tuple)):
+            ok = len(value) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and v >= lo for v in value)
+            if ok:
+                self._set(field, tuple(value))
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo
+        kind = "non-negative" if zero else "positive"
+        self._require(ok, field, f"a {kind} integer or a tuple of them, one per spatial axis")
+
+    def _per_axis(self, field: str, dims: int, axis: int) -> int:
+        value = getattr(self, field)
+        if isinstance(value, tuple):
+            if len(value) != dims:
+                raise ShapeError(f"{self.type_name}.{field}={value} has {len(value)} entries but the graph is {dims}D")
+            return value[axis]
+        return value
+
+    def _check_axes(self, dims: int, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != dims:
+                raise ShapeError(f"{self.type_name}.{name}={value} has {len(value)} entries but the graph is {dims}D")
+
+
+def register_block(cls: T | None = None, *, name: str | None = None, replace: bool = False) -> Any:
+    """Register a :class:`BlockSpec` subclass under ``name`` (default: the class name).
+
+    Use as ``@register_block`` or ``@register_block(name="MyBlock")``. A name already taken
+    by another class raises :class:`RegistryError` unless ``replace=True``.
+    """
+
+    def deco(c: T) -> T:
+        if not (isinstance(c, type) and issubclass(c, BlockSpec)):
+            raise RegistryError(f"register_block expects a BlockSpec subclass, got {c!r}")
+        key = name or c.__name__
+        old = _REGISTRY.get(key)
+        if (
+            old is not None
+            and old is not c
+            and not replace
+            and (old.__module__, old.__qualname__) != (c.__module__, c.__qualname__)
+        ):
+            raise RegistryError(
+                f"block name {key!r} is already registered by {old.__module__}.{old.__qualname__}; "
+                "pass replace=True to override it"
+            )
+        c.type_name = key
+        _REGISTRY[key] = c
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def get_block(name: str) -> type[BlockSpec]:
+    """The spec class registered under ``name``; an unknown name lists the known ones."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        hint = difflib.get_close_matches(str(name), _REGISTRY, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise RegistryError(f"unknown block {name!r}{extra}; known blocks: {', '.join(block_names())}") from None
+
+
+def unregister_block(name: str) -> None:
+    """Remove ``name`` from the registry (e.g. to redefine a block in a notebook)."""
+    get_block(name)
+    del _REGISTRY[name]
+
+
+def block_names() -> list[str]:
+    """Registered block names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_block(spec: str | dict[str, Any], **fields_: Any) -> BlockSpec:
+    """Create a spec from a registry name plus fields, or from ``to_dict()`` data."""
+    if isinstance(spec, dict):
+        data = dict(spec)
+        if "type" not in data:
+            raise SpecError(f"block data needs a 'type' key naming a registered block, got keys {sorted(data)}")
+        name = data.pop("type")
+        data.update(fields_)
+    else:
+        name, data = spec, dict(fields_)
+    cls = get_block(name)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise SpecError(f"{name} has no field {', '.join(map(repr, unknown))}; fields: {', '.join(sorted(known))}")
+    missing = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING and n not in data]
+    if missing:
+        raise SpecError(f"{name} needs field {', '.join(map(repr, missing))}")
+    return cls(**data)
+
+
+def leaf_module(cls: T) -> T:
+    """Mark an ``nn.Module`` class as atomic: lowering emits it as one ``call_module`` node."""
+    _LEAF_MODULES.add(cls)
+    return cls
+
+
+def is_leaf_module(module: nn.Module) -> bool:
+    """Whether lowering keeps ``module`` whole (torch.nn layers and :func:`leaf_module` classes)."""
+    if isinstance(module, nn.Sequential):
+        return False
+    return isinstance(module, tuple(_LEAF_MODULES)) or type(module).__module__.startswith("torch.nn")

@@ -1,0 +1,223 @@
+"""Convolution blocks: ``ConvBlock`` (n × conv → norm → act) and ``Head`` (the output projection)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from fractions import Fraction
+from math import prod
+from typing import Sequence
+
+from torch import nn
+
+from ..errors import ShapeError, SpecError
+from ..sizes import SizeOp, Window
+from ..types import TensorType
+from .base import BlockSpec, register_block
+from .layers import ACTS, NORMS, conv_cls
+
+__all__ = ["ConvBlock", "Head", "same_padding"]
+
+
+def same_padding(kernel: int, field: str) -> int:
+    """Padding that keeps the size for an odd ``kernel`` at stride 1."""
+    if kernel % 2 == 0:
+        raise SpecError(f"{field}: padding='same' needs an odd kernel, got {kernel}; give padding explicitly")
+    return kernel // 2
+
+
+def _spatial_input(spec: BlockSpec, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    if x.dims == 0:
+        raise ShapeError(f"{spec.type_name} needs a spatial input (N, C, ...), got a per-sample vector of {x.channels}")
+    return x
+
+
+@register_block
+@dataclass(frozen=True)
+class ConvBlock(BlockSpec):
+    """``convs`` × (convolution → norm → activation), then optional dropout.
+
+    Args:
+        channels: output channels; ``None`` keeps the input's. Builders fill it per level.
+        convs: number of convolutions.
+        kernel: kernel size, an int or one per spatial axis.
+        padding: ``"same"`` (keeps sizes, odd kernels), ``"valid"`` (no padding, as in
+            Ronneberger et al. 2015) or explicit ints.
+        stride: stride of the first convolution (a downsampling block when > 1).
+        norm: ``"batch"``, ``"group"``, ``"instance"``, ``"layer"`` (over channels) or ``"none"``.
+        groups: GroupNorm groups (``norm="group"``).
+        act: ``"relu"``, ``"leaky_relu"``, ``"silu"``, ``"gelu"`` or ``"none"``.
+        dropout: probability of the dropout after the last activation (0 = none).
+        bias: conv bias; ``None`` means "only without a norm" (a norm's shift makes it redundant).
+
+    Shape:
+        ``(N, C_in, *S) → (N, channels, *S')`` with ``S'`` from the kernel, padding and stride.
+    """
+
+    channels: int | None = None
+    convs: int = 2
+    kernel: int | tuple[int, ...] = 3
+    padding: str | int | tuple[int, ...] = "same"
+    stride: int | tuple[int, ...] = 1
+    norm: str = "batch"
+    groups: int = 32
+    act: str = "relu"
+    dropout: float = 0.0
+    bias: bool | None = None
+
+    def validate(self) -> None:
+        self._positive_int("channels", optional=True)
+        self._positive_int("convs")
+        self._int_or_tuple("kernel")
+        self._int_or_tuple("stride")
+        if not (isinstance(self.padding, str) and self.padding in ("same", "valid")):
+            self._int_or_tuple("padding", zero=True)
+        self._choice("norm", [*NORMS, "none"])
+        self._positive_int("groups")
+        self._choice("act", [*ACTS, "none"])
+        self._require(
+            isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "a probability in [0, 1)"
+        )
+        self._require(self.bias is None or isinstance(self.bias, bool), "bias", "True, False or None")
+        if self.padding == "same":
+            for k in self.kernel if isinstance(self.kernel, tuple) else (self.kernel,):
+                same_padding(k, f"{self.type_name}.padding")
+
+    @property
+    def has_bias(self) -> bool:
+        return self.norm == "none" if self.bias is None else self.bias
+
+    def _pad(self, dims: int, axis: int) -> int:
+        if self.padding == "valid":
+            return 0
+        if self.padding == "same":
+            return self._per_axis("kernel", dims, axis) // 2
+        return self._per_axis("padding", dims, axis)
+
+    def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
+        x = _spatial_input(self, inputs)
+        self._check_axes(x.dims, "kernel", "stride", "padding")
+        out = self.channels or x.channels
+        if self.norm == "group" and out % self.groups:
+            raise SpecError(f"GroupNorm groups={self.groups} does not divide {out} channels")
+        strides = [self._per_axis("stride", x.dims, a) for a in range(x.dims)]
+        return TensorType(out, x.scale).rescaled(tuple(Fraction(1, s) for s in strides))
+
+    def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
+        # norms see the conv outputs; with padding ≤ kernel//2 the last is the smallest
+        n, c, spatial = output[0], output[1], prod(output[2:])
+        values = {"batch": n * spatial, "instance": spatial, "group": c // self.groups * spatial}.get(self.norm)
+        if values is None or values > 1:
+            return []
+        if self.norm == "group":
+            raise ShapeError(
+                f"GroupNorm sees one value per group ({c} channels in {self.groups} groups at "
+                f"{'×'.join(map(str, output[2:]))}) and cannot normalise it"
+            )
+        return [f"{self.norm} norm sees one value per channel at {output}: it raises in training mode"]
+
+    def size_ops(self, dims: int, axis: int) -> tuple[SizeOp, ...]:
+        k, p = self._per_axis("kernel", dims, axis), self._pad(dims, axis)
+        first = Window(k, self._per_axis("stride", dims, axis), p)
+        return (first,) + (Window(k, 1, p),) * (self.convs - 1)
+
+    def _kernel(self, dims: int) -> tuple[int, ...]:
+        return tuple(self._per_axis("kernel", dims, a) for a in range(dims))
+
+    def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:
+        (x,) = inputs
+        dims, cout = x.dims, output.channels
+        conv = conv_cls(dims)
+        pad = tuple(self._pad(dims, a) for a in range(dims))
+        stride = tuple(self._per_axis("stride", dims, a) for a in range(dims))
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        for i in range(self.convs):
+            cin = x.channels if i == 0 else cout
+            layers[f"conv{i}"] = conv(
+                cin, cout, self._kernel(dims), stride=stride if i == 0 else 1, padding=pad, bias=self.has_bias
+            )
+            if self.norm != "none":
+                layers[f"norm{i}"] = NORMS[self.norm][0](cout, dims, self.groups)
+            if self.act != "none":
+                layers[f"act{i}"] = ACTS[self.act]()
+        if self.dropout:
+            layers["dropout"] = nn.Dropout(self.dropout)
+        return nn.Sequential(layers)
+
+    def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        (x,) = inputs
+        k, cout = prod(self._kernel(x.dims)), output.channels
+        total = 0
+        for i in range(self.convs):
+            cin = x.channels if i == 0 else cout
+            total += cin * cout * k + (cout if self.has_bias else 0)
+            if self.norm != "none":
+                total += NORMS[self.norm][1] * cout
+        return total
+
+    def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
+        (x,) = inputs
+        dims, k, cout = len(x) - 2, prod(self._kernel(len(x) - 2)), output[1]
+        sizes = list(x[2:])
+        total = 0
+        for i in range(self.convs):
+            sizes = [self.size_ops(dims, a)[i].apply(n)[0] for a, n in enumerate(sizes)]
+            cin = x[1] if i == 0 else cout
+            total += 2 * x[0] * prod(sizes) * cout * cin * k
+        return total
+
+    def label(self) -> str:
+        k = "×".join(map(str, self.kernel)) if isinstance(self.kernel, tuple) else f"{self.kernel}"
+        parts = [f"{self.convs}×conv{k}"]
+        if self.padding == "valid":
+            parts.append("valid")
+        if self.stride != 1:
+            parts.append(f"stride {self.stride}")
+        parts += [p for p in (self.norm, self.act) if p != "none"]
+        if self.dropout:
+            parts.append(f"drop {self.dropout:g}")
+        return " ".join(parts)
+
+
+@register_block
+@dataclass(frozen=True)
+class Head(BlockSpec):
+    """The output projection: one convolution (1×1 by default) to ``channels`` outputs, with bias.
+
+    Shape:
+        ``(N, C_in, *S) → (N, channels, *S)`` for a 1×1 kernel.
+    """
+
+    channels: int | None = None
+    kernel: int | tuple[int, ...] = 1
+
+    def validate(self) -> None:
+        self._positive_int("channels", optional=True)
+        self._int_or_tuple("kernel")
+        for k in self.kernel if isinstance(self.kernel, tuple) else (self.kernel,):
+            same_padding(k, f"{self.type_name}.kernel")
+
+    def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
+        x = _spatial_input(self, inputs)
+        self._check_axes(x.dims, "kernel")
+        return x.with_(channels=self.channels or x.channels)
+
+    def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:
+        (x,) = inputs
+        kernel = tuple(self._per_axis("kernel", x.dims, a) for a in range(x.dims))
+        return conv_cls(x.dims)(x.channels, output.channels, kernel, padding=tuple(k // 2 for k in kernel))
+
+    def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        (x,) = inputs
+        k = prod(self._per_axis("kernel", x.dims, a) for a in range(x.dims))
+        return x.channels * output.channels * k + output.channels
+
+    def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
+        (x,) = inputs
+        k = prod(self._per_axis("kernel", len(x) - 2, a) for a in range(len(x) - 2))
+        return 2 * x[0] * prod(output[2:]) * output[1] * x[1] * k
+
+    def label(self) -> str:
+        k = "×".join(map(str, self.kernel)) if isinstance(self.kernel, tuple) else f"{self.kernel}"
+        return f"conv{k} → {self.channels}" if self.channels else f"conv{k}"

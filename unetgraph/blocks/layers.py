@@ -1,0 +1,116 @@
+"""Small ``nn.Module`` layers the built-in blocks are made of, and per-dimension lookups.
+
+Norm and activation tables are plain dicts: add an entry to offer a new ``norm=`` or
+``act=`` name to :class:`~unetgraph.blocks.conv.ConvBlock` and friends.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import leaf_module
+
+__all__ = ["NORMS", "ACTS", "conv_cls", "conv_transpose_cls", "ChannelLayerNorm", "Concat", "Add", "center_crop"]
+
+
+def conv_cls(dims: int) -> type[nn.Module]:
+    return (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+
+
+def conv_transpose_cls(dims: int) -> type[nn.Module]:
+    return (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[dims - 1]
+
+
+@leaf_module
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel axis at every position (ConvNeXt's "LayerNorm2d")."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.movedim(1, -1), self.weight.shape, self.weight, self.bias, self.eps)
+        return y.movedim(-1, 1)
+
+
+def _batch(channels: int, dims: int, groups: int) -> nn.Module:
+    return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1](channels)
+
+
+def _instance(channels: int, dims: int, groups: int) -> nn.Module:
+    return (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 1](channels, affine=True)
+
+
+# name -> (factory(channels, dims, groups), parameters per channel)
+NORMS: dict[str, tuple[Callable[[int, int, int], nn.Module], int]] = {
+    "batch": (_batch, 2),
+    "instance": (_instance, 2),
+    "group": (lambda c, d, g: nn.GroupNorm(g, c), 2),
+    "layer": (lambda c, d, g: ChannelLayerNorm(c), 2),
+}
+
+ACTS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+}
+
+
+class Concat(nn.Module):
+    """Concatenate inputs along channels, after centre-cropping them to the smallest when ``crop``."""
+
+    def __init__(self, crop: bool = False) -> None:
+        super().__init__()
+        self.crop = crop
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self.crop:
+            xs = center_crop(xs)
+        return torch.cat(xs, dim=1)
+
+
+class Add(nn.Module):
+    """Sum inputs, after centre-cropping them to the smallest when ``crop``."""
+
+    def __init__(self, crop: bool = False) -> None:
+        super().__init__()
+        self.crop = crop
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self.crop:
+            xs = center_crop(xs)
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+@leaf_module
+class CenterCrop(nn.Module):
+    """Crop the first input's spatial axes, centred, to the sizes of the second."""
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        for axis in range(2, x.dim()):
+            start = (x.shape[axis] - like.shape[axis]) // 2
+            x = x.narrow(axis, start, like.shape[axis])
+        return x
+
+
+def center_crop(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Centre-crop every tensor to the smallest spatial size among them."""
+    dims = xs[0].dim()
+    target = [min(x.shape[a] for x in xs) for a in range(2, dims)]
+    out = []
+    for x in xs:
+        for a, size in zip(range(2, dims), target):
+            x = x.narrow(a, (x.shape[a] - size) // 2, size)
+        out.append(x)
+    return tuple(out)

@@ -1,0 +1,77 @@
+"""The exception hierarchy. Every error a user can reach is a :class:`UNetGraphError`.
+
+Errors carry the place they are about (``node``, ``edge``) as attributes as well as in
+the message, so tools can point at the offending part of a graph.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UNetGraphError",
+    "SpecError",
+    "RegistryError",
+    "GraphError",
+    "NodeNotFoundError",
+    "ShapeError",
+    "LoweringError",
+]
+
+
+class UNetGraphError(Exception):
+    """Base class of every error raised by unetgraph.
+
+    Args:
+        message: what is wrong, with the numbers involved.
+        node: the graph node the error is about, if any.
+        edge: the edge (``"src→dst"``) the error is about, if any.
+    """
+
+    def __init__(self, message: str, *, node: str | None = None, edge: str | None = None) -> None:
+        self.message = message
+        self.node = node
+        self.edge = edge
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return self.message
+
+    def at(self, node: str, what: str = "") -> UNetGraphError:
+        """This error placed at ``node``: the message gains a ``"node (what): "`` prefix.
+
+        Used while re-raising an error from a block spec, which does not know its node.
+        An error already placed is returned unchanged.
+        """
+        if self.node is not None:
+            return self
+        prefix = f"{node} ({what})" if what else node
+        return type(self)(f"{prefix}: {self.message}", node=node, edge=self.edge)
+
+
+class SpecError(UNetGraphError, ValueError):
+    """A block spec or builder argument is invalid (bad field value, inconsistent options)."""
+
+
+class RegistryError(SpecError, KeyError):
+    """A block name is unknown, or a registration would shadow an existing block."""
+
+    def __str__(self) -> str:  # KeyError.__str__ would repr() the message
+        return UNetGraphError.__str__(self)
+
+
+class GraphError(UNetGraphError):
+    """The graph breaks a structural invariant (cycle, dangling node, unfed merge, name clash)."""
+
+
+class NodeNotFoundError(GraphError, KeyError):
+    """No node of that name; the message suggests close names."""
+
+    def __str__(self) -> str:
+        return UNetGraphError.__str__(self)
+
+
+class ShapeError(UNetGraphError):
+    """Tensor types or sizes do not fit: channels, spatial sizes, input rank."""
+
+
+class LoweringError(UNetGraphError):
+    """The graph cannot be lowered to a ``torch.fx.GraphModule`` as asked."""

@@ -1,0 +1,84 @@
+"""The vocabulary of the graph: node roles, edge kinds and the tensor type carried by every edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+from fractions import Fraction
+
+__all__ = ["Role", "EdgeKind", "TensorType", "AXIS_NAMES"]
+
+
+class Role(str, Enum):
+    """What a node does in the U. Roles drive layout, selection and defaults, never behaviour."""
+
+    INPUT = "input"
+    STEM = "stem"
+    ENCODER = "encoder"
+    DOWN = "down"
+    BOTTLENECK = "bottleneck"
+    UP = "up"
+    MERGE = "merge"
+    DECODER = "decoder"
+    HEAD = "head"
+    EMBEDDING = "embedding"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EdgeKind(str, Enum):
+    """``data`` is the main path, ``skip`` crosses the U from encoder to merge, ``cond`` carries conditioning."""
+
+    DATA = "data"
+    SKIP = "skip"
+    COND = "cond"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+AXIS_NAMES = {0: (), 1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """The static type of a tensor on an edge: ``(N, channels, *spatial)``.
+
+    Args:
+        channels: size of dimension 1.
+        scale: per spatial axis, the nominal size relative to the graph input
+            (``Fraction(1, 4)`` two levels down). Its length is the number of spatial
+            dimensions; an empty tuple is a per-sample vector ``(N, channels)``.
+    """
+
+    channels: int
+    scale: tuple[Fraction, ...]
+
+    @classmethod
+    def spatial(cls, channels: int, dims: int) -> TensorType:
+        """The type of a full-resolution input with ``dims`` spatial axes."""
+        return cls(channels, (Fraction(1),) * dims)
+
+    @property
+    def dims(self) -> int:
+        return len(self.scale)
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """Axis letters (``("H", "W")`` in 2D)."""
+        return AXIS_NAMES.get(self.dims, tuple(f"S{i}" for i in range(self.dims)))
+
+    def with_(self, **changes: object) -> TensorType:
+        return replace(self, **changes)
+
+    def rescaled(self, factors: tuple[Fraction, ...]) -> TensorType:
+        """This type with each axis' scale multiplied by ``factors``."""
+        return replace(self, scale=tuple(s * f for s, f in zip(self.scale, factors, strict=True)))
+
+    def __str__(self) -> str:
+        if not self.scale:
+            return f"{self.channels}"
+        scales = {str(s) for s in self.scale}
+        scale = scales.pop() if len(scales) == 1 else "×".join(str(s) for s in self.scale)
+        return f"{self.channels}ch@{scale} ({self.dims}D)"
