@@ -1,0 +1,500 @@
+"""The static shape checker: every node's exact shapes for an input shape, and the valid input sizes.
+
+Nothing here runs a tensor. Shapes come from the inferred :class:`~unetgraph.types.TensorType`
+of each edge (channels) and from each block's size ops (:mod:`unetgraph.sizes`, spatial
+sizes with PyTorch's floor rules), so the report is exact for valid (unpadded) convolutions
+and odd sizes too.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from math import lcm
+from typing import Iterator, Mapping, Sequence
+
+from .errors import ShapeError
+from .graph import Edge, Node, UNetGraph
+from .sizes import SizeFailure, SizeOp, apply_ops
+from .types import AXIS_NAMES, Role
+
+__all__ = ["Row", "CheckReport", "AxisRule", "SizeRules", "check", "valid_sizes"]
+
+Shape = tuple[int, ...]
+
+_AXIS_WORDS = {"L": "length", "D": "depth", "H": "height", "W": "width"}
+_SCAN_LIMIT = 1 << 14
+
+
+@dataclass(frozen=True)
+class Row:
+    """One node's line of a :class:`CheckReport`."""
+
+    name: str
+    role: Role
+    level: int | None
+    block: str
+    inputs: tuple[Shape, ...]
+    output: Shape
+    params: int
+    note: str = ""
+
+
+class CheckReport:
+    """The result of :func:`check`: one :class:`Row` per node, in topological order.
+
+    ``report["enc2"].output`` is a node's output shape, ``report.outputs`` the model's,
+    ``report.params`` the total parameter count; ``print(report)`` shows the table and a
+    Jupyter cell renders it as HTML.
+    """
+
+    def __init__(self, graph: UNetGraph, inputs: Mapping[str, Shape], rows: Sequence[Row]) -> None:
+        self.name = graph.name
+        self.inputs = dict(inputs)
+        self.rows = tuple(rows)
+        self._by_name = {r.name: r for r in self.rows}
+        self.outputs = {o: self._by_name[o].output for o in graph.outputs}
+
+    def __getitem__(self, name: str) -> Row:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ShapeError(f"the report has no node {name!r}", node=str(name)) from None
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def notes(self) -> list[str]:
+        """Warnings that do not stop the model, e.g. a pooling that drops an odd row."""
+        return [f"{r.name}: {r.note}" for r in self.rows if r.note]
+
+    def _cells(self) -> list[list[str]]:
+        return [
+            [
+                r.name,
+                r.role.value,
+                "" if r.level is None else str(r.level),
+                r.block,
+                " + ".join(_dims(s) for s in r.inputs),
+                _dims(r.output),
+                f"{r.params:,}",
+            ]
+            for r in self.rows
+        ]
+
+    def summary(self) -> str:
+        ins = ", ".join(f"{k} {v}" for k, v in self.inputs.items())
+        outs = ", ".join(f"{k} {v}" for k, v in self.outputs.items())
+        return f"{self.name}: {ins} → {outs} · {len(self.rows)} nodes · {self.params:,} params"
+
+    def __str__(self) -> str:
+        head = ["node", "role", "lvl", "block", "in (C×spatial)", "out", "params"]
+        cells = self._cells()
+        widths = [max(len(row[i]) for row in [head, *cells]) for i in range(len(head))]
+        right = {2, 6}
+
+        def line(row: list[str]) -> str:
+            return "  ".join(
+                c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+            ).rstrip()
+
+        lines = [self.summary(), line(head), line(["─" * w for w in widths])]
+        lines += [line(r) for r in cells]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<CheckReport {self.summary()}>"
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in ["node", "role", "level", "block", "in", "out", "params"])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self._cells())
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return (
+            f"<p><b>{html.escape(self.summary())}</b></p><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>" + (f"<ul>{notes}</ul>" if notes else "")
+        )
+
+
+def _dims(shape: Shape) -> str:
+    """``(N, C, H, W)`` → ``"C×H×W"`` (the batch is in the header)."""
+    return "×".join(map(str, shape[1:]))
+
+
+def _spatial(sizes: Sequence[int]) -> str:
+    return "×".join(map(str, sizes))
+
+
+# -- the plan: per non-input node, its spatial inputs and size ops --------------------
+
+
+@dataclass(frozen=True)
+class _Step:
+    node: Node
+    edges: tuple[Edge, ...]  # all inputs, port order
+    spatial: tuple[int, ...]  # indices into edges of the spatial inputs
+    ops: tuple[tuple[SizeOp, ...], ...]  # per axis
+
+
+def _plan(g: UNetGraph) -> list[_Step]:
+    steps = []
+    for n in g:
+        node = g[n]
+        if node.role is Role.INPUT:
+            continue
+        edges = tuple(g.in_edges(n))
+        spatial = tuple(i for i, e in enumerate(edges) if e.type.dims > 0)
+        dims = node.type.dims
+        try:
+            ops = tuple(node.block.size_ops(dims, a) for a in range(dims)) if spatial else ()
+        except ShapeError as e:
+            raise e.at(n, node.block.label()) from e
+        steps.append(_Step(node, edges, spatial, ops))
+    return steps
+
+
+def _agree(step: _Step, sizes: Sequence[Shape]) -> Shape | str:
+    """The size a multi-input node works at, or a message saying why its inputs disagree."""
+    node, edges = step.node, step.edges
+    spatial = [(edges[i], sizes[i]) for i in step.spatial]
+    main_edge, main = spatial[-1]
+    policy = node.block.size_policy
+    for e, s in spatial[:-1]:
+        if policy == "crop":
+            if any(a < b for a, b in zip(s, main)):
+                return (
+                    f"{node.describe()} cannot crop {e.describe()} ({_spatial(s)}) to the "
+                    f"{_spatial(main)} of {main_edge.describe()}"
+                )
+        elif s != main:
+            hint = ""
+            if all(a - b >= 2 and (a - b) % 2 == 0 for a, b in zip(s, main)):
+                hint = " (the decoder path is smaller, as with valid convolutions: use Merge(crop=True))"
+            return (
+                f"{node.describe()} receives {_spatial(main)} from {main_edge.describe()} but "
+                f"{_spatial(s)} from {e.describe()}{hint}"
+            )
+    return main
+
+
+def check(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]) -> CheckReport:
+    """Compute every node's input and output shapes for ``input_shape``, statically.
+
+    Args:
+        g: the graph.
+        input_shape: ``(N, C, *spatial)`` for a graph with one input, or a mapping from
+            input names to shapes.
+
+    Returns:
+        A :class:`CheckReport`.
+
+    Raises:
+        ShapeError: the input has the wrong rank or channels, or some node cannot take what
+            reaches it (sizes that disagree at a merge, a size too small for a window). The
+            message names the node, the edges and the sizes, and says which input sizes fit.
+    """
+    inputs = _input_shapes(g, input_shape)
+    shapes = dict(inputs)
+    rows = [Row(n, Role.INPUT, g[n].level, g[n].block.label(), (), shapes[n], 0) for n in g.inputs]
+    for step in _plan(g):
+        node = step.node
+        ins = tuple(shapes[e.src] for e in step.edges)
+        batch = ins[0][0]
+        notes: list[str] = []
+        if not step.spatial:
+            out: Shape = (batch, node.type.channels) + (() if node.type.dims == 0 else ins[0][2:])
+        else:
+            base = _agree(step, [s[2:] for s in ins])
+            if isinstance(base, str):
+                raise ShapeError(base + _hint(g, shapes), node=node.name)
+            size = []
+            lossy = []
+            for axis, ops in enumerate(step.ops):
+                try:
+                    n, exact = apply_ops(ops, base[axis])
+                except SizeFailure as e:
+                    src = step.edges[step.spatial[-1]].describe()
+                    raise ShapeError(
+                        f"{node.describe()} receives {_spatial(base)} from {src}: {e}"
+                        + _hint(g, shapes, too_small=True),
+                        node=node.name,
+                    ) from None
+                size.append(n)
+                if not exact:
+                    lossy.append(axis)
+            if lossy:
+                axes = AXIS_NAMES[node.type.dims]
+                notes.append(
+                    f"drops trailing positions of {', '.join(f'{axes[a]}={base[a]}' for a in lossy)} "
+                    "(floor); the next layers see a shifted grid"
+                )
+            out = (batch, node.type.channels, *size)
+        try:
+            notes += node.block.shape_notes(ins, out)
+        except ShapeError as e:
+            raise e.at(node.name, node.block.label()) from None
+        shapes[node.name] = out
+        rows.append(Row(node.name, node.role, node.level, node.block.label(), ins, out, node.params, "; ".join(notes)))
+    return CheckReport(g, inputs, rows)
+
+
+def _input_shapes(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]) -> dict[str, Shape]:
+    if isinstance(input_shape, Mapping):
+        given = dict(input_shape)
+        missing = [n for n in g.inputs if n not in given]
+        extra = [n for n in given if n not in g.inputs]
+        if missing or extra:
+            raise ShapeError(
+                f"input shapes: graph {g.name} takes {', '.join(g.inputs)}"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; no input named {', '.join(map(str, extra))}" if extra else "")
+            )
+    elif len(g.inputs) == 1:
+        given = {g.inputs[0]: input_shape}
+    else:
+        raise ShapeError(f"graph {g.name} has inputs {', '.join(g.inputs)}: give a dict of shapes")
+    shapes = {}
+    for name, shape in given.items():
+        t = g[name].type
+        axes = AXIS_NAMES[t.dims]
+        expect = f"(N, {t.channels}{''.join(', ' + a for a in axes)})"
+        try:
+            shape = tuple(shape)
+            ok = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ShapeError(f"input {name} expects a shape {expect} of positive integers, got {shape!r}", node=name)
+        if len(shape) != 2 + t.dims:
+            raise ShapeError(
+                f"input {name} expects rank {2 + t.dims} {expect} ({t.dims}D with a batch axis), "
+                f"got rank {len(shape)}: {shape}",
+                node=name,
+            )
+        if shape[1] != t.channels:
+            raise ShapeError(
+                f"input {name} expects {t.channels} channels {expect}, got {shape[1]} in {shape}", node=name
+            )
+        shapes[name] = shape
+    batches = {s[0] for s in shapes.values()}
+    if len(batches) > 1:
+        raise ShapeError(f"inputs disagree on the batch size: {', '.join(f'{k} {v}' for k, v in shapes.items())}")
+    return shapes
+
+
+def _hint(g: UNetGraph, shapes: Mapping[str, Shape], too_small: bool = False) -> str:
+    """``": input height 70 is not a multiple of 16"``, or nothing when the sizes can't explain it."""
+    try:
+        rules = valid_sizes(g)
+    except ShapeError:
+        return ""
+    spatial = shapes[rules.input][2:]
+    why = rules.explain(spatial)
+    if why is None:
+        return ""
+    if too_small and any(n < r.minimum for n, r in zip(spatial, rules.axes)):
+        levels = len(g.levels)
+        return f": the input {_spatial(spatial)} is too small for {levels} levels; {rules}"
+    return f": {why}; {rules}"
+
+
+# -- valid input sizes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AxisRule:
+    """The valid sizes along one axis: ``minimum + step*k + o`` for ``k ≥ 0`` and ``o`` in ``offsets``.
+
+    ``margin`` says how the output relates to the input at valid sizes: the output is
+    ``input - 2*margin`` (0 for padded U-Nets, 92 for the original valid U-Net), or
+    ``None`` when the output is not aligned with the input (e.g. a different scale).
+    """
+
+    axis: str
+    minimum: int
+    step: int
+    offsets: tuple[int, ...] = (0,)
+    margin: int | None = 0
+
+    def __contains__(self, n: object) -> bool:
+        return isinstance(n, int) and n >= self.minimum and (n - self.minimum) % self.step in self.offsets
+
+    def next(self, n: int) -> int:
+        """The smallest valid size ``≥ n``."""
+        if n <= self.minimum:
+            return self.minimum
+        base = n - (n - self.minimum) % self.step
+        return min(c for c in (base + o for o in (*self.offsets, *(o + self.step for o in self.offsets))) if c >= n)
+
+    def sizes(self, count: int = 4) -> list[int]:
+        """The first ``count`` valid sizes."""
+        out: list[int] = []
+        k = 0
+        while len(out) < count:
+            out += [self.minimum + k * self.step + o for o in self.offsets]
+            k += 1
+        return out[:count]
+
+    def describe(self, plural: bool = False) -> str:
+        if self.step == 1 and self.minimum == 1:
+            return "any size"
+        if self.offsets == (0,) and self.step == 1:
+            return f"at least {self.minimum}"
+        if self.offsets == (0,) and self.minimum % self.step == 0:
+            what = f"multiples of {self.step}" if plural else f"a multiple of {self.step}"
+            return f"{what}, at least {self.minimum}"
+        shown = ", ".join(map(str, self.sizes(3)))
+        if self.offsets == (0,):
+            r, k = self.minimum % self.step, self.minimum // self.step
+            return f"{self.step}k + {r} with k ≥ {k} ({shown}, …)"
+        return f"one of {shown}, … (every {self.step} from {self.minimum})"
+
+    def explain(self, n: int) -> str | None:
+        """Why ``n`` is not valid (``None`` if it is)."""
+        if n in self:
+            return None
+        word = _AXIS_WORDS.get(self.axis, self.axis)
+        if n < self.minimum:
+            return f"input {word} {n} is below the minimum {self.minimum}"
+        if self.offsets == (0,) and self.minimum % self.step == 0:
+            return f"input {word} {n} is not a multiple of {self.step}"
+        return f"input {word} {n} is not of the form {self.describe()}"
+
+
+@dataclass(frozen=True)
+class SizeRules:
+    """The valid spatial sizes of a graph's input, one :class:`AxisRule` per axis.
+
+    ``str(rules)`` reads like "H and W must be multiples of 16, at least 16".
+    """
+
+    input: str
+    axes: tuple[AxisRule, ...]
+
+    def __str__(self) -> str:
+        groups: dict[tuple, list[str]] = {}
+        for r in self.axes:
+            groups.setdefault((r.minimum, r.step, r.offsets), []).append(r.axis)
+        parts = []
+        for key, names in groups.items():
+            rule = next(r for r in self.axes if (r.minimum, r.step, r.offsets) == key)
+            many = len(names) > 1
+            subject = " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
+            desc = rule.describe(plural=many)
+            verb = "may be" if desc == "any size" else "must be"
+            parts.append(f"{subject} {verb} {desc}")
+        return "; ".join(parts)
+
+    def contains(self, spatial: Sequence[int]) -> bool:
+        return len(spatial) == len(self.axes) and all(n in r for n, r in zip(spatial, self.axes))
+
+    def next_valid(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """The smallest valid size at least ``spatial`` on every axis."""
+        return tuple(r.next(n) for n, r in zip(spatial, self.axes))
+
+    def explain(self, spatial: Sequence[int]) -> str | None:
+        """Why ``spatial`` does not fit (the first failing axis), or ``None``."""
+        for n, r in zip(spatial, self.axes):
+            why = r.explain(n)
+            if why:
+                return why
+        return None
+
+    @property
+    def margin(self) -> tuple[int, ...] | None:
+        """Per axis, how much smaller than the input the output is on each side (``None``: not aligned)."""
+        m = tuple(r.margin for r in self.axes)
+        return None if any(v is None for v in m) else m  # type: ignore[return-value]
+
+
+def valid_sizes(g: UNetGraph, *, exact: bool = True) -> SizeRules:
+    """Which spatial sizes of the input fit the graph, per axis.
+
+    A size fits when every node accepts what reaches it and, with ``exact=True``, no
+    down-sampling drops trailing positions (so tiles line up, as the original U-Net asks).
+    ``exact=False`` gives every size :func:`check` accepts (they differ only where merges
+    crop). The rule is found by evaluating the size ops along each axis: the smallest
+    fitting size, then the pattern that repeats with the graph's total stride.
+
+    Raises:
+        ShapeError: the graph has several spatial inputs, or no size up to 16384 fits.
+    """
+    spatial_inputs = [n for n in g.inputs if g[n].type.dims > 0]
+    if len(spatial_inputs) != 1:
+        raise ShapeError(
+            f"valid_sizes needs one spatial input; graph {g.name} has {', '.join(spatial_inputs) or 'none'}"
+        )
+    x = spatial_inputs[0]
+    dims = g[x].type.dims
+    plan = _plan(g)
+    out = g.outputs[0]
+    rules = []
+    for axis in range(dims):
+        step = 1
+        for n in g:
+            t = g[n].type
+            if t.dims == dims:
+                step = lcm(step, t.scale[axis].denominator)
+        rules.append(_axis_rule(plan, x, out, axis, step, AXIS_NAMES[dims][axis], g[out].type.dims == dims, exact))
+    return SizeRules(x, tuple(rules))
+
+
+def _run_axis(plan: Sequence[_Step], x: str, axis: int, n: int, exact: bool) -> dict[str, int] | None:
+    """Sizes along ``axis`` of every node for input size ``n``; ``None`` if it does not fit."""
+    sizes = {x: n}
+    for step in plan:
+        if not step.spatial:
+            continue
+        vals = [sizes[step.edges[i].src] for i in step.spatial]
+        base = vals[-1]
+        if step.node.block.size_policy == "crop":
+            if any(v < base for v in vals):
+                return None
+        elif any(v != base for v in vals):
+            return None
+        try:
+            size, whole = apply_ops(step.ops[axis], base)
+        except SizeFailure:
+            return None
+        if exact and not whole:
+            return None
+        sizes[step.node.name] = size
+    return sizes
+
+
+def _axis_rule(
+    plan: Sequence[_Step], x: str, out: str, axis: int, step: int, name: str, aligned: bool, exact: bool
+) -> AxisRule:
+    def ok(n: int) -> bool:
+        return _run_axis(plan, x, axis, n, exact) is not None
+
+    start = 1
+    while True:
+        first = next((n for n in range(start, _SCAN_LIMIT + 1) if ok(n)), None)
+        if first is None:
+            raise ShapeError(
+                f"no input {_AXIS_WORDS.get(name, name)} up to {_SCAN_LIMIT} fits graph: "
+                "check the kernels, paddings and merges"
+            )
+        offsets = tuple(o for o in range(step) if ok(first + o))
+        # the pattern must repeat; if it doesn't yet, start later
+        if all(ok(n) == ((n - first) % step in offsets) for n in range(first + step, first + 3 * step)):
+            break
+        start = first + 1
+    margin: int | None = None
+    if aligned:
+        margins = set()
+        for n in (first + o + k * step for k in range(3) for o in offsets):
+            sizes = _run_axis(plan, x, axis, n, exact)
+            diff = n - sizes[out] if sizes else -1
+            margins.add(diff // 2 if diff >= 0 and diff % 2 == 0 else None)
+        margin = margins.pop() if len(margins) == 1 else None
+    return AxisRule(name, first, step, offsets, margin)

@@ -1,0 +1,565 @@
+"""``UNetGraph``: a typed DAG of blocks joined by data, skip and conditioning edges.
+
+The graph owns a ``networkx.DiGraph`` and never hands it out for mutation. Every graph is
+valid by construction: :class:`UNetGraph` lints its structure and infers every edge's
+:class:`~unetgraph.types.TensorType` when it is created, so a graph that exists is a graph
+whose channels and scales fit. Build one with :func:`unetgraph.unet` or, for any other
+topology, with :class:`GraphBuilder`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+
+import networkx as nx
+import torch.fx
+
+from .blocks.base import BlockSpec
+from .errors import GraphError, NodeNotFoundError, SpecError, UNetGraphError
+from .types import EdgeKind, Role, TensorType
+
+if TYPE_CHECKING:
+    from .check import CheckReport, SizeRules
+
+__all__ = ["Node", "Edge", "Level", "In", "UNetGraph", "GraphBuilder"]
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node as seen from outside: its block spec and its inferred types.
+
+    Attributes:
+        name: unique identifier; lowering names submodules and fx nodes after it.
+        role: what the node does in the U (:class:`~unetgraph.types.Role`).
+        level: resolution level (0 = input resolution), ``None`` for nodes outside the U.
+        block: the block spec.
+        inputs: the types arriving at each input port, in port order.
+        type: the output type.
+    """
+
+    name: str
+    role: Role
+    level: int | None
+    block: BlockSpec
+    inputs: tuple[TensorType, ...]
+    type: TensorType
+
+    @property
+    def params(self) -> int:
+        """Parameter count of this node's block (static, nothing is built for built-in blocks)."""
+        return self.block.params(self.inputs, self.type) if self.role is not Role.INPUT else 0
+
+    def describe(self) -> str:
+        """``name (label)``, the form errors and tables use."""
+        return f"{self.name} ({self.block.label()})"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A typed edge: ``src``'s output feeds input ``port`` of ``dst``."""
+
+    src: str
+    dst: str
+    kind: EdgeKind
+    port: int
+    type: TensorType
+
+    @property
+    def name(self) -> str:
+        return f"{self.src}→{self.dst}"
+
+    def describe(self) -> str:
+        """How messages refer to the edge: ``up1`` for data, ``skip enc1→merge1`` otherwise."""
+        return self.src if self.kind is EdgeKind.DATA else f"{self.kind.value} {self.name}"
+
+
+class In(NamedTuple):
+    """An input of a node being added: ``In("enc1", EdgeKind.SKIP)``; a bare name means data."""
+
+    src: str
+    kind: EdgeKind = EdgeKind.DATA
+
+
+@dataclass(frozen=True)
+class Level:
+    """The nodes of one resolution level and the skips that leave it."""
+
+    index: int
+    nodes: tuple[Node, ...]
+    skips: tuple[Edge, ...]
+
+    def role(self, role: Role | str) -> tuple[Node, ...]:
+        role = Role(role)
+        return tuple(n for n in self.nodes if n.role is role)
+
+    @property
+    def encoder(self) -> tuple[Node, ...]:
+        return self.role(Role.ENCODER)
+
+    @property
+    def decoder(self) -> tuple[Node, ...]:
+        return self.role(Role.DECODER)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+# Names that would collide with attributes of the lowered GraphModule or with Python.
+_RESERVED = frozenset(dir(torch.fx.GraphModule)) | {"self"}
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise GraphError(
+            f"node name {name!r} is not a Python identifier (letters, digits, _; not a keyword): "
+            "lowering names submodules after nodes",
+            node=str(name),
+        )
+    if name in _RESERVED or name.startswith("_"):
+        raise GraphError(
+            f"node name {name!r} is reserved (it would shadow a GraphModule attribute); pick another", node=name
+        )
+
+
+def _roles(role: Role | str | Iterable[Role | str] | None) -> frozenset[Role] | None:
+    if role is None:
+        return None
+    if isinstance(role, (str, Role)):
+        role = [role]
+    try:
+        return frozenset(Role(r) for r in role)
+    except ValueError:
+        raise SpecError(f"unknown role in {role!r}; roles: {', '.join(r.value for r in Role)}") from None
+
+
+class UNetGraph:
+    """An immutable, typed U-Net graph.
+
+    Args:
+        nodes: ``(name, block, role, level)`` for every node.
+        edges: ``(src, dst, kind, port)`` for every edge.
+        outputs: names of the nodes whose outputs the model returns, in order.
+        name: the model's name (the lowered GraphModule's class name).
+
+    Raises:
+        GraphError: a structural invariant is broken (see :meth:`lint`).
+        ShapeError, SpecError: a block does not accept the types that reach it.
+
+    Example:
+        >>> import unetgraph as ug
+        >>> g = ug.unet(3, 2, widths=(8, 16))
+        >>> [e.name for e in g.skips]
+        ['enc0→merge0']
+        >>> g["merge0"].type.channels
+        16
+    """
+
+    def __init__(
+        self,
+        nodes: Iterable[tuple[str, BlockSpec, Role | str, int | None]],
+        edges: Iterable[tuple[str, str, EdgeKind | str, int]],
+        outputs: Sequence[str],
+        *,
+        name: str = "UNet",
+    ) -> None:
+        g = nx.DiGraph()
+        for node_name, block, role, level in nodes:
+            _add_node(g, node_name, block, role, level)
+        for src, dst, kind, port in edges:
+            _add_edge(g, src, dst, kind, port)
+        self._g = g
+        self._outputs = tuple(outputs)
+        self.name = name
+        if not name.isidentifier():
+            raise GraphError(f"graph name {name!r} must be a Python identifier (it names the lowered class)")
+        self._order = _lint(g, self._outputs)
+        for n in self._order:
+            _infer(g, n)
+
+    # -- queries ---------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Node:
+        if name not in self._g:
+            hint = difflib.get_close_matches(str(name), list(self._g), n=3)
+            extra = f"; did you mean {', '.join(hint)}?" if hint else ""
+            raise NodeNotFoundError(f"no node {name!r} in graph {self.name}{extra}", node=str(name))
+        a = self._g.nodes[name]
+        return Node(name, a["role"], a["level"], a["block"], a["inputs"], a["type"])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._g
+
+    def __iter__(self) -> Iterator[str]:
+        """Node names in a fixed topological order (insertion order where free)."""
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def nodes(
+        self,
+        role: Role | str | Iterable[Role | str] | None = None,
+        level: int | Iterable[int] | None = None,
+        where: Callable[[Node], bool] | None = None,
+    ) -> list[Node]:
+        """Nodes in topological order, filtered by role(s), level(s) and a predicate."""
+        roles = _roles(role)
+        levels = None if level is None else ({level} if isinstance(level, int) else set(level))
+        out = []
+        for n in self._order:
+            a = self._g.nodes[n]
+            if roles is not None and a["role"] not in roles:
+                continue
+            if levels is not None and a["level"] not in levels:
+                continue
+            node = self[n]
+            if where is None or where(node):
+                out.append(node)
+        return out
+
+    def edges(
+        self, kind: EdgeKind | str | None = None, *, src: str | None = None, dst: str | None = None
+    ) -> list[Edge]:
+        """Edges ordered by destination (topologically) then port, optionally filtered."""
+        kind = None if kind is None else EdgeKind(kind)
+        out = []
+        for n in self._order if dst is None else [self[dst].name]:
+            for e in self.in_edges(n):
+                if (kind is None or e.kind is kind) and (src is None or e.src == src):
+                    out.append(e)
+        return out
+
+    def in_edges(self, name: str) -> list[Edge]:
+        """Edges into ``name`` in port order."""
+        self[name]
+        return sorted((self._edge(u, name) for u in self._g.predecessors(name)), key=lambda e: e.port)
+
+    def out_edges(self, name: str) -> list[Edge]:
+        """Edges out of ``name`` in the order of their destinations."""
+        self[name]
+        pos = self._position
+        return sorted((self._edge(name, v) for v in self._g.successors(name)), key=lambda e: (pos[e.dst], e.port))
+
+    def _edge(self, u: str, v: str) -> Edge:
+        a = self._g.edges[u, v]
+        return Edge(u, v, a["kind"], a["port"], self._g.nodes[u]["type"])
+
+    @property
+    def _position(self) -> dict[str, int]:
+        pos = self.__dict__.get("_pos")
+        if pos is None:
+            pos = self.__dict__["_pos"] = {n: i for i, n in enumerate(self._order)}
+        return pos
+
+    @property
+    def skips(self) -> list[Edge]:
+        """The skip edges, e.g. ``enc2→merge2``."""
+        return self.edges(EdgeKind.SKIP)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Names of the input nodes, in order (the lowered module's arguments)."""
+        return tuple(n for n in self._order if self._g.nodes[n]["role"] is Role.INPUT)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Names of the nodes whose outputs the model returns."""
+        return self._outputs
+
+    @property
+    def levels(self) -> list[int]:
+        """Level indices present, shallow to deep."""
+        return sorted({a["level"] for _, a in self._g.nodes(data=True) if a["level"] is not None})
+
+    def level(self, index: int) -> Level:
+        """A view of one level: its nodes (topological order) and the skips leaving it."""
+        if index not in self.levels:
+            raise NodeNotFoundError(f"graph {self.name} has no level {index}; levels: {self.levels}")
+        nodes = tuple(self.nodes(level=index))
+        skips = tuple(e for e in self.skips if self._g.nodes[e.src]["level"] == index)
+        return Level(index, nodes, skips)
+
+    @property
+    def dims(self) -> int:
+        """Spatial dimensions of the main input (1, 2 or 3)."""
+        return self[self.inputs[0]].type.dims
+
+    @property
+    def params(self) -> int:
+        """Total parameter count, from the specs."""
+        return sum(self[n].params for n in self._order)
+
+    def lint(self) -> None:
+        """Check the invariants: acyclic, identifier names, ports contiguous and within each
+        block's arity, skips between nodes of one level into multi-input blocks, every node
+        reachable from an input and reaching an output. Raises :class:`GraphError`."""
+        _lint(self._g, self._outputs)
+
+    def to_networkx(self) -> nx.DiGraph:
+        """A fresh copy as a ``networkx.DiGraph`` (attributes: role, level, block, type; kind, port)."""
+        return self._g.copy()
+
+    # -- structure as data ----------------------------------------------------------
+    def node_records(self) -> list[tuple[str, BlockSpec, Role, int | None]]:
+        """``(name, block, role, level)`` per node, in order: the constructor's ``nodes``."""
+        return [(n, a["block"], a["role"], a["level"]) for n in self._order for a in [self._g.nodes[n]]]
+
+    def edge_records(self) -> list[tuple[str, str, EdgeKind, int]]:
+        """``(src, dst, kind, port)`` per edge: the constructor's ``edges``."""
+        return [(e.src, e.dst, e.kind, e.port) for e in self.edges()]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UNetGraph):
+            return NotImplemented
+        return (
+            self.name == other.name
+            and self._outputs == other._outputs
+            and self.node_records() == other.node_records()
+            and sorted(self.edge_records()) == sorted(other.edge_records())
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        x = self[self.inputs[0]].type
+        outs = ", ".join(str(self[o].type.channels) for o in self._outputs)
+        return (
+            f"UNetGraph({self.name!r}: {len(self)} nodes, {len(self.skips)} skips, "
+            f"levels {self.levels[0]}–{self.levels[-1]}, {x.dims}D, {x.channels}→{outs} channels, "
+            f"{self.params:,} params)"
+        )
+
+    # -- downstream conveniences (the logic lives in check.py and lower.py) --------
+    def check(self, input_shape: Sequence[int] | dict[str, Sequence[int]]) -> CheckReport:
+        """Static shapes of every node for ``input_shape``: see :func:`unetgraph.check.check`."""
+        from .check import check
+
+        return check(self, input_shape)
+
+    def valid_sizes(self) -> SizeRules:
+        """Which input sizes the graph accepts: see :func:`unetgraph.check.valid_sizes`."""
+        from .check import valid_sizes
+
+        return valid_sizes(self)
+
+    def lower(self, **options: Any) -> torch.fx.GraphModule:
+        """A ``torch.fx.GraphModule`` of this graph: see :func:`unetgraph.lower.lower`."""
+        from .lower import lower
+
+        return lower(self, **options)
+
+
+# -- construction and invariants (shared by UNetGraph and GraphBuilder) -------------------
+
+
+def _add_node(g: nx.DiGraph, name: str, block: BlockSpec, role: Role | str, level: int | None) -> None:
+    _check_name(name)
+    if name in g:
+        raise GraphError(f"node name {name!r} is used twice", node=name)
+    if not isinstance(block, BlockSpec):
+        raise SpecError(f"node {name!r}: block must be a BlockSpec (e.g. ug.ConvBlock()), got {block!r}", node=name)
+    try:
+        role = Role(role)
+    except ValueError:
+        raise SpecError(
+            f"node {name!r}: unknown role {role!r}; roles: {', '.join(r.value for r in Role)}", node=name
+        ) from None
+    if level is not None and (not isinstance(level, int) or isinstance(level, bool) or level < 0):
+        raise SpecError(f"node {name!r}: level must be a non-negative integer or None, got {level!r}", node=name)
+    g.add_node(name, block=block, role=role, level=level, inputs=(), type=None)
+
+
+def _add_edge(g: nx.DiGraph, src: str, dst: str, kind: EdgeKind | str, port: int) -> None:
+    for end in (src, dst):
+        if end not in g:
+            raise GraphError(f"edge {src}→{dst}: no node {end!r}", edge=f"{src}→{dst}")
+    if g.has_edge(src, dst):
+        raise GraphError(f"edge {src}→{dst} is given twice", edge=f"{src}→{dst}")
+    try:
+        kind = EdgeKind(kind)
+    except ValueError:
+        raise GraphError(
+            f"edge {src}→{dst}: unknown kind {kind!r}; kinds: data, skip, cond", edge=f"{src}→{dst}"
+        ) from None
+    if src == dst or (dst in g and nx.has_path(g, dst, src)):
+        raise GraphError(f"edge {src}→{dst} would close a cycle", edge=f"{src}→{dst}")
+    g.add_edge(src, dst, kind=kind, port=port)
+
+
+def _lint(g: nx.DiGraph, outputs: Sequence[str]) -> tuple[str, ...]:
+    """Check every invariant of a finished graph; return its topological order."""
+    if not nx.is_directed_acyclic_graph(g):
+        cycle = " → ".join(u for u, _ in nx.find_cycle(g))
+        raise GraphError(f"the graph has a cycle: {cycle}")
+    index = {n: i for i, n in enumerate(g)}
+    order = tuple(nx.lexicographical_topological_sort(g, key=index.__getitem__))
+    for n in order:
+        _lint_node(g, n)
+    for o in outputs:
+        if o not in g:
+            raise GraphError(f"output {o!r} is not a node", node=str(o))
+    if len(set(outputs)) != len(outputs):
+        raise GraphError(f"outputs repeat a node: {list(outputs)}")
+    inputs = [n for n in order if g.nodes[n]["role"] is Role.INPUT]
+    if not inputs:
+        raise GraphError("the graph has no input node (role 'input')")
+    reached = set(inputs).union(*(nx.descendants(g, i) for i in inputs))
+    stray = [n for n in order if n not in reached]
+    if stray:
+        raise GraphError(f"{', '.join(stray)} cannot be reached from any input", node=stray[0])
+    if not outputs:
+        raise GraphError("the graph has no outputs")
+    feeding = set(outputs).union(*(nx.ancestors(g, o) for o in outputs))
+    dangling = [n for n in order if n not in feeding]
+    if dangling:
+        raise GraphError(
+            f"{', '.join(dangling)} feed{'s' if len(dangling) == 1 else ''} no output "
+            "(dangling); remove them or mark them as outputs",
+            node=dangling[0],
+        )
+    return order
+
+
+def _in_ports(g: nx.DiGraph, n: str) -> list[tuple[int, str, EdgeKind]]:
+    return sorted(((d["port"], u, d["kind"]) for u, _, d in g.in_edges(n, data=True)), key=lambda t: t[0])
+
+
+def _lint_node(g: nx.DiGraph, n: str) -> None:
+    """The invariants local to one node: ports, arity, conditioning and skips into it."""
+    a = g.nodes[n]
+    block = a["block"]
+    ins = _in_ports(g, n)
+    ports = [p for p, _, _ in ins]
+    if ports != list(range(len(ports))):
+        raise GraphError(f"{n}: input ports must be 0..{len(ports) - 1}, got {ports}", node=n)
+    if a["role"] is Role.INPUT:
+        if ins:
+            raise GraphError(f"{n} is an input node but is fed by {', '.join(u for _, u, _ in ins)}", node=n)
+        return
+    cond = sum(1 for _, _, k in ins if k is EdgeKind.COND)
+    arity = len(ins) - cond
+    lo, hi = block.min_inputs, block.max_inputs
+    if arity < lo or (hi is not None and arity > hi):
+        want = f"{lo}" if lo == hi else f"{lo}+" if hi is None else f"{lo}–{hi}"
+        what = "merge" if a["role"] is Role.MERGE else "node"
+        fed = f" ({', '.join(u for _, u, _ in ins)})" if ins else ""
+        raise GraphError(f"{what} {n} ({block.label()}) takes {want} inputs, is fed {arity}{fed}", node=n)
+    if cond > block.max_cond:
+        srcs = ", ".join(u for _, u, k in ins if k is EdgeKind.COND)
+        raise GraphError(
+            f"cond edge {srcs}→{n}: {block.type_name} takes no conditioning input"
+            if block.max_cond == 0
+            else f"{n} ({block.type_name}) takes at most {block.max_cond} cond inputs, is fed {cond}",
+            node=n,
+        )
+    for _, u, k in ins:
+        if k is EdgeKind.SKIP:
+            if block.max_inputs is not None and block.max_inputs < 2:
+                raise GraphError(
+                    f"skip {u}→{n} ends at {n} ({block.type_name}), which takes one input; skips must end at a merge",
+                    edge=f"{u}→{n}",
+                )
+            lu, ln = g.nodes[u]["level"], a["level"]
+            if lu is not None and ln is not None and lu != ln:
+                raise GraphError(
+                    f"skip {u}→{n} joins level {lu} to level {ln}; skips stay within a level", edge=f"{u}→{n}"
+                )
+
+
+def _infer(g: nx.DiGraph, n: str) -> None:
+    """Infer node ``n``'s input and output types from its predecessors (already inferred)."""
+    a = g.nodes[n]
+    ins = _in_ports(g, n)
+    types = tuple(g.nodes[u]["type"] for _, u, _ in ins)
+    sources = tuple(u if k is EdgeKind.DATA else f"{k.value} {u}→{n}" for _, u, k in ins)
+    block: BlockSpec = a["block"]
+    try:
+        out = block.infer(types, sources)
+    except UNetGraphError as e:
+        raise e.at(n, block.label()) from e
+    except Exception as e:  # a user block's own error: keep it as the cause
+        raise SpecError(f"{n} ({block.label()}): {type(e).__name__}: {e}", node=n) from e
+    if not isinstance(out, TensorType):
+        raise SpecError(f"{n}: {type(block).__name__}.infer returned {out!r}, expected a TensorType", node=n)
+    a["inputs"], a["type"] = types, out
+
+
+class GraphBuilder:
+    """Build a :class:`UNetGraph` step by step; each step is checked as it is made.
+
+    Every ``add`` lints what is there so far and infers the new node's type, so an error
+    names the step that caused it. :meth:`build` runs the full lint and returns the
+    immutable graph.
+
+    Example:
+        >>> import unetgraph as ug
+        >>> b = ug.GraphBuilder(name="Tiny")
+        >>> b.input("x", channels=1, dims=1)
+        'x'
+        >>> b.add("enc0", ug.ConvBlock(channels=4), "encoder", 0, ["x"])
+        'enc0'
+        >>> b.add("head", ug.Head(channels=2), "head", 0, ["enc0"])
+        'head'
+        >>> b.build(outputs=["head"])["head"].type.channels
+        2
+    """
+
+    def __init__(self, name: str = "UNet") -> None:
+        self.name = name
+        self._g = nx.DiGraph()
+
+    def input(self, name: str = "x", *, channels: int, dims: int = 2) -> str:
+        """Add an input node of ``channels`` channels and ``dims`` spatial axes."""
+        from .blocks.io import Input
+
+        return self.add(name, Input(channels=channels, dims=dims), Role.INPUT, 0, [])
+
+    def add(
+        self,
+        name: str,
+        block: BlockSpec,
+        role: Role | str,
+        level: int | None,
+        inputs: Sequence[str | In],
+    ) -> str:
+        """Add node ``name`` fed by ``inputs`` (in port order); returns ``name``.
+
+        ``inputs`` items are node names (data edges) or :class:`In` for skip/cond edges.
+        On error nothing is added.
+        """
+        _add_node(self._g, name, block, role, level)
+        try:
+            for port, item in enumerate(inputs):
+                src, kind = (item, EdgeKind.DATA) if isinstance(item, str) else In(*item)
+                _add_edge(self._g, src, name, kind, port)
+            # The new node has no consumers yet, so it closes no cycle and the rest of the
+            # graph keeps its invariants: checking the node itself is the whole step lint.
+            _lint_node(self._g, name)
+            _infer(self._g, name)
+        except UNetGraphError:
+            self._g.remove_node(name)
+            raise
+        return name
+
+    def type_of(self, name: str) -> TensorType:
+        """The output type of a node added so far."""
+        if name not in self._g:
+            raise NodeNotFoundError(f"no node {name!r} yet", node=str(name))
+        return self._g.nodes[name]["type"]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._g
+
+    def build(self, outputs: Sequence[str]) -> UNetGraph:
+        """The finished, immutable graph returning ``outputs``."""
+        return UNetGraph(
+            [(n, a["block"], a["role"], a["level"]) for n, a in self._g.nodes(data=True)],
+            [(u, v, d["kind"], d["port"]) for u, v, d in self._g.edges(data=True)],
+            outputs,
+            name=self.name,
+        )
