@@ -1,0 +1,260 @@
+"""Lowering: a :class:`~unetgraph.graph.UNetGraph` becomes a ``torch.fx.GraphModule``.
+
+The fx graph is built directly from the DAG, node by node in topological order. Each
+block's layers become their own fx nodes (``enc1_conv0``, ``enc1_norm0``, …, the last one
+named after the block, ``enc1``) so that passes see convolutions and norms; submodules sit
+under the node's name (``enc1.conv0``), so ``state_dict`` keys follow the graph. Every fx
+node carries ``meta["custom"] = {"unet_node", "role", "level", "block"}``, which survives
+``torch.export``.
+
+How a block's module becomes fx nodes:
+
+* a leaf module (a ``torch.nn`` layer, or a class marked with
+  :func:`~unetgraph.blocks.leaf_module`) is one ``call_module``;
+* an ``nn.Sequential`` is flattened into a chain of its children;
+* anything else is traced with ``torch.fx`` and its graph inlined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .blocks.base import is_leaf_module
+from .check import SizeRules, valid_sizes
+from .errors import LoweringError, ShapeError, UNetGraphError
+from .graph import Node, UNetGraph
+from .runtime import CropToInput, InputGuard, PadToValid
+from .types import Role
+
+__all__ = ["lower", "fx_node_names"]
+
+
+def lower(
+    g: UNetGraph,
+    *,
+    pad: str | None = None,
+    pad_mode: str = "constant",
+    guard: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> fx.GraphModule:
+    """Lower ``g`` to a ``torch.fx.GraphModule`` with freshly initialised weights.
+
+    Args:
+        g: the graph.
+        pad: ``"auto"`` pads every input up to the next valid size and crops the output
+            back, so any size works (a 255×255 image gives a 255×255 output); for valid
+            convolutions the margin the network consumes is padded too (overlap-tile).
+            ``None`` refuses sizes that do not fit.
+        pad_mode: ``F.pad`` mode for ``pad="auto"``: ``"constant"`` (zeros), ``"reflect"``,
+            ``"replicate"`` or ``"circular"``.
+        guard: check each input's rank, channels and size before any layer runs, raising
+            :class:`~unetgraph.errors.ShapeError` with the checker's message.
+        device: where parameters are created; ``"meta"`` builds the structure without
+            allocating or initialising any weight (fast; load weights later with
+            ``gm.to_empty(device=...)`` and ``load_state_dict``).
+        dtype: parameter dtype (default: torch's default dtype).
+
+    Returns:
+        A GraphModule whose ``forward`` takes the graph's inputs in order and returns the
+        output tensor (a dict of tensors by node name when there are several outputs).
+        ``gm.meta["unetgraph"]`` holds the graph and the fx name of each graph node.
+
+    Raises:
+        LoweringError: a block cannot be lowered, or ``pad="auto"`` cannot align the output.
+    """
+    if pad not in (None, "auto"):
+        raise LoweringError(f"pad: expected None or 'auto', got {pad!r}")
+    if pad_mode not in ("constant", "reflect", "replicate", "circular"):
+        raise LoweringError(f"pad_mode: expected 'constant', 'reflect', 'replicate' or 'circular', got {pad_mode!r}")
+    # pad="auto" pads to the exact sizes; otherwise the guard refuses what check() refuses
+    rules = _rules(g, pad, exact=pad == "auto")
+    root = nn.Module()
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    spatial_inputs = [n for n in g.inputs if g[n].type.dims > 0]
+    for name in g.inputs:
+        env[name] = graph.placeholder(name)
+        env[name].meta["custom"] = _custom(g[name])
+    placeholders = dict(env)
+    main = spatial_inputs[0] if spatial_inputs else None
+    for name in g.inputs:
+        node = g[name]
+        if guard and node.type.dims > 0:
+            hint = " (lower with pad='auto' to accept any size)" if pad is None else ""
+            env[name] = _call(
+                graph,
+                root,
+                f"{name}_guard",
+                InputGuard(
+                    name, node.type.channels, node.type.dims, rules if pad is None and name == main else None, hint
+                ),
+                (env[name],),
+                node,
+            )
+    if pad == "auto":
+        env[main] = _call(graph, root, f"{main}_pad", PadToValid(rules, pad_mode), (env[main],), g[main])
+    for name in g:
+        node = g[name]
+        if node.role is Role.INPUT:
+            continue
+        args = tuple(env[e.src] for e in g.in_edges(name))
+        try:
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                module = node.block.build(node.inputs, node.type)
+            if dtype is not None:
+                module = module.to(dtype)
+        except UNetGraphError as e:
+            raise e.at(name, node.block.label()) from e
+        except Exception as e:
+            raise LoweringError(
+                f"{node.describe()}: building the module failed: {type(e).__name__}: {e}", node=name
+            ) from e
+        env[name] = _emit(graph, root, node, module, args)
+    outputs = {o: env[o] for o in g.outputs}
+    if pad == "auto":
+        outputs = {
+            o: _call(graph, root, f"{o}_crop", CropToInput(rules), (v, placeholders[main]), g[o])
+            for o, v in outputs.items()
+        }
+    graph.output(next(iter(outputs.values())) if len(outputs) == 1 else outputs)
+    graph.lint()
+    gm = fx.GraphModule(root, graph, class_name=g.name)
+    gm.meta["unetgraph"] = {"graph": g, "pad": pad, "nodes": {n: env[n].name for n in g}}
+    return gm
+
+
+def fx_node_names(gm: fx.GraphModule) -> dict[str, str]:
+    """Graph node name → name of the fx node holding its output, for a lowered module."""
+    try:
+        return dict(gm.meta["unetgraph"]["nodes"])
+    except (AttributeError, KeyError):
+        raise LoweringError("this GraphModule was not made by unetgraph.lower") from None
+
+
+def _rules(g: UNetGraph, pad: str | None, exact: bool) -> SizeRules | None:
+    if not any(g[n].type.dims > 0 for n in g.inputs):
+        return None
+    try:
+        rules = valid_sizes(g, exact=exact)
+    except ShapeError:
+        if pad == "auto":
+            raise LoweringError(
+                f"pad='auto' needs the valid sizes of {g.name}, which has several spatial inputs or no valid size"
+            ) from None
+        return None
+    if pad == "auto":
+        out = g[g.outputs[0]].type
+        if rules.margin is None or any(s != 1 for s in out.scale):
+            raise LoweringError(
+                f"pad='auto' needs an output at the input's scale and aligned with it; "
+                f"{g.outputs[0]} is at scale {out.scale}"
+            ) from None
+    return rules
+
+
+def _custom(node: Node) -> dict[str, Any]:
+    return {"unet_node": node.name, "role": node.role.value, "level": node.level, "block": node.block.type_name}
+
+
+def _call(graph: fx.Graph, root: nn.Module, name: str, module: nn.Module, args: tuple, node: Node) -> fx.Node:
+    root.add_module(name, module)
+    out = graph.create_node("call_module", name, args, {}, name=name)
+    out.meta["custom"] = _custom(node)
+    return out
+
+
+def _emit(graph: fx.Graph, root: nn.Module, node: Node, module: nn.Module, args: tuple[fx.Node, ...]) -> fx.Node:
+    """Add ``module`` under ``node.name`` and emit its layers; returns the output fx node."""
+    name = node.name
+    meta = _custom(node)
+    if is_leaf_module(module):
+        root.add_module(name, module)
+        out = graph.create_node("call_module", name, args, {}, name=name)
+        out.meta["custom"] = meta
+        return out
+    if isinstance(module, nn.Sequential):
+        layers = _flatten(module)
+        if all(is_leaf_module(m) for _, m in layers) and len(args) == 1 and layers:
+            container = nn.Module()
+            root.add_module(name, container)
+            h = args[0]
+            for i, (sub, layer) in enumerate(layers):
+                container.add_module(sub, layer)
+                last = i == len(layers) - 1
+                h = graph.create_node("call_module", f"{name}.{sub}", (h,), {}, name=name if last else f"{name}_{sub}")
+                h.meta["custom"] = meta
+            return h
+    root.add_module(name, module)
+    return _inline(graph, name, module, args, meta)
+
+
+def _flatten(seq: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """Children of (nested) Sequentials with identifier names (``conv0``, not ``0``)."""
+    out = []
+    for key, child in seq.named_children():
+        sub = key if key.isidentifier() else f"{type(child).__name__.lower()}{key}"
+        sub = f"{prefix}_{sub}" if prefix else sub
+        if isinstance(child, nn.Sequential):
+            out += _flatten(child, sub)
+        else:
+            out.append((sub, child))
+    return out
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_leaf_module(m)
+
+
+@functools.cache
+def _wrapper_class(arity: int) -> type[nn.Module]:
+    """A module class whose forward takes exactly ``arity`` tensors, so fx can trace
+    blocks with ``*inputs`` signatures (fx gives ``*args`` a single placeholder)."""
+    params = ", ".join(f"in{i}" for i in range(arity))
+    namespace: dict[str, Any] = {}
+    exec(f"def forward(self, {params}):\n    return self.block({params})\n", namespace)  # fixed template
+    return type(f"_Arity{arity}", (nn.Module,), {"forward": namespace["forward"]})
+
+
+def _inline(graph: fx.Graph, name: str, module: nn.Module, args: Sequence[fx.Node], meta: dict) -> fx.Node:
+    wrapper = _wrapper_class(len(args))()
+    wrapper.block = module
+    try:
+        traced = _Tracer().trace(wrapper)
+    except Exception as e:
+        raise LoweringError(
+            f"{name}: torch.fx cannot trace {type(module).__name__}.forward ({type(e).__name__}: {e}); "
+            "mark the module with @ug.leaf_module to keep it whole",
+            node=name,
+        ) from e
+    placeholders = [n for n in traced.nodes if n.op == "placeholder"]
+    env: dict[fx.Node, Any] = dict(zip(placeholders, args))
+    result = next(n for n in traced.nodes if n.op == "output").args[0]
+    if not isinstance(result, fx.Node):
+        raise LoweringError(f"{name}: {type(module).__name__}.forward must return one tensor", node=name)
+    if result.op == "placeholder":  # an identity block: no node of its own
+        return env[result]
+    for n in traced.nodes:
+        if n.op in ("placeholder", "output"):
+            continue
+        target = n.target
+        if n.op in ("call_module", "get_attr"):
+            target = f"{name}.{target.removeprefix('block.')}" if target != "block" else name
+        local = n.name.removeprefix("block_")
+        new = graph.create_node(
+            n.op,
+            target,
+            fx.map_arg(n.args, env.__getitem__),
+            fx.map_arg(n.kwargs, env.__getitem__),
+            name=name if n is result else f"{name}_{local}",
+        )
+        new.meta["custom"] = meta
+        env[n] = new
+    return env[result]

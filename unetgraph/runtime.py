@@ -1,0 +1,97 @@
+"""Modules that lowered GraphModules call at run time: the input guard and ``pad="auto"``.
+
+They hold plain data (channel counts, :class:`~unetgraph.check.SizeRules`), so a lowered
+module pickles and exports like any other. Under ``torch.compile``/``torch.export`` the
+size checks become ``torch._check`` assertions instead of Python branches.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks.base import leaf_module
+from .check import AxisRule, SizeRules
+from .errors import ShapeError
+
+__all__ = ["InputGuard", "PadToValid", "CropToInput"]
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def _padding(rule: AxisRule, n: int) -> tuple[int, int]:
+    """``(left, right)`` padding that makes ``n`` valid and keeps the output centred over the input."""
+    m = rule.margin or 0
+    padded = rule.next(n + 2 * m)
+    left = m + (padded - 2 * m - n) // 2
+    return left, padded - n - left
+
+
+@leaf_module
+class InputGuard(nn.Module):
+    """Refuse an input of the wrong rank, channels or size with a :class:`ShapeError`, before any layer runs."""
+
+    def __init__(self, name: str, channels: int, dims: int, rules: SizeRules | None, hint: str = "") -> None:
+        super().__init__()
+        self.name, self.channels, self.dims, self.rules, self.hint = name, channels, dims, rules, hint
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.dims + 2 or x.shape[1] != self.channels:
+            raise ShapeError(
+                f"input {self.name} expects (N, {self.channels}, ...) with {self.dims} spatial axes, "
+                f"got shape {tuple(x.shape)}",
+                node=self.name,
+            )
+        if self.rules is not None:
+            sizes = x.shape[2:]
+            if _compiling():
+                for n, r in zip(sizes, self.rules.axes):
+                    torch._check(n >= r.minimum)
+                    if r.offsets == (0,):
+                        torch._check((n - r.minimum) % r.step == 0)
+            elif not self.rules.contains(tuple(sizes)):
+                raise ShapeError(
+                    f"input {self.name} of spatial size {'×'.join(map(str, sizes))} does not fit: "
+                    f"{self.rules.explain(tuple(sizes))}; {self.rules}{self.hint}",
+                    node=self.name,
+                )
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: (N, {self.channels}, {self.dims}D){'; ' + str(self.rules) if self.rules else ''}"
+
+
+@leaf_module
+class PadToValid(nn.Module):
+    """Pad each spatial axis up to the next valid size (``pad="auto"``), centred."""
+
+    def __init__(self, rules: SizeRules, mode: str = "constant") -> None:
+        super().__init__()
+        self.rules, self.mode = rules, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for n, rule in zip(reversed(x.shape[2:]), reversed(self.rules.axes)):  # F.pad wants the last axis first
+            pads += _padding(rule, n)
+        return F.pad(x, pads, mode=self.mode)
+
+    def extra_repr(self) -> str:
+        return f"{self.rules}, mode={self.mode!r}"
+
+
+@leaf_module
+class CropToInput(nn.Module):
+    """Crop the output back to the input's spatial size, undoing :class:`PadToValid`."""
+
+    def __init__(self, rules: SizeRules) -> None:
+        super().__init__()
+        self.rules = rules
+
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        for axis, (n, rule) in enumerate(zip(x.shape[2:], self.rules.axes), start=2):
+            left, _ = _padding(rule, n)
+            y = y.narrow(axis, left - (rule.margin or 0), n)
+        return y
