@@ -1,0 +1,119 @@
+"""The static checker: exact shapes, valid sizes, typed errors with names and numbers."""
+
+import pytest
+
+import unetgraph as ug
+
+
+@pytest.fixture(scope="module")
+def g():
+    return ug.unet(3, 2)
+
+
+class TestShapes:
+    def test_report_rows_and_totals(self, g):
+        r = g.check((2, 3, 256, 256))
+        assert len(r) == len(g)
+        assert r["enc2"].output == (2, 256, 64, 64)
+        assert r["merge1"].inputs == ((2, 128, 128, 128), (2, 128, 128, 128))
+        assert r.outputs == {"head": (2, 2, 256, 256)}
+        assert r.params == g.params == 31_037_698
+        text = str(r)
+        assert "merge1" in text and "31,037,698 params" in text
+        assert "<table>" in r._repr_html_()
+
+    def test_valid_convolutions_and_crop(self):
+        g = ug.presets.classic_unet()
+        r = g.check((1, 1, 572, 572))
+        assert r["enc0"].output == (1, 64, 568, 568)
+        assert r["down1"].output == (1, 64, 284, 284)
+        assert r["mid"].output == (1, 1024, 28, 28)
+        assert r["up3"].output == (1, 512, 56, 56)
+        assert r.outputs["head"] == (1, 2, 388, 388)
+
+    def test_odd_sizes_floor_and_note(self):
+        g = ug.presets.classic_unet()
+        r = g.check((1, 1, 573, 573))  # crop merges absorb the floor
+        assert r["down1"].output == (1, 64, 284, 284)
+        assert r.notes == [
+            "down1: drops trailing positions of H=569, W=569 (floor); the next layers see a shifted grid"
+        ]
+
+    def test_1d_and_3d(self):
+        assert ug.unet(1, 1, widths=(4, 8), dims=1).check((3, 1, 10)).outputs["head"] == (3, 1, 10)
+        g3 = ug.unet(1, 1, widths=(4, 8, 16), dims=3, block=ug.ConvBlock(padding="valid"), merge=ug.Merge(crop=True))
+        assert g3.check((1, 1, 44, 44, 44)).outputs["head"] == (1, 1, 4, 4, 4)
+
+
+class TestValidSizes:
+    def test_padded_rule(self, g):
+        rules = g.valid_sizes()
+        assert str(rules) == "H and W must be multiples of 16, at least 16"
+        assert rules.contains((256, 48)) and not rules.contains((255, 256))
+        assert rules.next_valid((255, 1)) == (256, 16)
+        assert rules.margin == (0, 0)
+
+    def test_classic_rule(self):
+        rules = ug.presets.classic_unet().valid_sizes()
+        assert str(rules) == "H and W must be 16k + 12 with k ≥ 11 (188, 204, 220, …)"
+        assert rules.contains((572, 572)) and rules.margin == (92, 92)
+
+    def test_rule_matches_brute_force(self):
+        g = ug.unet(1, 1, widths=(2, 4, 8), down=ug.Down("conv", kernel=3, padding=1))
+        rules = g.valid_sizes()
+        for n in range(1, 40):
+            try:
+                g.check((1, 1, n, 8))
+                ok = not g.check((1, 1, n, 8)).notes
+            except ug.ShapeError:
+                ok = False
+            assert ok == (n in rules.axes[0]), n
+
+    def test_any_size(self):
+        assert str(ug.unet(1, 1, widths=(4,)).valid_sizes()) == "H and W may be any size"
+
+
+class TestErrors:
+    def test_merge_mismatch_names_node_edges_sizes_and_rule(self, g):
+        with pytest.raises(ug.ShapeError) as e:
+            g.check((1, 3, 70, 70))
+        assert str(e.value) == (
+            "merge2 (concat) receives 16×16 from up2 but 17×17 from skip enc2→merge2: "
+            "input height 70 is not a multiple of 16; H and W must be multiples of 16, at least 16"
+        )
+        assert e.value.node == "merge2"
+
+    def test_depth_too_deep_for_the_input(self, g):
+        with pytest.raises(
+            ug.ShapeError,
+            match=r"down4 \(maxpool /2\) receives 1×1 from enc3: .* "
+            r"the input 8×8 is too small for 5 levels",
+        ):
+            g.check((1, 3, 8, 8))
+
+    @pytest.mark.parametrize(
+        "shape, message",
+        [
+            ((1, 4, 64, 64), r"input x expects 3 channels \(N, 3, H, W\), got 4"),
+            ((3, 64, 64), r"input x expects rank 4 .* got rank 3"),
+            ((1, 3, 64, 64, 64), "got rank 5"),
+            ((1, 3, 0, 64), "positive integers"),
+            ("big", "positive integers"),
+        ],
+    )
+    def test_bad_inputs(self, g, shape, message):
+        with pytest.raises(ug.ShapeError, match=message):
+            g.check(shape)
+
+    def test_valid_convolutions_without_crop_suggest_it(self):
+        g = ug.unet(1, 2, widths=(4, 8), block=ug.ConvBlock(padding="valid"))
+        with pytest.raises(
+            ug.ShapeError,
+            match=r"merge0 \(concat\) receives 16×16 from up0 but 24×24 .* "
+            r"use Merge\(crop=True\)",
+        ):
+            g.check((1, 1, 28, 28))
+
+    def test_report_unknown_row(self, g):
+        with pytest.raises(ug.ShapeError, match="no node 'zz'"):
+            g.check((1, 3, 32, 32))["zz"]

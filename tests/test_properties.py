@@ -1,0 +1,84 @@
+"""Property test: for random configurations the checker raises a typed error before anything
+runs, or predicts exactly the shapes the lowered module produces at every node."""
+
+import math
+
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch.fx.passes.shape_prop import ShapeProp
+
+import unetgraph as ug
+
+
+@st.composite
+def configs(draw):
+    dims = draw(st.sampled_from([1, 2, 3]))
+    depth = draw(st.integers(1, 6 if dims < 3 else 3))
+    widths = tuple(draw(st.lists(st.integers(1, 4), min_size=depth, max_size=depth)))
+    valid = draw(st.booleans())
+    merge = draw(st.sampled_from(["concat", "add"]))
+    block = ug.ConvBlock(
+        convs=draw(st.integers(1, 2)),
+        kernel=draw(st.sampled_from([1, 3])),
+        padding="valid" if valid else "same",
+        norm=draw(st.sampled_from(["none", "batch", "group", "layer"])),
+        groups=1,
+        act=draw(st.sampled_from(["relu", "silu"])),
+    )
+    down = draw(
+        st.sampled_from(
+            [
+                ug.Down("maxpool"),
+                ug.Down("avgpool"),
+                ug.Down("conv"),
+                ug.Down("conv", kernel=3, padding=1),
+                ug.Down("maxpool", factor=3),
+            ]
+        )
+    )
+    up = draw(
+        st.sampled_from([ug.Up("transpose"), ug.Up("nearest"), ug.Up("linear", kernel=1), ug.Up("transpose", kernel=3)])
+    )
+    if merge == "add":  # add needs equal channels: keep the up's channels equal to the skip's
+        up = up.with_(conv=True) if up.mode != "transpose" else up
+    factor = down.factor
+    up = up.with_(factor=factor, kernel=max(factor, up.kernel or 0) if up.mode == "transpose" else up.kernel)
+    g_args = dict(widths=widths, dims=dims, block=block, down=down, up=up, merge=ug.Merge(merge, crop=valid))
+    max_side = {1: 200, 2: 40, 3: 14}[dims]
+    size = tuple(draw(st.lists(st.integers(1, max_side), min_size=dims, max_size=dims)))
+    return g_args, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *size)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_checker_predicts_or_refuses(config):
+    g_args, shape = config
+    try:
+        g = ug.unet(shape[1], 2, **g_args)
+    except ug.UNetGraphError:
+        return  # refused at build time with a typed error: fine
+    try:
+        report = g.check(shape)
+    except ug.ShapeError:
+        if g_args["merge"].mode == "concat" and g_args["merge"].crop is False:
+            gm = g.lower(guard=False).eval()
+            try:
+                with torch.no_grad():
+                    gm(torch.randn(*shape))
+            except (RuntimeError, ValueError):  # what torch raises deep inside forward
+                return
+            raise AssertionError(f"checker refused {shape} but the model ran") from None
+        return
+    assume(math.prod(report[n].output[0] * math.prod(report[n].output[1:]) for n in ["head"]) > 0)
+    gm = g.lower().eval()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(x)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    for node, fx_name in ug.fx_node_names(gm).items():
+        assert tuple(by_name[fx_name].meta["tensor_meta"].shape) == report[node].output, (node, g_args, shape)
+    # and valid_sizes agrees with check at this size
+    rules = g.valid_sizes()
+    if rules.contains(shape[2:]):
+        assert not [n for n in report.notes if "drops trailing" in n]
