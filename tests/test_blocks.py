@@ -197,3 +197,32 @@ class TestFlops:
         formula = spec.flops([shape_in], tuple(y.shape))
         assert formula == counter.get_total_flops()
         assert ug.BlockSpec.flops(spec, [shape_in], tuple(y.shape)) == formula  # the generic meta-tensor path
+
+
+def test_readme_custom_block_example():
+    @ug.register_block
+    @dataclass(frozen=True)
+    class Residual1x1(ug.BlockSpec):
+        channels: int | None = None
+
+        def infer(self, inputs, sources=()):
+            return inputs[0].with_(channels=self.channels or inputs[0].channels)
+
+        def build(self, inputs, output):
+            return nn.Conv2d(inputs[0].channels, output.channels, 1)
+
+    try:
+        g = ug.unet(3, 2, widths=(16, 32), decoder_block=Residual1x1())
+        assert g["dec0"].type.channels == 16 and g["dec0"].params == 32 * 16 + 16
+        assert g.lower()(torch.randn(1, 3, 8, 8)).shape == (1, 2, 8, 8)
+    finally:
+        ug.unregister_block("Residual1x1")
+
+
+def test_new_activation_by_table_entry():
+    ug.ACTS["mish"] = nn.Mish
+    try:
+        gm = ug.unet(1, 1, widths=(4,), block=ug.ConvBlock(act="mish")).lower()
+        assert any(isinstance(m, nn.Mish) for m in gm.modules())
+    finally:
+        del ug.ACTS["mish"]
