@@ -50,7 +50,7 @@ def configs(draw):
     return g_args, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *size)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
 def test_checker_predicts_or_refuses(config):
     g_args, shape = config

@@ -179,6 +179,7 @@ class UNetGraph:
         if not name.isidentifier():
             raise GraphError(f"graph name {name!r} must be a Python identifier (it names the lowered class)")
         self._order = _lint(g, self._outputs)
+        self._position = {n: i for i, n in enumerate(self._order)}
         for n in self._order:
             _infer(g, n)
 
@@ -248,13 +249,6 @@ class UNetGraph:
     def _edge(self, u: str, v: str) -> Edge:
         a = self._g.edges[u, v]
         return Edge(u, v, a["kind"], a["port"], self._g.nodes[u]["type"])
-
-    @property
-    def _position(self) -> dict[str, int]:
-        pos = self.__dict__.get("_pos")
-        if pos is None:
-            pos = self.__dict__["_pos"] = {n: i for i, n in enumerate(self._order)}
-        return pos
 
     @property
     def skips(self) -> list[Edge]:
@@ -341,11 +335,11 @@ class UNetGraph:
 
         return check(self, input_shape)
 
-    def valid_sizes(self) -> SizeRules:
+    def valid_sizes(self, *, exact: bool = True) -> SizeRules:
         """Which input sizes the graph accepts: see :func:`unetgraph.check.valid_sizes`."""
         from .check import valid_sizes
 
-        return valid_sizes(self)
+        return valid_sizes(self, exact=exact)
 
     def lower(self, **options: Any) -> torch.fx.GraphModule:
         """A ``torch.fx.GraphModule`` of this graph: see :func:`unetgraph.lower.lower`."""
@@ -386,7 +380,9 @@ def _add_edge(g: nx.DiGraph, src: str, dst: str, kind: EdgeKind | str, port: int
         raise GraphError(
             f"edge {src}→{dst}: unknown kind {kind!r}; kinds: data, skip, cond", edge=f"{src}→{dst}"
         ) from None
-    if src == dst or (dst in g and nx.has_path(g, dst, src)):
+    if not isinstance(port, int) or isinstance(port, bool) or port < 0:
+        raise GraphError(f"edge {src}→{dst}: port must be a non-negative integer, got {port!r}", edge=f"{src}→{dst}")
+    if src == dst:  # longer cycles are found by _lint (a builder's new node has no consumers yet)
         raise GraphError(f"edge {src}→{dst} would close a cycle", edge=f"{src}→{dst}")
     g.add_edge(src, dst, kind=kind, port=port)
 

@@ -101,6 +101,8 @@ class ConvBlock(BlockSpec):
         out = self.channels or x.channels
         if self.norm == "group" and out % self.groups:
             raise SpecError(f"GroupNorm groups={self.groups} does not divide {out} channels")
+        if self.stride == 1:
+            return x.with_(channels=out)
         strides = [self._per_axis("stride", x.dims, a) for a in range(x.dims)]
         return TensorType(out, x.scale).rescaled(tuple(Fraction(1, s) for s in strides))
 
