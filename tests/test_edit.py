@@ -143,6 +143,18 @@ class TestInsertAndRemove:
         refused(g, lambda g: g.remove("nope"), ug.NodeNotFoundError, "no node 'nope'")
         refused(g, lambda g: g.remove("merge0", keep="mid"), ug.GraphError, "keep='mid' is not an input of merge0")
 
+    def test_an_edit_after_which_no_input_size_fits(self, g):
+        # a valid convolution on the skip alone: the merge's two inputs never have equal sizes
+        refused(
+            g,
+            lambda g: g.insert_before("merge0", ug.ConvBlock(padding="valid"), src="enc0"),
+            ug.ShapeError,
+            "insert_before merge0: the edited graph accepts no input size: no input height up to 16384 fits",
+        )
+        # on the main path instead, with a cropping merge, it fits: the skip is cropped to the smaller size
+        cropped = g.set_skip("enc0", "merge0", crop=True).insert_after("up0", ug.ConvBlock(padding="valid"))
+        assert cropped.check((1, 3, 32, 32)).outputs["head"] == (1, 2, 28, 28)
+
     def test_add_a_deep_supervision_head(self, g):
         g2 = g.add("aux1", ug.Head(channels=2), ["dec1"])
         assert g2.outputs == ("head", "aux1") and g2["aux1"].level == 1

@@ -39,6 +39,9 @@ SCHEMA_VERSION = 1
 """The version of the document layout this release writes and reads."""
 
 _FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+# libyaml's C versions of the *safe* loader and dumper when PyYAML was built with it (same results, faster)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _TOP = ("schema_version", "name", "nodes", "edges", "outputs")
 _NODE = ("role", "level", "block")
 _EDGE = ("src", "dst", "kind", "port")
@@ -114,7 +117,7 @@ def dumps(g: UNetGraph, format: str = "yaml") -> str:
     doc = to_dict(g)
     if _format(format) == "json":
         return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, allow_unicode=True, width=200)
+    return yaml.dump(doc, Dumper=_YAML_DUMPER, sort_keys=False, default_flow_style=None, allow_unicode=True, width=200)
 
 
 def loads(text: str, format: str = "yaml") -> UNetGraph:
@@ -126,7 +129,7 @@ def loads(text: str, format: str = "yaml") -> UNetGraph:
             raise SpecError(f"not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None
     else:
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: plain data only, never objects
         except yaml.YAMLError as e:
             raise SpecError(f"not valid YAML: {e}".replace("\n", " ")) from None
     return from_dict(data)
