@@ -184,9 +184,7 @@ def replace(
 
     def change(d: _Draft) -> None:
         r = d.record(node)
-        r[1] = block
-        r[2] = r[2] if role is None else role
-        r[3] = r[3] if level is None else level
+        r[1:] = [block, r[2] if role is None else role, r[3] if level is None else level]
 
     return _edit(what, g, change)
 
@@ -203,7 +201,7 @@ def set_fields(g: UNetGraph, node: str, **fields: Any) -> UNetGraph:
         block = g[node].block.with_(**fields)
     except SpecError as e:
         raise type(e)(f"{what}: {e.message}", node=node) from e
-    return _edit(what, g, lambda d: d.record(node).__setitem__(1, block))
+    return _edit(what, g, lambda d: _set_blocks(d, {node: block}))
 
 
 def map_blocks(
@@ -600,7 +598,7 @@ def set_skip(
     if merge is None and crop is None:
         raise SpecError(f"{what}: nothing to set; give merge= and/or crop=")
     block = _merged(g[dst].block, merge, crop, what, dst)
-    return _edit(f"{what} ({dst}: {block.label()})", g, lambda d: d.record(dst).__setitem__(1, block))
+    return _edit(f"{what} ({dst}: {block.label()})", g, lambda d: _set_blocks(d, {dst: block}))
 
 
 # -- outputs --------------------------------------------------------------------------------
@@ -629,7 +627,11 @@ def untap(g: UNetGraph, *nodes: str) -> UNetGraph:
     for n in nodes:
         if n not in g.outputs:
             raise GraphError(f"{what}: {n!r} is not an output; outputs: {', '.join(g.outputs)}", node=str(n))
-    return _edit(what, g, lambda d: setattr(d, "outputs", [o for o in d.outputs if o not in nodes]))
+
+    def change(d: _Draft) -> None:
+        d.outputs = [o for o in d.outputs if o not in nodes]
+
+    return _edit(what, g, change)
 
 
 def copy(g: UNetGraph, *, name: str | None = None) -> UNetGraph:
