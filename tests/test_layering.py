@@ -6,7 +6,24 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "unetgraph"
 
 # upstream first; a module may import (at module level) only modules listed before it
-ORDER = ["errors", "files", "types", "sizes", "blocks", "graph", "build", "check", "runtime", "lower", "presets", "cli"]
+ORDER = [
+    "errors",
+    "files",
+    "types",
+    "sizes",
+    "blocks",
+    "graph",
+    "serialize",
+    "diff",
+    "build",
+    "check",
+    "edit",
+    "runtime",
+    "transfer",
+    "lower",
+    "presets",
+    "cli",
+]
 
 
 def layer(module: str) -> str:

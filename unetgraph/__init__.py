@@ -16,7 +16,9 @@ from .blocks import (
     Head,
     Input,
     Merge,
+    Sequence,
     Up,
+    block_from_dict,
     block_names,
     create_block,
     get_block,
@@ -26,9 +28,12 @@ from .blocks import (
 )
 from .build import unet
 from .check import CheckReport, SizeRules, check, valid_sizes
+from .diff import GraphDiff, diff
 from .errors import GraphError, LoweringError, NodeNotFoundError, RegistryError, ShapeError, SpecError, UNetGraphError
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
 from .lower import fx_node_names, lower
+from .serialize import SCHEMA_VERSION, dumps, load, loads, save
+from .transfer import TransferReport, transfer_report, transfer_weights
 from .types import EdgeKind, Role, TensorType
 
 __version__ = "0.1.0"
@@ -48,6 +53,7 @@ __all__ = [
     "Merge",
     "Head",
     "Input",
+    "Sequence",
     "NORMS",
     "ACTS",
     "register_block",
@@ -55,6 +61,7 @@ __all__ = [
     "get_block",
     "block_names",
     "create_block",
+    "block_from_dict",
     "leaf_module",
     "check",
     "valid_sizes",
@@ -62,6 +69,16 @@ __all__ = [
     "SizeRules",
     "lower",
     "fx_node_names",
+    "save",
+    "load",
+    "dumps",
+    "loads",
+    "SCHEMA_VERSION",
+    "diff",
+    "GraphDiff",
+    "transfer_weights",
+    "transfer_report",
+    "TransferReport",
     "Role",
     "EdgeKind",
     "TensorType",

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import difflib
 import keyword
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import networkx as nx
@@ -346,6 +348,117 @@ class UNetGraph:
         from .lower import lower
 
         return lower(self, **options)
+
+    # -- edits: each returns a new graph, this one stays as it is (logic in edit.py) ----
+    def replace(self, node: str, block: BlockSpec, **where: Any) -> UNetGraph:
+        """A copy with ``node``'s block replaced: see :func:`unetgraph.edit.replace`."""
+        from .edit import replace
+
+        return replace(self, node, block, **where)
+
+    def set(self, node: str, /, **fields: Any) -> UNetGraph:
+        """A copy with fields of ``node``'s block changed: see :func:`unetgraph.edit.set_fields`."""
+        from .edit import set_fields
+
+        return set_fields(self, node, **fields)
+
+    def map_blocks(self, fn: Callable[[BlockSpec], BlockSpec], **select: Any) -> UNetGraph:
+        """A copy with ``fn`` applied to the selected blocks: see :func:`unetgraph.edit.map_blocks`."""
+        from .edit import map_blocks
+
+        return map_blocks(self, fn, **select)
+
+    def insert_after(self, anchor: str, block: BlockSpec, **options: Any) -> UNetGraph:
+        """A copy with a node after ``anchor``: see :func:`unetgraph.edit.insert_after`."""
+        from .edit import insert_after
+
+        return insert_after(self, anchor, block, **options)
+
+    def insert_before(self, anchor: str, block: BlockSpec, **options: Any) -> UNetGraph:
+        """A copy with a node before ``anchor``: see :func:`unetgraph.edit.insert_before`."""
+        from .edit import insert_before
+
+        return insert_before(self, anchor, block, **options)
+
+    def remove(self, node: str, *, keep: str | None = None) -> UNetGraph:
+        """A copy without ``node``, bypassed: see :func:`unetgraph.edit.remove`."""
+        from .edit import remove
+
+        return remove(self, node, keep=keep)
+
+    def add(self, name: str, block: BlockSpec, inputs: Sequence[str | In], **options: Any) -> UNetGraph:
+        """A copy with a new output branch: see :func:`unetgraph.edit.add`."""
+        from .edit import add
+
+        return add(self, name, block, inputs, **options)
+
+    def add_edge(self, src: str, dst: str, kind: EdgeKind | str = EdgeKind.DATA, port: int | None = None) -> UNetGraph:
+        """A copy with an edge ``src → dst``: see :func:`unetgraph.edit.add_edge`."""
+        from .edit import add_edge
+
+        return add_edge(self, src, dst, kind, port)
+
+    def remove_edge(self, src: str, dst: str) -> UNetGraph:
+        """A copy without the edge ``src → dst``: see :func:`unetgraph.edit.remove_edge`."""
+        from .edit import remove_edge
+
+        return remove_edge(self, src, dst)
+
+    def add_skip(self, src: str, dst: str, **options: Any) -> UNetGraph:
+        """A copy with a skip ``src → dst``: see :func:`unetgraph.edit.add_skip`."""
+        from .edit import add_skip
+
+        return add_skip(self, src, dst, **options)
+
+    def remove_skip(self, src: str, dst: str | None = None) -> UNetGraph:
+        """A copy without the skips leaving ``src``: see :func:`unetgraph.edit.remove_skip`."""
+        from .edit import remove_skip
+
+        return remove_skip(self, src, dst)
+
+    def set_skip(self, src: str, dst: str, **options: Any) -> UNetGraph:
+        """A copy with the skip ``src → dst`` merged differently: see :func:`unetgraph.edit.set_skip`."""
+        from .edit import set_skip
+
+        return set_skip(self, src, dst, **options)
+
+    def tap(self, *nodes: str) -> UNetGraph:
+        """A copy returning ``nodes`` as extra outputs: see :func:`unetgraph.edit.tap`."""
+        from .edit import tap
+
+        return tap(self, *nodes)
+
+    def untap(self, *nodes: str) -> UNetGraph:
+        """A copy without ``nodes`` among the outputs: see :func:`unetgraph.edit.untap`."""
+        from .edit import untap
+
+        return untap(self, *nodes)
+
+    def copy(self, *, name: str | None = None) -> UNetGraph:
+        """An equal graph, optionally renamed: see :func:`unetgraph.edit.copy`."""
+        from .edit import copy
+
+        return copy(self, name=name)
+
+    # -- as data (logic in serialize.py) ------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the documented schema): see :func:`unetgraph.serialize.to_dict`."""
+        from .serialize import to_dict
+
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> UNetGraph:
+        """The graph ``data`` describes: see :func:`unetgraph.serialize.from_dict`."""
+        from .serialize import from_dict
+
+        return from_dict(data)
+
+    def save(self, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
+        """Write the graph to a JSON or YAML file, atomically: see :func:`unetgraph.serialize.save`."""
+        from .serialize import save
+
+        return save(self, path, format=format)
 
 
 # -- construction and invariants (shared by UNetGraph and GraphBuilder) -------------------

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from .blocks.base import is_leaf_module
-from .check import SizeRules, valid_sizes
+from .check import SizeRules, check, valid_sizes
 from .errors import LoweringError, ShapeError, UNetGraphError
 from .graph import Node, UNetGraph
 from .runtime import CropToInput, InputGuard, PadToValid
+from .transfer import transfer_weights
 from .types import Role
 
 __all__ = ["lower", "fx_node_names"]
@@ -43,6 +44,7 @@ def lower(
     guard: bool = True,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    weights_from: nn.Module | Mapping[str, torch.Tensor] | None = None,
 ) -> fx.GraphModule:
     """Lower ``g`` to a ``torch.fx.GraphModule`` with freshly initialised weights.
 
@@ -60,11 +62,15 @@ def lower(
             allocating or initialising any weight (fast; load weights later with
             ``gm.to_empty(device=...)`` and ``load_state_dict``).
         dtype: parameter dtype (default: torch's default dtype).
+        weights_from: an earlier lowered GraphModule (or a ``state_dict``): every node that
+            kept its block and input types gets its tensors, the rest stay freshly
+            initialised; see :func:`unetgraph.transfer.transfer_weights`.
 
     Returns:
         A GraphModule whose ``forward`` takes the graph's inputs in order and returns the
         output tensor (a dict of tensors by node name when there are several outputs).
-        ``gm.meta["unetgraph"]`` holds the graph and the fx name of each graph node.
+        ``gm.meta["unetgraph"]`` holds the graph, the fx name of each graph node and, with
+        ``weights_from``, the transfer report (``ug.transfer_report(gm)``).
 
     Raises:
         LoweringError: a block cannot be lowered, or ``pad="auto"`` cannot align the output.
@@ -127,6 +133,8 @@ def lower(
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name=g.name)
     gm.meta["unetgraph"] = {"graph": g, "pad": pad, "nodes": {n: env[n].name for n in g}}
+    if weights_from is not None:
+        transfer_weights(gm, weights_from)
     return gm
 
 
@@ -156,7 +164,26 @@ def _rules(g: UNetGraph, pad: str | None, exact: bool) -> SizeRules | None:
                 f"pad='auto' needs an output at the input's scale and aligned with it; "
                 f"{g.outputs[0]} is at scale {out.scale}"
             ) from None
+        _check_taps(g, rules)
     return rules
+
+
+def _check_taps(g: UNetGraph, rules: SizeRules) -> None:
+    """pad='auto' crops every output like the first: refuse extra outputs (taps) it would crop wrongly."""
+    x = rules.input
+    for o in g.outputs[1:]:
+        for k in range(2):
+            sizes = tuple(r.sizes(2)[k] for r in rules.axes)
+            shapes = {n: (1, g[n].type.channels, *(sizes if n == x else ())) for n in g.inputs}
+            got = check(g, shapes)[o].output[2:]
+            margin = rules.margin or ()
+            if len(got) != len(sizes) or any(n - m != 2 * mg for n, m, mg in zip(sizes, got, margin)):
+                raise LoweringError(
+                    f"pad='auto' crops every output back to the input's size; output {o} is "
+                    f"{'×'.join(map(str, got))} for a {'×'.join(map(str, sizes))} input, not aligned with "
+                    f"{g.outputs[0]}: lower without pad='auto' to return it",
+                    node=o,
+                )
 
 
 def _custom(node: Node) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from .base import (
     BlockSpec,
+    block_from_dict,
     block_names,
     create_block,
     get_block,
@@ -15,6 +16,7 @@ from .io import Input
 from .layers import ACTS, NORMS
 from .merge import Merge
 from .sampling import Down, Up
+from .sequence import Sequence
 
 __all__ = [
     "BlockSpec",
@@ -23,6 +25,7 @@ __all__ = [
     "get_block",
     "block_names",
     "create_block",
+    "block_from_dict",
     "leaf_module",
     "is_leaf_module",
     "ConvBlock",
@@ -31,6 +34,7 @@ __all__ = [
     "Up",
     "Merge",
     "Input",
+    "Sequence",
     "NORMS",
     "ACTS",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import MISSING, dataclass, fields, replace
 from fractions import Fraction
-from typing import Any, ClassVar, Literal, Sequence, TypeVar
+from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar
 
 from torch import nn
 
@@ -27,6 +27,7 @@ __all__ = [
     "block_names",
     "unregister_block",
     "create_block",
+    "block_from_dict",
     "leaf_module",
     "is_leaf_module",
 ]
@@ -135,11 +136,17 @@ class BlockSpec:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data: ``{"type": name, field: value, ...}`` with tuples as lists."""
+        """Plain data: ``{"type": name, field: value, ...}``, every field included.
+
+        Tuples become lists, nested specs their own ``to_dict()``, fractions
+        ``{"fraction": "1/2"}``; :func:`block_from_dict` turns the result back into an equal spec.
+
+        Raises:
+            SpecError: a field holds a value that is not plain data (e.g. a module or a function).
+        """
         out: dict[str, Any] = {"type": self.type_name}
         for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+            out[f.name] = _encode(getattr(self, f.name), f"{self.type_name}.{f.name}")
         return out
 
     def _set(self, name: str, value: Any) -> None:
@@ -254,25 +261,101 @@ def block_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_block(spec: str | dict[str, Any], **fields_: Any) -> BlockSpec:
-    """Create a spec from a registry name plus fields, or from ``to_dict()`` data."""
-    if isinstance(spec, dict):
-        data = dict(spec)
-        if "type" not in data:
-            raise SpecError(f"block data needs a 'type' key naming a registered block, got keys {sorted(data)}")
-        name = data.pop("type")
-        data.update(fields_)
-    else:
-        name, data = spec, dict(fields_)
-    cls = get_block(name)
+def create_block(spec: str | Mapping[str, Any], **fields_: Any) -> BlockSpec:
+    """Create a spec from a registry name plus fields, or from ``to_dict()`` data.
+
+    >>> create_block("Down", mode="avgpool").label()
+    'avgpool /2'
+    """
+    data = {**spec, **fields_} if isinstance(spec, Mapping) else {"type": spec, **fields_}
+    return block_from_dict(data)
+
+
+def block_from_dict(data: Mapping[str, Any], *, path: str | None = None) -> BlockSpec:
+    """The spec that ``data`` (a :meth:`BlockSpec.to_dict` result) describes.
+
+    Lists become tuples, ``{"type": ...}`` mappings nested specs, ``{"fraction": "1/2"}``
+    fractions. Only registered classes are created, so data never runs code of its own.
+
+    Args:
+        data: ``{"type": name, field: value, ...}``; missing fields take their defaults.
+        path: where ``data`` sits in a document (``"nodes.enc2.block"``); errors then name
+            the path instead of the class (``nodes.enc2.block.convs: expected a positive
+            integer, got -3``).
+
+    Raises:
+        RegistryError: the type is not registered.
+        SpecError: a field is unknown, missing or invalid.
+    """
+    where = path or "block"
+    if not isinstance(data, Mapping) or "type" not in data:
+        got = f"keys {sorted(map(str, data))}" if isinstance(data, Mapping) else repr(data)
+        raise SpecError(f"{where}: block data needs a 'type' key naming a registered block, got {got}")
+    name = data["type"]
+    try:
+        cls = get_block(name)
+    except RegistryError as e:
+        raise RegistryError(f"{path}.type: {e.message}" if path else e.message) from None
+    at = path or name
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(k for k in data if k != "type" and k not in known)
     if unknown:
-        raise SpecError(f"{name} has no field {', '.join(map(repr, unknown))}; fields: {', '.join(sorted(known))}")
+        prefix = f"{at}.{unknown[0]}: " if path else ""
+        raise SpecError(
+            f"{prefix}{name} has no field {', '.join(map(repr, unknown))}; fields: {', '.join(sorted(known))}"
+        )
     missing = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING and n not in data]
     if missing:
-        raise SpecError(f"{name} needs field {', '.join(map(repr, missing))}")
-    return cls(**data)
+        raise SpecError(f"{at + ': ' if path else ''}{name} needs field {', '.join(map(repr, missing))}")
+    values = {k: _decode(v, f"{at}.{k}") for k, v in data.items() if k != "type"}
+    try:
+        return cls(**values)
+    except SpecError as e:
+        if path is None:
+            raise
+        # "ConvBlock.convs: expected ..." → "nodes.enc2.block.convs: expected ..."
+        own = f"{cls.type_name}."
+        message = f"{path}.{e.message[len(own) :]}" if e.message.startswith(own) else f"{path}: {e.message}"
+        raise type(e)(message, node=e.node, edge=e.edge) from None
+    except (TypeError, ValueError) as e:  # a user spec's own validation
+        raise SpecError(f"{at}: {name}: {type(e).__name__}: {e}") from e
+
+
+_PLAIN_DATA = "numbers, strings, booleans, None, fractions, tuples and block specs"
+
+
+def _encode(value: Any, where: str) -> Any:
+    """A field value as JSON/YAML-ready data (see :meth:`BlockSpec.to_dict`)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, BlockSpec):
+        return value.to_dict()
+    if isinstance(value, Fraction):
+        return {"fraction": str(value)}
+    if isinstance(value, (tuple, list)):
+        return [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise SpecError(f"{where}: a {type(value).__name__} cannot be stored as data; fields hold {_PLAIN_DATA}")
+
+
+def _decode(value: Any, where: str) -> Any:
+    """The inverse of :func:`_encode`: lists → tuples, tagged mappings → specs and fractions."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_decode(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, Mapping):
+        if "type" in value:
+            return block_from_dict(value, path=where)
+        if set(value) == {"fraction"}:
+            try:
+                return Fraction(str(value["fraction"]))
+            except (ValueError, ZeroDivisionError):
+                raise SpecError(
+                    f"{where}.fraction: expected a fraction like '1/2', got {value['fraction']!r}"
+                ) from None
+        raise SpecError(
+            f"{where}: expected a block ({{type: ...}}) or a fraction ({{fraction: '1/2'}}), "
+            f"got a mapping with keys {sorted(map(str, value))}"
+        )
+    return value
 
 
 def leaf_module(cls: T) -> T:

@@ -1,0 +1,650 @@
+"""Edits: each takes a :class:`~unetgraph.graph.UNetGraph` and returns a new one.
+
+A graph is immutable, so an edit works on a private copy of the graph's records
+(:meth:`~unetgraph.graph.UNetGraph.node_records`, ``edge_records``, ``outputs``) and ends by
+building a new graph through the constructor, which lints the structure and infers every
+type again; then the edited graph must still accept some input size. An edit that breaks
+any of this raises the typed error of what broke (:class:`~unetgraph.errors.GraphError`,
+:class:`~unetgraph.errors.ShapeError`, :class:`~unetgraph.errors.SpecError`) prefixed with
+the edit, and nothing changes: edits are never half-applied. Node names are kept, so the
+lowered modules' ``state_dict`` keys stay the same for every node an edit did not touch.
+
+The methods of the same names on ``UNetGraph`` call these (``g.replace(...)``), so edits chain:
+
+>>> import unetgraph as ug
+>>> g = ug.unet(3, 2, widths=(8, 16, 32))
+>>> g2 = g.set_skip("enc1", "merge1", merge="add").remove_skip("enc0").insert_after("enc1", ug.ConvBlock(convs=1))
+>>> [e.name for e in g2.skips], g2["merge1"].type.channels
+(['enc1_convblock→merge1'], 16)
+>>> g.set("enc0", channels=12)["merge0"].type.channels    # widths flow to every consumer
+20
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+from .blocks.base import BlockSpec
+from .blocks.merge import Merge
+from .check import valid_sizes
+from .errors import GraphError, NodeNotFoundError, ShapeError, SpecError, UNetGraphError
+from .graph import In, Node, UNetGraph
+from .types import EdgeKind, Role
+
+__all__ = [
+    "replace",
+    "set_fields",
+    "map_blocks",
+    "insert_after",
+    "insert_before",
+    "remove",
+    "add",
+    "add_edge",
+    "remove_edge",
+    "add_skip",
+    "remove_skip",
+    "set_skip",
+    "tap",
+    "untap",
+    "copy",
+]
+
+EdgeRec = tuple[str, str, EdgeKind, int]
+
+
+class _Draft:
+    """A private, mutable copy of a graph's records for one edit; never seen outside this module."""
+
+    def __init__(self, g: UNetGraph) -> None:
+        self.g = g
+        self.nodes: list[list[Any]] = [list(r) for r in g.node_records()]  # [name, block, role, level]
+        self.edges: list[EdgeRec] = g.edge_records()
+        self.outputs: list[str] = list(g.outputs)
+        self.name = g.name
+
+    def has(self, name: str) -> bool:
+        return any(r[0] == name for r in self.nodes)
+
+    def record(self, name: str) -> list[Any]:
+        for r in self.nodes:
+            if r[0] == name:
+                return r
+        raise NodeNotFoundError(f"no node {name!r}", node=name)
+
+    def index(self, name: str) -> int:
+        return self.nodes.index(self.record(name))
+
+    def ins(self, dst: str) -> list[EdgeRec]:
+        """Edges into ``dst``, in port order."""
+        return sorted((e for e in self.edges if e[1] == dst), key=lambda e: e[3])
+
+    def outs(self, src: str) -> list[EdgeRec]:
+        return [e for e in self.edges if e[0] == src]
+
+    def new_node(self, name: str, block: BlockSpec, role: Role | str, level: int | None, at: int) -> None:
+        if self.has(name):
+            raise GraphError(f"a node named {name!r} exists already; pick another name", node=name)
+        self.nodes.insert(at, [name, block, role, level])
+
+    def connect(self, src: str, dst: str, kind: EdgeKind | str, port: int) -> None:
+        """Add ``src→dst`` at ``port``, moving the inputs at ``port`` and after one port on."""
+        if any(e[0] == src and e[1] == dst for e in self.edges):
+            raise GraphError(f"{src} feeds {dst} already (an edge {src}→{dst} exists)", edge=f"{src}→{dst}")
+        self.edges = [(s, d, k, p + 1 if d == dst and p >= port else p) for s, d, k, p in self.edges]
+        self.edges.append((src, dst, EdgeKind(kind), port))
+
+    def disconnect(self, src: str, dst: str) -> EdgeRec:
+        """Remove ``src→dst``; the inputs after it move one port down. Returns the removed edge."""
+        edge = next((e for e in self.edges if e[0] == src and e[1] == dst), None)
+        if edge is None:
+            raise GraphError(f"there is no edge {src}→{dst}", edge=f"{src}→{dst}")
+        self.edges.remove(edge)
+        self.edges = [(s, d, k, p - 1 if d == dst and p > edge[3] else p) for s, d, k, p in self.edges]
+        return edge
+
+    def bypass(self, name: str, keep: str) -> None:
+        """Drop ``name``; its consumers (and the outputs) take ``keep``'s output instead."""
+        for s, d, k, p in self.outs(name):
+            if any(e[0] == keep and e[1] == d for e in self.edges):
+                raise GraphError(
+                    f"bypassing {name} would feed {d} from {keep} twice (it is fed by {keep} already)",
+                    edge=f"{keep}→{d}",
+                )
+            self.edges.remove((s, d, k, p))
+            self.edges.append((keep, d, k, p))
+        self.outputs = list(dict.fromkeys(keep if o == name else o for o in self.outputs))
+        self.drop(name)
+
+    def drop(self, name: str) -> None:
+        """Remove ``name``, its edges and its place among the outputs."""
+        self.nodes.remove(self.record(name))
+        for s, d, _, _ in [e for e in self.edges if name in (e[0], e[1])]:
+            self.disconnect(s, d)
+        self.outputs = [o for o in self.outputs if o != name]
+
+    def build(self) -> UNetGraph:
+        new = UNetGraph([tuple(r) for r in self.nodes], self.edges, self.outputs, name=self.name)
+        _still_fits(self.g, new)
+        return new
+
+
+def _still_fits(old: UNetGraph, new: UNetGraph) -> None:
+    """Refuse a graph that accepts no input size, unless the original accepted none either."""
+    if sum(1 for n in new.inputs if new[n].type.dims > 0) != 1:
+        return  # valid sizes are defined for one spatial input
+    try:
+        valid_sizes(new, exact=False)
+    except ShapeError as e:
+        try:
+            valid_sizes(old, exact=False)
+        except ShapeError:
+            return
+        raise ShapeError(f"the edited graph accepts no input size: {e.message}") from None
+
+
+def _edit(what: str, g: UNetGraph, change: Callable[[_Draft], None]) -> UNetGraph:
+    """Apply ``change`` to a draft of ``g`` and build the result; errors name the edit."""
+    draft = _Draft(g)
+    try:
+        change(draft)
+        return draft.build()
+    except UNetGraphError as e:
+        raise type(e)(f"{what}: {e.message}", node=e.node, edge=e.edge) from e
+
+
+def _nonc(draft: _Draft, dst: str) -> list[EdgeRec]:
+    """The data and skip inputs of ``dst`` (not conditioning), in port order."""
+    return [e for e in draft.ins(dst) if e[2] is not EdgeKind.COND]
+
+
+def _block(block: object, what: str) -> BlockSpec:
+    if not isinstance(block, BlockSpec):
+        raise SpecError(f"{what}: expected a block spec (e.g. ug.ConvBlock()), got {block!r}")
+    return block
+
+
+# -- node edits ---------------------------------------------------------------------------
+
+
+def replace(
+    g: UNetGraph, node: str, block: BlockSpec, *, role: Role | str | None = None, level: int | None = None
+) -> UNetGraph:
+    """``g`` with ``node``'s block replaced by ``block`` (and its role or level, if given).
+
+    The node keeps its name and edges; its consumers are re-typed from the new output.
+
+    Raises:
+        NodeNotFoundError: no such node.
+        ShapeError, SpecError: the new block does not accept what reaches it, or its output
+            does not fit the consumers (e.g. an ``add`` merge now sees unequal channels).
+    """
+    g[node]
+    what = f"replace {node}"
+    _block(block, what)
+
+    def change(d: _Draft) -> None:
+        r = d.record(node)
+        r[1:] = [block, r[2] if role is None else role, r[3] if level is None else level]
+
+    return _edit(what, g, change)
+
+
+def set_fields(g: UNetGraph, node: str, **fields: Any) -> UNetGraph:
+    """``g`` with fields of ``node``'s block changed: ``set_fields(g, "enc2", convs=3, norm="group")``.
+
+    Raises:
+        SpecError: the block has no such field or the value is invalid.
+        ShapeError: the changed block no longer fits the graph.
+    """
+    what = f"set {node}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+    try:
+        block = g[node].block.with_(**fields)
+    except SpecError as e:
+        raise type(e)(f"{what}: {e.message}", node=node) from e
+    return _edit(what, g, lambda d: _set_blocks(d, {node: block}))
+
+
+def map_blocks(
+    g: UNetGraph,
+    fn: Callable[[BlockSpec], BlockSpec],
+    *,
+    role: Role | str | Iterable[Role | str] | None = None,
+    level: int | Iterable[int] | None = None,
+    where: Callable[[Node], bool] | None = None,
+    names: Iterable[str] | None = None,
+) -> UNetGraph:
+    """``g`` with ``fn(block)`` in place of the block of every selected node, in one edit.
+
+    Selection as in :meth:`UNetGraph.nodes` (role, level, predicate on the
+    :class:`~unetgraph.graph.Node`), optionally limited to ``names``; no selector selects
+    every node. ``fn`` may return the block unchanged to skip a node, e.g.
+    ``lambda b: b.with_(norm="group") if isinstance(b, ug.ConvBlock) else b``.
+
+    Raises:
+        SpecError: ``fn`` failed or returned something that is not a block (naming the node).
+        ShapeError: a changed block no longer fits the graph.
+    """
+    wanted = None if names is None else {g[n].name for n in names}
+    selected = [n for n in g.nodes(role=role, level=level, where=where) if wanted is None or n.name in wanted]
+    new: dict[str, BlockSpec] = {}
+    for n in selected:
+        try:
+            out = fn(n.block)
+        except UNetGraphError as e:
+            raise type(e)(f"map_blocks: {n.name} ({n.block.label()}): {e.message}", node=n.name) from e
+        new[n.name] = _block(out, f"map_blocks: {n.name}")
+    changed = [n for n, b in new.items() if b != g[n].block]
+    return _edit(f"map_blocks on {', '.join(changed) or 'nothing'}", g, lambda d: _set_blocks(d, new))
+
+
+def _set_blocks(d: _Draft, blocks: dict[str, BlockSpec]) -> None:
+    for name, block in blocks.items():
+        d.record(name)[1] = block
+
+
+def _derived_name(d: _Draft, anchor: str, block: BlockSpec) -> str:
+    """``<anchor>_<block type>`` (``enc3_convblock``), numbered when taken."""
+    base = f"{anchor}_{''.join(c if c.isalnum() else '_' for c in block.type_name).lower()}"
+    name, i = base, 2
+    while d.has(name):
+        name, i = f"{base}{i}", i + 1
+    return name
+
+
+_AFTER_ROLE = {Role.INPUT: Role.STEM, Role.MERGE: Role.DECODER}
+
+
+def insert_after(
+    g: UNetGraph,
+    anchor: str,
+    block: BlockSpec,
+    *,
+    name: str | None = None,
+    role: Role | str | None = None,
+    level: int | None = None,
+) -> UNetGraph:
+    """``g`` with a new node right after ``anchor``: it takes ``anchor``'s output and feeds
+    everything ``anchor`` fed (skips included; an output moves to the new node).
+
+    Args:
+        anchor: the node to insert after.
+        block: the new node's block.
+        name: the new node's name (default ``"<anchor>_<block type>"``, e.g. ``enc3_convblock``).
+        role: default: the anchor's (``stem`` after an input, ``decoder`` after a merge).
+        level: default: the anchor's.
+
+    Raises:
+        GraphError: the name is taken or invalid.
+        ShapeError, SpecError: the block does not take the anchor's output, or its output
+            does not fit the consumers.
+    """
+    a = g[anchor]
+    what = f"insert_after {anchor}"
+    _block(block, what)
+
+    def change(d: _Draft) -> None:
+        new = name or _derived_name(d, anchor, block)
+        d.new_node(
+            new,
+            block,
+            role or _AFTER_ROLE.get(a.role, a.role),
+            a.level if level is None else level,
+            d.index(anchor) + 1,
+        )
+        for s, t, k, p in d.outs(anchor):
+            d.edges.remove((s, t, k, p))
+            d.edges.append((new, t, k, p))
+        d.outputs = [new if o == anchor else o for o in d.outputs]
+        d.connect(anchor, new, EdgeKind.DATA, 0)
+
+    return _edit(what, g, change)
+
+
+def insert_before(
+    g: UNetGraph,
+    anchor: str,
+    block: BlockSpec,
+    *,
+    src: str | None = None,
+    name: str | None = None,
+    role: Role | str | None = None,
+    level: int | None = None,
+) -> UNetGraph:
+    """``g`` with a new node on the edge ``src → anchor``: ``src`` feeds the new node, which
+    feeds ``anchor`` at the same port and with the same kind (a skip stays a skip).
+
+    Args:
+        anchor: the node to insert before.
+        block: the new node's block.
+        src: which input of ``anchor``; needed when it has several (a merge: ``src="enc2"``
+            puts the block on the skip, e.g. a 1×1 conv to match channels for ``add``).
+        name: default ``"<anchor>_<block type>"``.
+        role, level: default: ``src``'s role and level when ``anchor`` is a merge, else the anchor's.
+
+    Raises:
+        GraphError: ``src`` is not an input of ``anchor`` or must be given; the name is taken.
+        ShapeError, SpecError: the new block does not fit.
+    """
+    a = g[anchor]
+    what = f"insert_before {anchor}"
+    _block(block, what)
+    ins = [e for e in g.in_edges(anchor) if e.kind is not EdgeKind.COND]
+    if src is None:
+        if len(ins) != 1:
+            raise GraphError(
+                f"{what}: {anchor} has {len(ins)} inputs ({', '.join(e.describe() for e in ins) or 'none'}); "
+                "say which with src=",
+                node=anchor,
+            )
+        src = ins[0].src
+    edge = next((e for e in ins if e.src == src), None)
+    if edge is None:
+        raise GraphError(
+            f"{what}: {src!r} is not an input of {anchor}; its inputs: {', '.join(e.src for e in ins)}", node=anchor
+        )
+    where = g[src] if a.role is Role.MERGE else a
+
+    def change(d: _Draft) -> None:
+        new = name or _derived_name(d, anchor, block)
+        d.new_node(new, block, role or where.role, where.level if level is None else level, d.index(anchor))
+        d.edges.remove((edge.src, anchor, edge.kind, edge.port))
+        d.edges.append((new, anchor, edge.kind, edge.port))
+        d.connect(src, new, EdgeKind.DATA, 0)
+
+    return _edit(what, g, change)
+
+
+def remove(g: UNetGraph, node: str, *, keep: str | None = None) -> UNetGraph:
+    """``g`` without ``node``: its consumers take the output of its input ``keep`` instead.
+
+    ``keep`` defaults to the node's only input, or, for a merge, its only ``data`` input (the
+    main path): ``remove(g, "merge2")`` drops the skip into ``merge2`` along with it. The
+    node's other inputs are dropped. A removed output is replaced by ``keep``.
+
+    Raises:
+        GraphError: the node is an input, ``keep`` is not among its inputs or must be given,
+            or a node would be left feeding nothing (the only path to an output removed).
+        ShapeError: the bypass does not type (e.g. removing a ``Down`` leaves the scales of a
+            merge unequal).
+    """
+    n = g[node]
+    what = f"remove {node}"
+    if n.role is Role.INPUT:
+        raise GraphError(f"{what}: {node} is a graph input; inputs cannot be removed", node=node)
+    ins = [e for e in g.in_edges(node) if e.kind is not EdgeKind.COND]
+    if keep is None:
+        data = [e for e in ins if e.kind is EdgeKind.DATA]
+        pick = ins if len(ins) == 1 else data
+        if len(pick) != 1:
+            raise GraphError(
+                f"{what}: {node} has inputs {', '.join(e.describe() for e in ins)}; say which one takes "
+                "its place with keep=",
+                node=node,
+            )
+        keep = pick[0].src
+    elif keep not in {e.src for e in ins}:
+        raise GraphError(
+            f"{what}: keep={keep!r} is not an input of {node} ({', '.join(e.src for e in ins)})", node=node
+        )
+
+    return _edit(what, g, lambda d: d.bypass(node, keep))
+
+
+def add(
+    g: UNetGraph,
+    name: str,
+    block: BlockSpec,
+    inputs: Sequence[str | In],
+    *,
+    role: Role | str = Role.HEAD,
+    level: int | None = None,
+) -> UNetGraph:
+    """``g`` with a new node ``name`` fed by ``inputs`` (port order), returned as an extra output.
+
+    A new branch feeds nothing yet, so it becomes an output: a deep-supervision head
+    (``add(g, "aux1", ug.Head(channels=2), ["dec1"])``) or a feature projection.
+
+    Args:
+        inputs: node names (data edges) or :class:`~unetgraph.graph.In` for skip/cond edges.
+        role: default ``head``.
+        level: default: the first input's level.
+
+    Raises:
+        GraphError: the name is taken, an input is unknown, the arity is wrong.
+        ShapeError, SpecError: the block does not accept its inputs.
+    """
+    what = f"add {name}"
+    _block(block, what)
+    items = [In(i) if isinstance(i, str) else In(*i) for i in inputs]
+    for item in items:
+        g[item.src]
+    lvl = level if level is not None else (g[items[0].src].level if items else None)
+
+    def change(d: _Draft) -> None:
+        d.new_node(name, block, role, lvl, max(d.index(i.src) for i in items) + 1 if items else len(d.nodes))
+        for port, item in enumerate(items):
+            d.connect(item.src, name, item.kind, port)
+        d.outputs.append(name)
+
+    return _edit(what, g, change)
+
+
+# -- edges and skips ----------------------------------------------------------------------
+
+
+def add_edge(
+    g: UNetGraph, src: str, dst: str, kind: EdgeKind | str = EdgeKind.DATA, port: int | None = None
+) -> UNetGraph:
+    """``g`` with an edge ``src → dst`` of ``kind`` at input ``port``; later ports move one on.
+
+    The default port: a skip goes just before the main (last) input, as in ``ug.unet``'s
+    merges; a data edge after the other inputs; a cond edge last.
+
+    Raises:
+        GraphError: the edge exists, would close a cycle, or ``dst`` does not take another input.
+        ShapeError: ``dst`` does not accept the extra input's type.
+    """
+    g[src], g[dst]
+    kind = _kind(kind)
+    what = f"add_edge {src}→{dst}"
+
+    def change(d: _Draft) -> None:
+        ins, main = d.ins(dst), len(_nonc(d, dst))
+        at = {EdgeKind.COND: len(ins), EdgeKind.SKIP: max(main - 1, 0)}.get(kind, main)
+        if port is not None and not (isinstance(port, int) and 0 <= port <= len(ins)):
+            raise GraphError(f"port must be an integer in 0..{len(ins)}, got {port!r}", edge=f"{src}→{dst}")
+        d.connect(src, dst, kind, at if port is None else port)
+
+    return _edit(what, g, change)
+
+
+def remove_edge(g: UNetGraph, src: str, dst: str) -> UNetGraph:
+    """``g`` without the edge ``src → dst`` (later inputs of ``dst`` move one port down).
+
+    Raises:
+        GraphError: no such edge, or removing it leaves ``dst`` short of inputs or ``src``
+            feeding nothing (e.g. the only path to the head).
+    """
+    g[src], g[dst]
+    return _edit(f"remove_edge {src}→{dst}", g, lambda d: _cut(d, src, dst))
+
+
+def _cut(d: _Draft, src: str, dst: str) -> None:
+    d.disconnect(src, dst)
+    if not _nonc(d, dst):
+        raise GraphError(
+            f"{dst} would have no input left: {src}→{dst} is the only path into it", node=dst, edge=f"{src}→{dst}"
+        )
+    if not d.outs(src) and src not in d.outputs:
+        raise GraphError(
+            f"{src} would feed nothing: {src}→{dst} is its only way to an output", node=src, edge=f"{src}→{dst}"
+        )
+
+
+def add_skip(
+    g: UNetGraph,
+    src: str,
+    dst: str,
+    *,
+    merge: str | BlockSpec | None = None,
+    name: str | None = None,
+) -> UNetGraph:
+    """``g`` with a skip edge ``src → dst``.
+
+    When ``dst`` takes another input (a merge), the skip joins it just before its main (last)
+    input; ``merge`` then also changes how it merges (as :func:`set_skip`). When ``dst``
+    takes one input (a decoder block), ``merge`` is required: a merge node (``name``, default
+    ``"<dst>_merge"``) is inserted in front of ``dst`` joining the skip and ``dst``'s input.
+
+    Raises:
+        GraphError: a cycle (``src`` comes after ``dst``), a skip across levels, an edge that
+            exists, or ``dst`` takes one input and no ``merge`` is given.
+        ShapeError: the merge does not accept the skip (scale or channels).
+    """
+    s, t = g[src], g[dst]
+    what = f"add_skip {src}→{dst}"
+    ins = [e for e in g.in_edges(dst) if e.kind is not EdgeKind.COND]
+    room = t.block.max_inputs is None or t.block.max_inputs > len(ins)
+    if not room and merge is None:
+        raise GraphError(
+            f"{what}: {dst} ({t.block.label()}) takes {len(ins)} input; end the skip at a merge, "
+            "or pass merge='concat' (or 'add') to insert one in front of it",
+            node=dst,
+        )
+    if room:
+        block = t.block if merge is None else _merged(t.block, merge, None, what, dst)
+
+        def join(d: _Draft) -> None:
+            d.record(dst)[1] = block
+            d.connect(src, dst, EdgeKind.SKIP, max(len(ins) - 1, 0))
+
+        return _edit(what, g, join)
+    main = ins[-1]
+    spec = merge if isinstance(merge, BlockSpec) else _merged(Merge(), merge, None, what, dst)
+
+    def change(d: _Draft) -> None:
+        new = name or f"{dst}_merge"
+        d.new_node(new, spec, Role.MERGE, t.level if t.level is not None else s.level, d.index(dst))
+        d.edges.remove((main.src, dst, main.kind, main.port))
+        d.edges.append((new, dst, main.kind, main.port))
+        d.connect(src, new, EdgeKind.SKIP, 0)
+        d.connect(main.src, new, EdgeKind.DATA, 1)
+
+    return _edit(what, g, change)
+
+
+def _merged(block: BlockSpec, merge: str | BlockSpec | None, crop: bool | None, what: str, dst: str) -> BlockSpec:
+    """``block`` merging as asked: ``merge`` is a mode of ``block`` or a whole new block."""
+    if isinstance(merge, BlockSpec):
+        block, merge = merge, None
+    changes = {k: v for k, v in (("mode", merge), ("crop", crop)) if v is not None}
+    try:
+        return block.with_(**changes)
+    except SpecError as e:
+        raise type(e)(f"{what}: {dst}: {e.message}", node=dst) from e
+
+
+def remove_skip(g: UNetGraph, src: str, dst: str | None = None) -> UNetGraph:
+    """``g`` without the skip(s) leaving ``src`` (only the one into ``dst`` if given).
+
+    A merge left with a single input has nothing to merge and is removed: its input feeds
+    its consumers directly (so ``dec0`` then sees ``up0``'s channels).
+
+    Raises:
+        GraphError: no such skip, or ``src`` would feed nothing.
+    """
+    g[src]
+    skips = [e for e in g.out_edges(src) if e.kind is EdgeKind.SKIP and (dst is None or e.dst == dst)]
+    what = f"remove_skip {src}→{dst or '*'}"
+    if not skips:
+        have = ", ".join(e.name for e in g.skips) or "none"
+        raise GraphError(f"{what}: no skip leaves {src}{f' into {dst}' if dst else ''}; skips: {have}", node=src)
+
+    def change(d: _Draft) -> None:
+        for e in skips:
+            _cut(d, e.src, e.dst)
+            left = _nonc(d, e.dst)
+            if len(left) == 1 and d.record(e.dst)[1].min_inputs > 1:
+                d.bypass(e.dst, left[0][0])
+
+    return _edit(what, g, change)
+
+
+def set_skip(
+    g: UNetGraph,
+    src: str,
+    dst: str,
+    *,
+    merge: str | BlockSpec | None = None,
+    crop: bool | None = None,
+) -> UNetGraph:
+    """``g`` with the skip ``src → dst`` merged differently.
+
+    Args:
+        merge: a mode of ``dst``'s block (``"concat"``, ``"add"``), or a whole new merge block.
+        crop: centre-crop the skips to the main path (``Merge.crop``).
+
+    The change applies to ``dst``, the node where the skip merges (all its inputs).
+
+    Raises:
+        GraphError: there is no skip ``src → dst``.
+        ShapeError: the new merge does not accept its inputs (``add`` with unequal channels).
+    """
+    g[src], g[dst]
+    what = f"set_skip {src}→{dst}"
+    if not any(e.src == src and e.kind is EdgeKind.SKIP for e in g.in_edges(dst)):
+        have = ", ".join(e.name for e in g.skips) or "none"
+        raise GraphError(f"{what}: there is no skip {src}→{dst}; skips: {have}", edge=f"{src}→{dst}")
+    if merge is None and crop is None:
+        raise SpecError(f"{what}: nothing to set; give merge= and/or crop=")
+    block = _merged(g[dst].block, merge, crop, what, dst)
+    return _edit(f"{what} ({dst}: {block.label()})", g, lambda d: _set_blocks(d, {dst: block}))
+
+
+# -- outputs --------------------------------------------------------------------------------
+
+
+def tap(g: UNetGraph, *nodes: str) -> UNetGraph:
+    """``g`` with ``nodes`` returned as extra outputs, after the existing ones.
+
+    The lowered module then returns a dict of tensors by node name
+    (``{"head": ..., "enc2": ...}``); ``check`` reports every output's shape. Tapping an
+    output again changes nothing.
+    """
+    for n in nodes:
+        g[n]
+    return _edit(f"tap {', '.join(nodes)}", g, lambda d: d.outputs.extend(n for n in nodes if n not in d.outputs))
+
+
+def untap(g: UNetGraph, *nodes: str) -> UNetGraph:
+    """``g`` without ``nodes`` among its outputs.
+
+    Raises:
+        GraphError: a node is not an output, or it would then feed nothing (dangling) or
+            no output would be left.
+    """
+    what = f"untap {', '.join(nodes)}"
+    for n in nodes:
+        if n not in g.outputs:
+            raise GraphError(f"{what}: {n!r} is not an output; outputs: {', '.join(g.outputs)}", node=str(n))
+
+    def change(d: _Draft) -> None:
+        d.outputs = [o for o in d.outputs if o not in nodes]
+
+    return _edit(what, g, change)
+
+
+def copy(g: UNetGraph, *, name: str | None = None) -> UNetGraph:
+    """An equal graph, optionally with another model name (the lowered class's name)."""
+
+    def change(d: _Draft) -> None:
+        d.name = g.name if name is None else name
+
+    return _edit("copy", g, change)
+
+
+def _kind(kind: EdgeKind | str) -> EdgeKind:
+    try:
+        return EdgeKind(kind)
+    except ValueError:
+        raise GraphError(f"unknown edge kind {kind!r}; kinds: data, skip, cond") from None
