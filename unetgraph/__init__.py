@@ -6,7 +6,7 @@
 (1, 2, 64, 64)
 """
 
-from . import presets
+from . import presets, render
 from .blocks import (
     ACTS,
     NORMS,
@@ -26,7 +26,17 @@ from .blocks import (
 )
 from .build import unet
 from .check import CheckReport, SizeRules, check, valid_sizes
-from .errors import GraphError, LoweringError, NodeNotFoundError, RegistryError, ShapeError, SpecError, UNetGraphError
+from .cost import CostReport, NodeCost, summary
+from .errors import (
+    GraphError,
+    LoweringError,
+    NodeNotFoundError,
+    RegistryError,
+    RenderError,
+    ShapeError,
+    SpecError,
+    UNetGraphError,
+)
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
 from .lower import fx_node_names, lower
 from .types import EdgeKind, Role, TensorType
@@ -60,6 +70,9 @@ __all__ = [
     "valid_sizes",
     "CheckReport",
     "SizeRules",
+    "summary",
+    "CostReport",
+    "NodeCost",
     "lower",
     "fx_node_names",
     "Role",
@@ -72,5 +85,7 @@ __all__ = [
     "NodeNotFoundError",
     "ShapeError",
     "LoweringError",
+    "RenderError",
     "presets",
+    "render",
 ]
