@@ -19,7 +19,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from math import prod
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -252,42 +252,57 @@ def summary(
     itemsize = dtype.itemsize
     report = None if input_shape is None else check(g, input_shape)
     rows = []
+    known: dict[object, int] = {}  # blocks repeat (same spec, same shapes): count each once
     for n in g:
         node = g[n]
         if report is None:
-            output, flops, nbytes = None, None, None
+            output, flops, nbytes, params = None, None, None, node.params
         else:
             r = report[n]
-            output, nbytes = r.output, prod(r.output) * itemsize
-            flops = 0 if node.role is Role.INPUT else _flops(node.name, node.block, r.inputs, r.output)
+            output, nbytes, params = r.output, prod(r.output) * itemsize, r.params
+            flops = 0 if node.role is Role.INPUT else _flops(node.name, node.block, r.inputs, r.output, known)
         rows.append(
-            NodeCost(n, node.role, node.level, node.block.label(), str(node.type), output, node.params, flops, nbytes)
+            NodeCost(n, node.role, node.level, node.block.label(), str(node.type), output, params, flops, nbytes)
         )
-    peak = None if report is None else _peak(g, {r.name: r.activation_bytes for r in rows})
+    peak = None if report is None else _peak(g, {r.name: r.activation_bytes or 0 for r in rows})
     return CostReport(g, rows, None if report is None else report.inputs, dtype, peak)
 
 
-def _flops(name: str, block: object, inputs: Sequence[Shape], output: Shape) -> int:
+def _flops(name: str, block: Any, inputs: Sequence[Shape], output: Shape, known: dict[object, int]) -> int:
     try:
-        return int(block.flops(inputs, output))  # type: ignore[attr-defined]
+        key: object = (block, tuple(inputs), output)
+        hash(key)
+    except TypeError:  # a spec with unhashable fields: no memo
+        key = object()
+    if key in known:
+        return known[key]
+    try:
+        known[key] = int(block.flops(inputs, output))
     except UNetGraphError as e:
-        raise e.at(name, block.label()) from e  # type: ignore[attr-defined]
+        raise e.at(name, block.label()) from e
     except Exception as e:  # a user block's own failure: keep it as the cause
-        raise SpecError(f"{name} ({block.label()}): flops failed: {type(e).__name__}: {e}", node=name) from e  # type: ignore[attr-defined]
+        raise SpecError(f"{name} ({block.label()}): flops failed: {type(e).__name__}: {e}", node=name) from e
+    return known[key]
 
 
-def _peak(g: UNetGraph, nbytes: Mapping[str, int | None]) -> int:
+def _peak(g: UNetGraph, nbytes: Mapping[str, int]) -> int:
     """Most bytes alive at once when nodes run in topological order and each output is freed
     after its last consumer (graph outputs live to the end)."""
-    waiting = {n: len(g.out_edges(n)) for n in g}
-    live = peak = 0
+    edges = g.edges()  # grouped by destination, in topological order
+    waiting = dict.fromkeys(g, 0)
+    for e in edges:
+        waiting[e.src] += 1
+    keep = set(g.outputs)
+    live = peak = i = 0
     for n in g:
-        live += nbytes[n] or 0
+        live += nbytes[n]
         peak = max(peak, live)
-        for e in g.in_edges(n):
-            waiting[e.src] -= 1
-            if waiting[e.src] == 0 and e.src not in g.outputs:
-                live -= nbytes[e.src] or 0
+        while i < len(edges) and edges[i].dst == n:
+            src = edges[i].src
+            waiting[src] -= 1
+            if waiting[src] == 0 and src not in keep:
+                live -= nbytes[src]
+            i += 1
     return peak
 
 

@@ -64,6 +64,7 @@ def layer_scene(g: UNetGraph, cost: CostReport, notes: Sequence[str], heat: str 
     measured: dict[str, tuple[Shape | None, int]] = {}
     if cost.inputs is not None:
         measured = measure(gm, *(torch.empty(cost.inputs[n], device="meta") for n in g.inputs))
+        measured.update((n, (cost.inputs[n], 0)) for n in g.inputs)
     itemsize = cost.dtype.itemsize
     layers = [n for n in gm.graph.nodes if n.op in ("placeholder", "call_module", "call_function", "call_method")]
     per_block: dict[str, list[fx.Node]] = {}

@@ -236,7 +236,7 @@ def title_line(g: UNetGraph, cost: CostReport) -> str:
 
 def _block_scene(g: UNetGraph, cost: CostReport, notes: Sequence[str], heat: str | None) -> Scene:
     names = list(g)
-    heats = heat_values(cost, heat, [[n] for n in names])
+    heats = heat_values(cost, heat, [[n] for n in names] if heat else names)
     items = []
     for n, h in zip(names, heats):
         node, row = g[n], cost[n]
@@ -297,7 +297,7 @@ def _collapse_levels(g: UNetGraph, blocks: Scene, cost: CostReport, notes: Seque
             heads[gid] = (it.title, it.role, it.level) if key is None else (key[1], key[2], it.level)
         groups[gid].append(it)
     order = list(groups)
-    heats = heat_values(cost, heat, [[m for it in groups[gid] for m in it.members] for gid in order])
+    heats = heat_values(cost, heat, [[m for it in groups[gid] for m in it.members] for gid in order] if heat else order)
     items = []
     for gid, h in zip(order, heats):
         members = tuple(m for it in groups[gid] for m in it.members)
