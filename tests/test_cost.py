@@ -184,6 +184,27 @@ class TestReport:
         with pytest.raises(ug.SpecError, match="needs an input shape"):
             r.share("enc0")
 
+    def test_a_failing_user_block_is_named(self):
+        from dataclasses import dataclass
+
+        from torch import nn
+
+        @dataclass(frozen=True)
+        class Broken(ug.BlockSpec):
+            def infer(self, inputs, sources=()):
+                return inputs[0]
+
+            def build(self, inputs, output):
+                return nn.Conv2d(output.channels + 1, output.channels, 1)  # wrong input channels
+
+        b = ug.GraphBuilder()
+        b.input("x", channels=2)
+        b.add("odd", Broken(), "encoder", 0, ["x"])
+        g = b.build(["odd"])
+        assert g.summary()["odd"].params == 3 * 2 + 2  # built and counted: the default
+        with pytest.raises(ug.SpecError, match=r"odd \(Broken\): flops failed: RuntimeError"):
+            g.summary((1, 2, 4, 4))
+
     def test_errors(self):
         g = ug.unet(3, 2, widths=(8, 16))
         with pytest.raises(ug.ShapeError, match="multiple of 2"):

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import graphviz
 import pytest
+import torch
 from drawing_graphs import cond_blocks, cond_unet, unet_pp, without_skip
 
 import unetgraph as ug
@@ -276,6 +277,15 @@ class TestDetail:
         assert d.y("enc0_conv0") > d.y("enc0")  # the encoder's layers run down
         assert d.y("dec0_conv0") < d.y("dec0")  # the decoder's run up
 
+    def test_layers_heat(self):
+        g = ug.unet(3, 2, widths=(8, 16))
+        shape = (1, 3, 32, 32)
+        d = Drawn(g.to_dot("layers", input_shape=shape, heat="flops"))
+        measured = ug.cost.measure(g.lower(device="meta", guard=False), torch.empty(shape, device="meta"))
+        hottest = max(measured, key=lambda n: measured[n][1])
+        assert d.attrs[hottest]["fillcolor"] == "#b30000"
+        assert d.attrs["enc0_act0"]["fillcolor"] == "#fff7ec"
+
     def test_layers_of_a_conditioned_graph(self):
         with cond_blocks():
             g = cond_unet(3)
@@ -312,6 +322,26 @@ class TestOutput:
         path = g.save_figure(tmp_path / f"unet{suffix}")
         assert path.read_bytes().startswith(magic)
         assert os.listdir(tmp_path) == [f"unet{suffix}"]  # no temporary left behind
+
+    def test_a_large_graph_shows_its_levels_in_a_notebook(self):
+        g = ug.unet(1, 1, widths=(2,) * 45, down=ug.Down(factor=1), up=ug.Up(factor=1, kernel=1))
+        assert len(g) > ug.render.REPR_MAX_BLOCKS
+        svg = g._repr_mimebundle_()["image/svg+xml"]
+        assert 'id="encoder_3"' in svg and 'id="enc3"' not in svg
+
+    def test_a_scene_is_drawn_as_given(self):
+        s = ug.render.scene(ug.unet(3, 2, widths=(8, 16)), "levels")
+        assert ug.render.to_dot(s) == ug.unet(3, 2, widths=(8, 16)).to_dot("levels")
+        with pytest.raises(ug.RenderError, match="already annotated"):
+            ug.render.to_dot(s, annotate=("params",))
+        with pytest.raises(ug.RenderError, match="expected a UNetGraph or a Scene"):
+            ug.render.to_dot("unet")
+
+    def test_odd_names_are_quoted(self):
+        s = ug.render.scene(ug.unet(3, 2, widths=(8,)))
+        odd = replace(s, name='my "net"', items=tuple(replace(it, title=f"<{it.title}> & co") for it in s.items))
+        d = Drawn(ug.render.to_dot(odd))
+        assert "&lt;x&gt; &amp; co" in d.attrs["x"]["label"]
 
     def test_save_figure_unknown_suffix(self, tmp_path):
         with pytest.raises(ug.RenderError, match="cannot tell the format"):

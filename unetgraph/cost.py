@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from .check import check
-from .errors import SpecError, UNetGraphError
+from .errors import NodeNotFoundError, SpecError, UNetGraphError
 from .graph import UNetGraph
 from .types import Role
 
@@ -91,7 +91,7 @@ class CostReport:
         try:
             return self._by_name[name]
         except KeyError:
-            raise UNetGraphError(f"the cost report of {self.name} has no node {name!r}", node=str(name)) from None
+            raise NodeNotFoundError(f"the cost report of {self.name} has no node {name!r}", node=str(name)) from None
 
     def __iter__(self) -> Iterator[NodeCost]:
         return iter(self.rows)

@@ -22,6 +22,8 @@ from .errors import GraphError, NodeNotFoundError, SpecError, UNetGraphError
 from .types import EdgeKind, Role, TensorType
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import graphviz
 
     from .check import CheckReport, SizeRules
@@ -376,7 +378,7 @@ class UNetGraph:
 
         return to_dot(self, detail, **options)
 
-    def save_figure(self, path: str, detail: str = "blocks", **options: Any) -> Any:
+    def save_figure(self, path: str | Path, detail: str = "blocks", **options: Any) -> Path:
         """Write the drawing to .svg/.png/.pdf/.dot, atomically: see :func:`unetgraph.render.save_figure`."""
         from .render import save_figure
 

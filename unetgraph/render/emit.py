@@ -82,7 +82,8 @@ def _q(s: str) -> str:
 
 
 def _attrs(d: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v if v.startswith('<') else _q(v)}" for k, v in d.items())
+    """``k="v", ...``; labels are HTML-like (``<...>``), everything else is quoted."""
+    return ", ".join(f"{k}={v if k == 'label' else _q(v)}" for k, v in d.items())
 
 
 def _wrap(text: str, width: int = 44) -> list[str]:

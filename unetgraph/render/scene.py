@@ -165,17 +165,14 @@ def _annotations(annotate: Iterable[str] | None, input_shape: object) -> tuple[s
     return out
 
 
-def note_lines(
-    rows: Sequence[NodeCost], wanted: Sequence[str], shape: str | None = None, params: int | None = None
-) -> tuple[str, ...]:
+def note_lines(rows: Sequence[NodeCost], wanted: Sequence[str]) -> tuple[str, ...]:
     """Annotation strings for the nodes ``rows`` stand for (summed; the shape of the last)."""
-    last = rows[-1]
     out = []
     for what in wanted:
         if what == "shape":
-            out.append(shape if shape is not None else _shape(last))
+            out.append(_shape(rows[-1]))
         elif what == "params":
-            p = sum(r.params for r in rows) if params is None else params
+            p = sum(r.params for r in rows)
             if p:
                 out.append(f"{fmt_count(p)} params")
         elif what == "flops":
