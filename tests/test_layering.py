@@ -17,10 +17,12 @@ ORDER = [
     "diff",
     "build",
     "check",
+    "cost",
     "edit",
     "runtime",
     "transfer",
     "lower",
+    "render",
     "presets",
     "cli",
 ]

@@ -6,7 +6,7 @@
 (1, 2, 64, 64)
 """
 
-from . import presets
+from . import presets, render
 from .blocks import (
     ACTS,
     NORMS,
@@ -28,8 +28,18 @@ from .blocks import (
 )
 from .build import unet
 from .check import CheckReport, SizeRules, check, valid_sizes
+from .cost import CostReport, NodeCost, summary
 from .diff import GraphDiff, diff
-from .errors import GraphError, LoweringError, NodeNotFoundError, RegistryError, ShapeError, SpecError, UNetGraphError
+from .errors import (
+    GraphError,
+    LoweringError,
+    NodeNotFoundError,
+    RegistryError,
+    RenderError,
+    ShapeError,
+    SpecError,
+    UNetGraphError,
+)
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
 from .lower import fx_node_names, lower
 from .serialize import SCHEMA_VERSION, dumps, load, loads, save
@@ -67,6 +77,9 @@ __all__ = [
     "valid_sizes",
     "CheckReport",
     "SizeRules",
+    "summary",
+    "CostReport",
+    "NodeCost",
     "lower",
     "fx_node_names",
     "save",
@@ -89,5 +102,7 @@ __all__ = [
     "NodeNotFoundError",
     "ShapeError",
     "LoweringError",
+    "RenderError",
     "presets",
+    "render",
 ]

@@ -14,6 +14,7 @@ __all__ = [
     "NodeNotFoundError",
     "ShapeError",
     "LoweringError",
+    "RenderError",
 ]
 
 
@@ -75,3 +76,8 @@ class ShapeError(UNetGraphError):
 
 class LoweringError(UNetGraphError):
     """The graph cannot be lowered to a ``torch.fx.GraphModule`` as asked."""
+
+
+class RenderError(UNetGraphError):
+    """A drawing cannot be made as asked: a bad option, or graphviz (the ``dot`` program or the
+    ``graphviz`` Python package) is missing; the message says how to install what is missing."""

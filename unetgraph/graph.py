@@ -24,7 +24,12 @@ from .errors import GraphError, NodeNotFoundError, SpecError, UNetGraphError
 from .types import EdgeKind, Role, TensorType
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import graphviz
+
     from .check import CheckReport, SizeRules
+    from .cost import CostReport
 
 __all__ = ["Node", "Edge", "Level", "In", "UNetGraph", "GraphBuilder"]
 
@@ -459,6 +464,41 @@ class UNetGraph:
         from .serialize import save
 
         return save(self, path, format=format)
+
+    # -- drawing and cost (the logic lives in render/ and cost.py) ----------------
+    def summary(
+        self, input_shape: Sequence[int] | dict[str, Sequence[int]] | None = None, **options: Any
+    ) -> CostReport:
+        """Params, FLOPs and activation memory per node, from the types: see :func:`unetgraph.cost.summary`."""
+        from .cost import summary
+
+        return summary(self, input_shape, **options)
+
+    def render(self, detail: str = "blocks", **options: Any) -> graphviz.Digraph:
+        """The graph drawn as a U (a ``graphviz.Digraph``): see :func:`unetgraph.render.render`."""
+        from .render import render
+
+        return render(self, detail, **options)
+
+    def to_dot(self, detail: str = "blocks", **options: Any) -> str:
+        """The DOT source of :meth:`render`'s drawing, without graphviz: see :func:`unetgraph.render.to_dot`."""
+        from .render import to_dot
+
+        return to_dot(self, detail, **options)
+
+    def save_figure(self, path: str | Path, detail: str = "blocks", **options: Any) -> Path:
+        """Write the drawing to .svg/.png/.pdf/.dot, atomically: see :func:`unetgraph.render.save_figure`."""
+        from .render import save_figure
+
+        return save_figure(self, path, detail, **options)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        from .render import repr_mimebundle
+
+        return repr_mimebundle(self, include, exclude)
+
+    def _repr_svg_(self) -> str | None:
+        return self._repr_mimebundle_().get("image/svg+xml")
 
 
 # -- construction and invariants (shared by UNetGraph and GraphBuilder) -------------------
