@@ -10,12 +10,20 @@ from . import presets
 from .blocks import (
     ACTS,
     NORMS,
+    AttentionGate,
     BlockSpec,
+    ClassEmbedding,
     ConvBlock,
+    CrossAttention,
     Down,
     Head,
     Input,
+    LinearAttention,
     Merge,
+    ResBlock,
+    SelfAttention,
+    SqueezeExcitation,
+    TimestepEmbedding,
     Up,
     block_names,
     create_block,
@@ -24,7 +32,7 @@ from .blocks import (
     register_block,
     unregister_block,
 )
-from .build import unet
+from .build import diffusion_unet, nested_unet, unet
 from .check import CheckReport, SizeRules, check, valid_sizes
 from .errors import GraphError, LoweringError, NodeNotFoundError, RegistryError, ShapeError, SpecError, UNetGraphError
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
@@ -35,6 +43,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "unet",
+    "diffusion_unet",
+    "nested_unet",
     "UNetGraph",
     "GraphBuilder",
     "Node",
@@ -48,6 +58,14 @@ __all__ = [
     "Merge",
     "Head",
     "Input",
+    "ResBlock",
+    "SelfAttention",
+    "CrossAttention",
+    "LinearAttention",
+    "TimestepEmbedding",
+    "ClassEmbedding",
+    "AttentionGate",
+    "SqueezeExcitation",
     "NORMS",
     "ACTS",
     "register_block",
