@@ -44,6 +44,7 @@ def unet(
     merge: Part = "concat",
     head: BlockSpec | None = None,
     skip_first: bool = True,
+    gate: BlockSpec | None = None,
     deep_supervision: int = 0,
     name: str = "UNet",
 ) -> UNetGraph:
@@ -71,6 +72,9 @@ def unet(
         head: the output block (default: a 1×1 :class:`~unetgraph.Head`).
         skip_first: the merge takes the skip then the decoder path (Ronneberger's order);
             ``False`` takes the decoder path first (nnU-Net's and diffusers' concat order).
+        gate: a two-input block (e.g. :class:`~unetgraph.AttentionGate`) that weighs each skip
+            by the decoder path before the merge: ``gate{i}`` takes the skip ``enc{i}→gate{i}``
+            and ``up{i}``; ``merge{i}`` then takes ``gate{i}`` and ``up{i}`` (Attention U-Net).
         deep_supervision: extra heads ``head1`` … ``head{k}`` on the decoder levels 1 … k
             (copies of ``head``); the model then returns a dict ``{"head": …, "head1": …}``.
         name: the model name (the lowered class's name).
@@ -125,7 +129,10 @@ def unet(
         if _has_field(up_i, "channels") and getattr(up_i, "conv", True) and up_i.channels is None:
             up_i = up_i.with_(channels=widths[i])
         h = b.add(f"up{i}", up_i, Role.UP, i, [h])
-        pair = [In(skips[i], EdgeKind.SKIP), h] if skip_first else [h, In(skips[i], EdgeKind.SKIP)]
+        skip: str | In = In(skips[i], EdgeKind.SKIP)
+        if gate is not None:
+            skip = b.add(f"gate{i}", gate, Role.MERGE, i, [skip, h])
+        pair = [skip, h] if skip_first else [h, skip]
         h = b.add(f"merge{i}", _part(merge, i, Merge, "merge"), Role.MERGE, i, pair)
         h = b.add(f"dec{i}", _block(decoder_block or block, i, widths[i], "decoder_block"), Role.DECODER, i, [h])
     head = _head(head, out_channels)

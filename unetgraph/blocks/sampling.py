@@ -15,8 +15,8 @@ from ..errors import SpecError
 from ..sizes import Pad, Scale, SizeOp, Transposed, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .conv import _spatial_input, same_padding
-from .layers import conv_cls, conv_transpose_cls
+from .conv import _spatial_input, check_groups, same_padding
+from .layers import ACTS, NORMS, conv_cls, conv_transpose_cls, make_norm
 
 __all__ = ["Down", "Up", "SpaceToDepth", "DepthToSpace"]
 
@@ -29,6 +29,13 @@ _INTERP = {"nearest": ("nearest",) * 3, "linear": ("linear", "bilinear", "trilin
 
 def _axes(spec: BlockSpec, field: str, dims: int) -> tuple[int, ...]:
     return tuple(spec._per_axis(field, dims, a) for a in range(dims))
+
+
+def _flatten_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``[("conv", m)]`` for a single layer, the named children of a ``Sequential``."""
+    if isinstance(module, nn.Sequential):
+        return list(module.named_children())
+    return [("conv", module)]
 
 
 class SpaceToDepth(nn.Module):
@@ -199,6 +206,8 @@ class Up(BlockSpec):
         kernel: conv kernel; ``None`` means ``factor`` for ``"transpose"`` and 3 otherwise.
         conv: interpolation modes only: ``False`` drops the convolution (channels are kept).
         bias: the convolution's bias.
+        norm, groups, act: a norm and an activation after the convolution (``"none"`` by
+            default; AttU_Net's ``up_conv`` is nearest ×2 → conv3×3 → batch norm → ReLU).
 
     Shape:
         ``(N, C, *S) → (N, channels, *(S * factor))``.
@@ -210,8 +219,16 @@ class Up(BlockSpec):
     kernel: int | tuple[int, ...] | None = None
     conv: bool = True
     bias: bool = True
+    norm: str = "none"
+    groups: int = 32
+    act: str = "none"
 
     def validate(self) -> None:
+        self._choice("norm", [*NORMS, "none"])
+        self._positive_int("groups")
+        self._choice("act", [*ACTS, "none"])
+        if not self.conv and (self.norm != "none" or self.act != "none"):
+            raise SpecError("Up.norm and Up.act follow the convolution; with conv=False there is none")
         self._choice(
             "mode",
             ["transpose", "nearest", "linear", "pixel_shuffle"],
@@ -252,6 +269,7 @@ class Up(BlockSpec):
         if self.mode == "transpose":
             self._transpose_padding(x.dims)
         factors = tuple(Fraction(f) for f in _axes(self, "factor", x.dims))
+        check_groups(self.norm, self.groups, self.channels or x.channels)
         return x.with_(channels=self.channels or x.channels).rescaled(factors)
 
     def size_ops(self, dims: int, axis: int) -> tuple[SizeOp, ...]:
@@ -267,6 +285,17 @@ class Up(BlockSpec):
 
     def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:
         (x,) = inputs
+        dims = x.dims
+        if self.norm == "none" and self.act == "none":
+            return self._resample(x, output)
+        layers = OrderedDict(_flatten_children(self._resample(x, output)))
+        if self.norm != "none":
+            layers["norm"] = make_norm(self.norm, output.channels, dims, self.groups)
+        if self.act != "none":
+            layers["act"] = ACTS[self.act]()
+        return nn.Sequential(layers)
+
+    def _resample(self, x: TensorType, output: TensorType) -> nn.Module:
         dims, kernel = x.dims, self._kernel(x.dims)
         factor = _axes(self, "factor", dims)
         if self.mode == "transpose":
@@ -293,7 +322,8 @@ class Up(BlockSpec):
             return 0
         (x,) = inputs
         cout = self._conv_out(output.channels, x.dims)
-        return x.channels * cout * prod(self._kernel(x.dims)) + cout * self.bias
+        norm = NORMS[self.norm][1] * output.channels if self.norm != "none" else 0
+        return x.channels * cout * prod(self._kernel(x.dims)) + cout * self.bias + norm
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         if not self.conv:
