@@ -53,7 +53,9 @@ _DDPM = {
 }
 
 
-def ddpm_unet(resolution: int = 32, *, in_channels: int = 3, out_channels: int | None = None) -> UNetGraph:
+def ddpm_unet(
+    resolution: int = 32, *, in_channels: int = 3, out_channels: int | None = None, head_dim: int | None = None
+) -> UNetGraph:
     """The denoising U-Net of Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models",
     NeurIPS 2020 (arXiv:2006.11239), Appendix B.
 
@@ -74,11 +76,18 @@ def ddpm_unet(resolution: int = 32, *, in_channels: int = 3, out_channels: int |
     one zero row and column appended before each stride-2 convolution, GroupNorm eps 1e-6),
     so a ``UNet2DModel``'s weights map one to one and give equal outputs (tests/test_presets.py).
 
+    ``head_dim=None`` is the paper's single-head attention. diffusers' ``UNet2DModel`` defaults
+    ``attention_head_dim`` to 8 when a configuration omits it, as the ``google/ddpm-*`` ones
+    do, so loading those checkpoints there runs 32 heads of width 8 at 256 channels: pass
+    ``head_dim=8`` for that behaviour (same parameters, different attention).
+
     Shape:
         ``x: (N, 3, H, W)``, ``t: (N,)`` → ``(N, 3, H, W)``, ``H, W`` multiples of 8 (32) or 32 (256).
     """
     if resolution not in _DDPM:
-        raise SpecError(f"ddpm_unet: resolution must be one of {sorted(_DDPM)} (the paper's models), got {resolution!r}")
+        raise SpecError(
+            f"ddpm_unet: resolution must be one of {sorted(_DDPM)} (the paper's models), got {resolution!r}"
+        )
     widths, attention_levels, dropout = _DDPM[resolution]
     return diffusion_unet(
         in_channels,
@@ -87,7 +96,7 @@ def ddpm_unet(resolution: int = 32, *, in_channels: int = 3, out_channels: int |
         layers_per_block=2,
         attention_levels=attention_levels,
         resblock=ResBlock(groups=32, eps=1e-6, act="silu", dropout=dropout),
-        attention=SelfAttention(groups=32, eps=1e-6),
+        attention=SelfAttention(head_dim=head_dim, groups=32, eps=1e-6),
         time_embedding=TimestepEmbedding(flip_sin_to_cos=False, freq_shift=1),
         down=Down("conv", kernel=3, padding=0, pad_end=1),
         up=Up("nearest"),
@@ -266,8 +275,9 @@ def residual_unet(in_channels: int = 3, num_classes: int = 1) -> UNetGraph:
 
     The paper reports 7.8M parameters. Where channels or the stride change, a shortcut needs
     a projection; the paper does not describe it, and this preset uses a 1×1 convolution
-    (with the unit's stride), giving 8,220,993 parameters; without the shortcut projections
-    the count is 7,789,... ≈ 7.8M, the paper's figure (asserted in the tests).
+    (with the unit's stride), giving 8,220,993 parameters for 3 input channels and 1 class;
+    without the projections the count is 7,789,313 ≈ 7.8M, the paper's figure, so the
+    paper's count evidently leaves them out (asserted in the tests).
 
     Shape:
         ``(N, in_channels, H, W) → (N, num_classes, H, W)``, ``H, W`` multiples of 8.
