@@ -31,11 +31,11 @@ def test_padded_variant_equals_the_common_pytorch_unet():
 
 # -- the block-library presets ----------------------------------------------------------------
 
-import re  # noqa: E402
-
 import pytest  # noqa: E402
 import torch._dynamo  # noqa: E402
 from torch.fx.passes.shape_prop import ShapeProp  # noqa: E402
+
+from benchmarks.ddpm_vs_diffusers import diffusers_key  # noqa: E402
 
 
 def ddpm_config(widths, down_types, up_types, **extra):
@@ -66,37 +66,6 @@ LSUN = ddpm_config(
     ("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
     ("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
 )
-
-
-def diffusers_key(key: str, depth: int) -> str:
-    """Our state-dict key → diffusers' UNet2DModel key (the node names follow its blocks)."""
-    rules = [
-        (r"conv_in\.conv0\.(.+)", lambda m: f"conv_in.{m[1]}"),
-        (r"time_embedding\.linear(\d)\.(.+)", lambda m: f"time_embedding.linear_{m[1]}.{m[2]}"),
-        (r"enc(\d+)_(\d+)_attn\.(.+)", lambda m: f"down_blocks.{m[1]}.attentions.{m[2]}.{m[3]}"),
-        (r"enc(\d+)_(\d+)\.(.+)", lambda m: f"down_blocks.{m[1]}.resnets.{m[2]}.{m[3]}"),
-        (r"down(\d+)\.conv\.(.+)", lambda m: f"down_blocks.{int(m[1]) - 1}.downsamplers.0.conv.{m[2]}"),
-        (r"mid_res(\d)\.(.+)", lambda m: f"mid_block.resnets.{m[1]}.{m[2]}"),
-        (r"mid_attn\.(.+)", lambda m: f"mid_block.attentions.0.{m[1]}"),
-        (r"dec(\d+)_(\d+)_attn\.(.+)", lambda m: f"up_blocks.{depth - 1 - int(m[1])}.attentions.{m[2]}.{m[3]}"),
-        (r"dec(\d+)_(\d+)\.(.+)", lambda m: f"up_blocks.{depth - 1 - int(m[1])}.resnets.{m[2]}.{m[3]}"),
-        (r"up(\d+)\.conv\.(.+)", lambda m: f"up_blocks.{depth - 2 - int(m[1])}.upsamplers.0.conv.{m[2]}"),
-        (r"head\.norm\.(.+)", lambda m: f"conv_norm_out.{m[1]}"),
-        (r"head\.conv\.(.+)", lambda m: f"conv_out.{m[1]}"),
-    ]
-    for pattern, target in rules:
-        m = re.fullmatch(pattern, key)
-        if m:
-            out = target(m)
-            for ours, theirs in (
-                ("cond_proj.linear", "time_emb_proj"),
-                ("shortcut", "conv_shortcut"),
-                ("attentions.(\\d+).norm", "attentions.\\1.group_norm"),
-                ("to_out", "to_out.0"),
-            ):
-                out = re.sub(ours, theirs, out)
-            return out
-    raise AssertionError(f"no diffusers name for {key}")
 
 
 def copy_from_diffusers(gm, ref, depth):
