@@ -77,5 +77,8 @@ class TestBadArguments:
             ug.unet(**args)
 
     def test_unknown_block_name(self):
-        with pytest.raises(ug.RegistryError, match="unknown block 'ResidualBlok'; known blocks: ConvBlock"):
+        with pytest.raises(
+            ug.RegistryError,
+            match=r"unknown block 'ResidualBlok' \(did you mean 'ResBlock'\?\); known blocks: .*ConvBlock",
+        ):
             ug.unet(3, 2, block="ResidualBlok")

@@ -10,26 +10,21 @@ import torch
 from drawing_graphs import cond_blocks, cond_unet, unet_pp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from torch.utils.flop_counter import FlopCounterMode
+from preset_cases import PRESET_CASES
 
 import unetgraph as ug
 
 
-def example_inputs(g: ug.UNetGraph, batch: int = 1) -> dict[str, tuple[int, ...]]:
-    """The smallest valid shape of every input (vectors for non-spatial inputs)."""
-    rules = g.valid_sizes()
-    shapes = {}
-    for name in g.inputs:
-        t = g[name].type
-        shapes[name] = (batch, t.channels, *(r.minimum for r in rules.axes)) if t.dims else (batch, t.channels)
-    return shapes
+def _spatial(g: ug.UNetGraph, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...] | None:
+    images = [shapes[n][2:] for n in g.inputs if g[n].type.dims]
+    return images[0] if images else None
 
 
 def measured(g: ug.UNetGraph, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int, dict[str, int], dict]:
     """Run the lowered module for real: total FLOPs, parameters, FLOPs per graph node, fx measurements."""
     gm = g.lower().eval()
-    xs = [torch.randn(*shapes[n]) for n in g.inputs]
-    counter = FlopCounterMode(display=False)
+    xs = list(ug.example_inputs(g, batch=next(iter(shapes.values()))[0], size=_spatial(g, shapes)).values())
+    counter = ug.cost.flop_counter()
     with counter, torch.no_grad():
         gm(*xs)
     per_fx = ug.cost.measure(gm, *xs)
@@ -41,13 +36,10 @@ def measured(g: ug.UNetGraph, shapes: dict[str, tuple[int, ...]]) -> tuple[int, 
     return counter.get_total_flops(), sum(p.numel() for p in gm.parameters()), per_node, per_fx
 
 
-PRESETS = [getattr(ug.presets, name) for name in ug.presets.__all__]
-
-
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda f: f.__name__)
-def test_every_preset_flops_and_params_equal_torch(preset):
-    g = preset()
-    shapes = example_inputs(g)
+@pytest.mark.parametrize("key", list(PRESET_CASES))
+def test_every_preset_flops_and_params_equal_torch(key):
+    make, shapes = PRESET_CASES[key]
+    g = make()
     r = g.summary(shapes if len(shapes) > 1 else shapes[g.inputs[0]])
     total, params, per_node, _ = measured(g, shapes)
     assert abs(r.flops - total) <= 0.01 * total, (r.flops, total)
@@ -67,7 +59,7 @@ def test_padded_classic_unet_exact():
 def test_classic_unet_at_the_paper_tile():
     r = ug.presets.classic_unet().summary((1, 1, 572, 572))
     gm = ug.presets.classic_unet().lower(device="meta")
-    counter = FlopCounterMode(display=False)
+    counter = ug.cost.flop_counter()
     with counter:
         gm(torch.empty(1, 1, 572, 572, device="meta"))
     assert r.flops == counter.get_total_flops() == 300_856_848_896

@@ -17,6 +17,7 @@ ORDER = [
     "diff",
     "build",
     "check",
+    "inputs",
     "cost",
     "edit",
     "runtime",

@@ -93,6 +93,7 @@ def test_document_layout():
             "act": "relu",
             "dropout": 0.0,
             "bias": None,
+            "mid_channels": None,
         },
     }
     assert {"src": "enc1", "dst": "merge1", "kind": "skip", "port": 0} in doc["edges"]

@@ -10,13 +10,21 @@ from . import presets, render
 from .blocks import (
     ACTS,
     NORMS,
+    AttentionGate,
     BlockSpec,
+    ClassEmbedding,
     ConvBlock,
+    CrossAttention,
     Down,
     Head,
     Input,
+    LinearAttention,
     Merge,
+    ResBlock,
+    SelfAttention,
     Sequence,
+    SqueezeExcitation,
+    TimestepEmbedding,
     Up,
     block_from_dict,
     block_names,
@@ -26,7 +34,7 @@ from .blocks import (
     register_block,
     unregister_block,
 )
-from .build import unet
+from .build import diffusion_unet, nested_unet, unet
 from .check import CheckReport, SizeRules, check, valid_sizes
 from .cost import CostReport, NodeCost, summary
 from .diff import GraphDiff, diff
@@ -41,6 +49,7 @@ from .errors import (
     UNetGraphError,
 )
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
+from .inputs import example_inputs, input_shapes
 from .lower import fx_node_names, lower
 from .serialize import SCHEMA_VERSION, dumps, load, loads, save
 from .transfer import TransferReport, transfer_report, transfer_weights
@@ -49,7 +58,11 @@ from .types import EdgeKind, Role, TensorType
 __version__ = "0.1.0"
 
 __all__ = [
+    "example_inputs",
+    "input_shapes",
     "unet",
+    "diffusion_unet",
+    "nested_unet",
     "UNetGraph",
     "GraphBuilder",
     "Node",
@@ -64,6 +77,14 @@ __all__ = [
     "Head",
     "Input",
     "Sequence",
+    "ResBlock",
+    "SelfAttention",
+    "CrossAttention",
+    "LinearAttention",
+    "TimestepEmbedding",
+    "ClassEmbedding",
+    "AttentionGate",
+    "SqueezeExcitation",
     "NORMS",
     "ACTS",
     "register_block",

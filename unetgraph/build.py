@@ -5,12 +5,25 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Callable, Sequence, Union
 
-from .blocks import BlockSpec, ConvBlock, Down, Head, Merge, Up, create_block
+from .blocks import (
+    BlockSpec,
+    ClassEmbedding,
+    ConvBlock,
+    CrossAttention,
+    Down,
+    Head,
+    Merge,
+    ResBlock,
+    SelfAttention,
+    TimestepEmbedding,
+    Up,
+    create_block,
+)
 from .errors import SpecError
 from .graph import GraphBuilder, In, UNetGraph
-from .types import EdgeKind, Role
+from .types import EdgeKind, Role, TensorType
 
-__all__ = ["unet"]
+__all__ = ["unet", "diffusion_unet", "nested_unet"]
 
 # A part is a spec, a mode name ("maxpool"), one of those per level, or a function of the level.
 Part = Union[str, BlockSpec, Sequence[Union[str, BlockSpec]], Callable[[int], Union[str, BlockSpec]]]
@@ -26,10 +39,13 @@ def unet(
     encoder_block: Part | None = None,
     bottleneck_block: Part | None = None,
     decoder_block: Part | None = None,
-    down: Part = "maxpool",
+    down: Part | None = "maxpool",
     up: Part = "transpose",
     merge: Part = "concat",
     head: BlockSpec | None = None,
+    skip_first: bool = True,
+    gate: BlockSpec | None = None,
+    deep_supervision: int = 0,
     name: str = "UNet",
 ) -> UNetGraph:
     """Build the standard U-Net graph: ``len(widths)`` levels, one skip per level.
@@ -46,11 +62,21 @@ def unet(
         block: the block of every encoder, bottleneck and decoder node; its ``channels``
             is set per level.
         encoder_block, bottleneck_block, decoder_block: override ``block`` for one role.
-        down: ``"maxpool"``, ``"avgpool"``, ``"conv"`` or a :class:`~unetgraph.Down`.
-        up: ``"transpose"``, ``"nearest"``, ``"bilinear"`` or an :class:`~unetgraph.Up`;
-            mode names take the factor of the matching ``down``.
+        down: ``"maxpool"``, ``"avgpool"``, ``"conv"``, ``"pixel_unshuffle"`` or a
+            :class:`~unetgraph.Down`; ``None`` adds no down nodes: the encoder block of each
+            deeper level downsamples itself (give it a ``stride``, as nnU-Net does).
+        up: ``"transpose"``, ``"nearest"``, ``"bilinear"``, ``"pixel_shuffle"`` or an
+            :class:`~unetgraph.Up`; mode names take the factor that restores the skip's
+            scale. An ``Up`` whose ``channels`` is ``None`` gets the level's width.
         merge: ``"concat"``, ``"add"`` or a :class:`~unetgraph.Merge`.
         head: the output block (default: a 1×1 :class:`~unetgraph.Head`).
+        skip_first: the merge takes the skip then the decoder path (Ronneberger's order);
+            ``False`` takes the decoder path first (nnU-Net's and diffusers' concat order).
+        gate: a two-input block (e.g. :class:`~unetgraph.AttentionGate`) that weighs each skip
+            by the decoder path before the merge: ``gate{i}`` takes the skip ``enc{i}→gate{i}``
+            and ``up{i}``; ``merge{i}`` then takes ``gate{i}`` and ``up{i}`` (Attention U-Net).
+        deep_supervision: extra heads ``head1`` … ``head{k}`` on the decoder levels 1 … k
+            (copies of ``head``); the model then returns a dict ``{"head": …, "head1": …}``.
         name: the model name (the lowered class's name).
 
     Every part may also be a list with one entry per level (``down``, ``up``: per
@@ -69,16 +95,17 @@ def unet(
         >>> str(g.valid_sizes())
         'H and W must be multiples of 4, at least 4'
     """
-    _positive("in_channels", in_channels)
-    _positive("out_channels", out_channels)
-    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) == 0:
-        raise SpecError(f"widths: expected a non-empty sequence of channel counts, got {widths!r}")
-    for i, w in enumerate(widths):
-        _positive(f"widths[{i}]", w)
-    if dims not in (1, 2, 3):
-        raise SpecError(f"dims: expected 1, 2 or 3 spatial dimensions, got {dims!r}")
-
+    _check_common(in_channels, out_channels, widths, dims)
     depth = len(widths)
+    most = max(0, depth - 2)
+    if not isinstance(deep_supervision, int) or isinstance(deep_supervision, bool) or not 0 <= deep_supervision <= most:
+        raise SpecError(
+            f"deep_supervision: expected 0 … {most} extra heads for {depth} levels, got {deep_supervision!r}"
+        )
+    if not skip_first and _any_crop(merge, depth):
+        raise SpecError(
+            "skip_first=False with a cropping Merge: the merge crops to its last input, which must be the up path"
+        )
     b = GraphBuilder(name)
     x = b.input("x", channels=in_channels, dims=dims)
     h = x
@@ -86,7 +113,8 @@ def unet(
     for i in range(depth - 1):
         h = b.add(f"enc{i}", _block(encoder_block or block, i, widths[i], "encoder_block"), Role.ENCODER, i, [h])
         skips.append(h)
-        h = b.add(f"down{i + 1}", _part(down, i, Down, "down"), Role.DOWN, i + 1, [h])
+        if down is not None:
+            h = b.add(f"down{i + 1}", _part(down, i, Down, "down"), Role.DOWN, i + 1, [h])
     h = b.add(
         "mid",
         _block(bottleneck_block or block, depth - 1, widths[-1], "bottleneck_block"),
@@ -96,20 +124,264 @@ def unet(
     )
     for i in reversed(range(depth - 1)):
         up_i = _part(up, i, Up, "up")
-        if isinstance(up, str) and isinstance(down_i := _part(down, i, Down, "down"), Down):
-            up_i = up_i.with_(factor=down_i.factor)
-        if _has_field(up_i, "channels") and getattr(up_i, "conv", True):
+        if isinstance(up, str):
+            up_i = up_i.with_(factor=_factor(b.type_of(skips[i]), b.type_of(h)))
+        if _has_field(up_i, "channels") and getattr(up_i, "conv", True) and up_i.channels is None:
             up_i = up_i.with_(channels=widths[i])
         h = b.add(f"up{i}", up_i, Role.UP, i, [h])
-        h = b.add(f"merge{i}", _part(merge, i, Merge, "merge"), Role.MERGE, i, [In(skips[i], EdgeKind.SKIP), h])
+        skip: str | In = In(skips[i], EdgeKind.SKIP)
+        if gate is not None:
+            skip = b.add(f"gate{i}", gate, Role.MERGE, i, [skip, h])
+        pair = [skip, h] if skip_first else [h, skip]
+        h = b.add(f"merge{i}", _part(merge, i, Merge, "merge"), Role.MERGE, i, pair)
         h = b.add(f"dec{i}", _block(decoder_block or block, i, widths[i], "decoder_block"), Role.DECODER, i, [h])
+    head = _head(head, out_channels)
+    outputs = [b.add("head", head, Role.HEAD, 0, [h])]
+    outputs += [b.add(f"head{i}", head, Role.HEAD, i, [f"dec{i}"]) for i in range(1, deep_supervision + 1)]
+    return b.build(outputs=outputs)
+
+
+def diffusion_unet(
+    in_channels: int = 3,
+    out_channels: int | None = None,
+    widths: Sequence[int] = (128, 256, 256, 256),
+    *,
+    layers_per_block: int = 2,
+    attention_levels: Sequence[int] = (1,),
+    mid_attention: bool = True,
+    dims: int = 2,
+    resblock: ResBlock = ResBlock(),
+    attention: BlockSpec = SelfAttention(),
+    time_embedding: TimestepEmbedding | None = TimestepEmbedding(),
+    num_classes: int | None = None,
+    context_channels: int | None = None,
+    cross_attention: CrossAttention = CrossAttention(),
+    down: Part = Down("conv", kernel=3, padding=1),
+    up: Part = Up("nearest"),
+    head: Head | None = None,
+    name: str = "DiffusionUNet",
+) -> UNetGraph:
+    """The DDPM U-Net topology (Ho et al. 2020; diffusers' ``UNet2DModel``), conditioned on a timestep.
+
+    A stem convolution ``conv_in``; per level ``i``, ``layers_per_block`` residual blocks
+    ``enc{i}_{j}`` (each followed by ``enc{i}_{j}_attn`` at ``attention_levels``) and, except
+    at the deepest level, a downsampler ``down{i+1}``; a middle ``mid_res0 → mid_attn →
+    mid_res1``; per level, ``layers_per_block + 1`` decoder blocks ``dec{i}_{j}``, each after a
+    concat ``merge{i}_{j}`` of the decoder path and one skip, and an upsampler ``up{i-1}``.
+    Every encoder output is a skip (the stem or downsampler output, then each block's),
+    consumed in reverse order by the decoder blocks of its level. The output is
+    ``GroupNorm → act → conv3×3`` (``head``).
+
+    The timestep ``t`` (N,) goes through ``time_embedding`` (sinusoidal + MLP); with
+    ``num_classes`` a label input ``y`` adds a learned class vector (``emb = time + class``).
+    The embedding reaches every :class:`~unetgraph.ResBlock` through a ``cond`` edge. With
+    ``context_channels`` a context input ``(N, L, context_channels)`` feeds a
+    :class:`~unetgraph.CrossAttention` after each attention block. The lowered module is
+    called as ``forward(x, t)``, ``forward(x, t, y)`` or ``forward(x, t, context)``.
+
+    Args:
+        in_channels, out_channels: image channels in and out (``out_channels=None``: the same).
+        widths: channels per level (diffusers' ``block_out_channels``).
+        layers_per_block: residual blocks per encoder level (the decoder has one more).
+        attention_levels: levels whose blocks are followed by ``attention``.
+        mid_attention: the attention in the middle block.
+        dims: spatial dimensions.
+        resblock: the template of every residual block (norm, groups, eps, act, dropout,
+            ``cond``: ``"add"`` or ``"scale_shift"``); channels are set per level.
+        attention: the template of the attention blocks (``SelfAttention`` or ``LinearAttention``).
+        time_embedding: the timestep embedding; its ``dim`` (if ``None``) becomes
+            ``widths[0]``, and its ``channels`` default to ``4 * dim``. ``None`` builds an unconditioned model
+            without a ``t`` input.
+        num_classes: adds the label input ``y`` and a class embedding.
+        context_channels: adds the ``context`` input and cross-attention.
+        cross_attention: the template of the cross-attention blocks.
+        down: the downsampler (diffusers: a 3×3 stride-2 conv; ``Down(..., pad_end=1,
+            padding=0)`` for the DDPM checkpoints' ``downsample_padding=0``).
+        up: the upsampler (nearest ×2 then a 3×3 conv); its channels are kept.
+        head: the output block (default: ``GroupNorm → act → conv3×3`` with the residual
+            blocks' norm, groups, eps and act).
+        name: the model name.
+
+    Shape:
+        ``x: (N, in_channels, *S)``, ``t: (N,)`` → ``(N, out_channels, *S)``, ``S`` a
+        multiple of ``2^(len(widths)-1)``.
+
+    Example:
+        >>> import unetgraph as ug
+        >>> g = ug.diffusion_unet(3, widths=(32, 64), layers_per_block=1, attention_levels=(1,),
+        ...                       resblock=ug.ResBlock(groups=8), attention=ug.SelfAttention(groups=8))
+        >>> g.inputs
+        ('x', 't')
+        >>> [e.name for e in g.skips if e.dst.startswith("merge0")]
+        ['enc0_0→merge0_0', 'conv_in→merge0_1']
+    """
+    out_channels = in_channels if out_channels is None else out_channels
+    _check_common(in_channels, out_channels, widths, dims)
+    _positive("layers_per_block", layers_per_block)
+    depth = len(widths)
+    bad = [a for a in attention_levels if not (isinstance(a, int) and 0 <= a < depth)]
+    if bad:
+        raise SpecError(f"attention_levels: {bad} are not levels of {depth} (0 … {depth - 1})")
+    for arg, spec, cls in (("resblock", resblock, ResBlock), ("cross_attention", cross_attention, CrossAttention)):
+        if not isinstance(spec, cls):
+            raise SpecError(f"{arg}: expected a {cls.__name__} spec, got {spec!r}")
+    b = GraphBuilder(name)
+    b.input("x", channels=in_channels, dims=dims)
+    cond: list[In] = []
+    if time_embedding is not None:
+        b.input("t", kind="timestep")
+    if num_classes is not None:
+        if time_embedding is None:
+            raise SpecError("num_classes: a class embedding is added to the time embedding; give time_embedding")
+        b.input("y", kind="label")
+    if context_channels is not None:
+        b.input("context", channels=context_channels, kind="context")
+    h = b.add("conv_in", ConvBlock(channels=widths[0], convs=1, norm="none", act="none"), Role.STEM, 0, ["x"])
+    if time_embedding is not None:
+        if time_embedding.dim is None:
+            time_embedding = time_embedding.with_(dim=widths[0])
+        temb = b.add("time_embedding", time_embedding, Role.EMBEDDING, None, ["t"])
+        if num_classes is not None:
+            width = b.type_of(temb).channels
+            b.add("class_embedding", ClassEmbedding(num_classes, width), Role.EMBEDDING, None, ["y"])
+            temb = b.add("emb", Merge("add"), Role.EMBEDDING, None, [temb, "class_embedding"])
+        cond = [In(temb, EdgeKind.COND)]
+
+    def attend(base: str, src: str, role: Role, level: int) -> str:
+        """``{base}_attn`` after ``src``, then ``{base}_xattn`` to the context if there is one."""
+        h = b.add(f"{base}_attn", attention, role, level, [src])
+        if context_channels is not None:
+            h = b.add(f"{base}_xattn", cross_attention, role, level, [h, In("context", EdgeKind.COND)])
+        return h
+
+    skips: list[list[str]] = [[h]]
+    for i in range(depth):
+        for j in range(layers_per_block):
+            h = b.add(f"enc{i}_{j}", resblock.with_(channels=widths[i]), Role.ENCODER, i, [h, *cond])
+            if i in attention_levels:
+                h = attend(h, h, Role.ENCODER, i)
+            skips[i].append(h)
+        if i < depth - 1:
+            h = b.add(f"down{i + 1}", _part(down, i, Down, "down"), Role.DOWN, i + 1, [h])
+            skips.append([h])
+    last = depth - 1
+    h = b.add("mid_res0", resblock.with_(channels=widths[-1]), Role.BOTTLENECK, last, [h, *cond])
+    if mid_attention:
+        h = attend("mid", h, Role.BOTTLENECK, last)
+    h = b.add("mid_res1", resblock.with_(channels=widths[-1]), Role.BOTTLENECK, last, [h, *cond])
+    for i in reversed(range(depth)):
+        for j, skip in enumerate(reversed(skips[i])):
+            h = b.add(f"merge{i}_{j}", Merge("concat"), Role.MERGE, i, [h, In(skip, EdgeKind.SKIP)])
+            h = b.add(f"dec{i}_{j}", resblock.with_(channels=widths[i]), Role.DECODER, i, [h, *cond])
+            if i in attention_levels:
+                h = attend(h, h, Role.DECODER, i)
+        if i > 0:
+            up_i = _part(up, i - 1, Up, "up")
+            if isinstance(up, str):
+                up_i = up_i.with_(factor=_factor(b.type_of(skips[i - 1][-1]), b.type_of(h)))
+            h = b.add(f"up{i - 1}", up_i, Role.UP, i - 1, [h])
+    if head is None:
+        r = resblock
+        head = Head(kernel=3, norm=r.norm, groups=r.groups, eps=r.eps, act=r.act)
+    b.add("head", _head(head, out_channels), Role.HEAD, 0, [h])
+    return b.build(outputs=["head"])
+
+
+def nested_unet(
+    in_channels: int,
+    out_channels: int,
+    widths: Sequence[int] = (32, 64, 128, 256, 512),
+    *,
+    dims: int = 2,
+    block: Part = ConvBlock(),
+    down: Part = "maxpool",
+    up: Part = "transpose",
+    head: BlockSpec | None = None,
+    deep_supervision: bool = False,
+    name: str = "NestedUNet",
+) -> UNetGraph:
+    """UNet++ (Zhou et al. 2018): nested, dense skip pathways between encoder and decoder.
+
+    Node ``x{i}_{j}`` (level ``i``, column ``j``) is a block: ``x{i}_0`` is the backbone
+    encoder (``down{i}`` pools into it), and for ``j ≥ 1`` it reads ``merge{i}_{j}``, the
+    concat of every earlier node of its level ``x{i}_0 … x{i}_{j-1}`` (each a skip edge)
+    and ``up{i}_{j}``, the up-sampled ``x{i+1}_{j-1}``.
+
+    Args:
+        in_channels, out_channels: input channels and classes.
+        widths: channels per level (the paper: 32, 64, 128, 256, 512).
+        dims: spatial dimensions.
+        block: the block of every node; channels set per level.
+        down, up: as in :func:`unet` (``up`` channels default to the level's width).
+        head: the output block (default: a 1×1 :class:`~unetgraph.Head`).
+        deep_supervision: a head on every top node ``x0_1 … x0_{n-1}`` (outputs ``head1`` …),
+            otherwise one ``head`` on ``x0_{n-1}``.
+        name: the model name.
+
+    Example:
+        >>> import unetgraph as ug
+        >>> g = ug.nested_unet(1, 1, widths=(8, 16, 32))
+        >>> [e.src for e in g.in_edges("merge0_2")]
+        ['x0_0', 'x0_1', 'up0_2']
+    """
+    _check_common(in_channels, out_channels, widths, dims)
+    depth = len(widths)
+    b = GraphBuilder(name)
+    h = b.input("x", channels=in_channels, dims=dims)
+    for i in range(depth):
+        if i > 0:
+            h = b.add(f"down{i}", _part(down, i - 1, Down, "down"), Role.DOWN, i, [h])
+        role = Role.BOTTLENECK if i == depth - 1 else Role.ENCODER
+        h = b.add(f"x{i}_0", _block(block, i, widths[i], "block"), role, i, [h])
+    for j in range(1, depth):
+        for i in range(depth - j):
+            up_i = _part(up, i, Up, "up")
+            below = f"x{i + 1}_{j - 1}"
+            if isinstance(up, str):
+                up_i = up_i.with_(factor=_factor(b.type_of(f"x{i}_0"), b.type_of(below)))
+            if _has_field(up_i, "channels") and getattr(up_i, "conv", True) and up_i.channels is None:
+                up_i = up_i.with_(channels=widths[i])
+            u = b.add(f"up{i}_{j}", up_i, Role.UP, i, [below])
+            skips = [In(f"x{i}_{k}", EdgeKind.SKIP) for k in range(j)]
+            m = b.add(f"merge{i}_{j}", Merge("concat"), Role.MERGE, i, [*skips, u])
+            b.add(f"x{i}_{j}", _block(block, i, widths[i], "block"), Role.DECODER, i, [m])
+    head = _head(head, out_channels)
+    if deep_supervision:
+        outputs = [b.add(f"head{j}", head, Role.HEAD, 0, [f"x0_{j}"]) for j in range(1, depth)]
+    else:
+        outputs = [b.add("head", head, Role.HEAD, 0, [f"x0_{depth - 1}"])]
+    return b.build(outputs=outputs)
+
+
+def _check_common(in_channels: int, out_channels: int, widths: Sequence[int], dims: int) -> None:
+    _positive("in_channels", in_channels)
+    _positive("out_channels", out_channels)
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) == 0:
+        raise SpecError(f"widths: expected a non-empty sequence of channel counts, got {widths!r}")
+    for i, w in enumerate(widths):
+        _positive(f"widths[{i}]", w)
+    if dims not in (1, 2, 3):
+        raise SpecError(f"dims: expected 1, 2 or 3 spatial dimensions, got {dims!r}")
+
+
+def _factor(skip: TensorType, below: TensorType) -> int | tuple[int, ...]:
+    """The up-sampling factor per axis that takes ``below`` back to the scale of ``skip``."""
+    ratios = [s / t for s, t in zip(skip.scale, below.scale)]
+    if any(r.denominator != 1 for r in ratios):
+        raise SpecError(f"cannot up-sample from scale {below.scale} to {skip.scale} by an integer factor")
+    factors = tuple(int(r) for r in ratios)
+    return factors[0] if len(set(factors)) == 1 else factors
+
+
+def _head(head: BlockSpec | None, out_channels: int) -> BlockSpec:
     head = head if head is not None else Head()
     if not isinstance(head, BlockSpec):
         raise SpecError(f"head: expected a block spec such as ug.Head(), got {head!r}")
-    if _has_field(head, "channels"):
-        head = head.with_(channels=out_channels)
-    b.add("head", head, Role.HEAD, 0, [h])
-    return b.build(outputs=["head"])
+    return head.with_(channels=out_channels) if _has_field(head, "channels") else head
+
+
+def _any_crop(merge: Part, depth: int) -> bool:
+    return any(getattr(_part(merge, i, Merge, "merge"), "crop", False) for i in range(depth - 1))
 
 
 def _positive(name: str, value: object) -> None:

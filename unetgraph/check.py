@@ -125,8 +125,8 @@ class CheckReport:
 
 
 def _dims(shape: Shape) -> str:
-    """``(N, C, H, W)`` → ``"C×H×W"`` (the batch is in the header)."""
-    return "×".join(map(str, shape[1:]))
+    """``(N, C, H, W)`` → ``"C×H×W"`` (the batch is in the header); ``(N,)`` → ``"·"``."""
+    return "×".join(map(str, shape[1:])) or "·"
 
 
 def _spatial(sizes: Sequence[int]) -> str:
@@ -264,8 +264,7 @@ def _input_shapes(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequen
     shapes = {}
     for name, shape in given.items():
         t = g[name].type
-        axes = AXIS_NAMES[t.dims]
-        expect = f"(N, {t.channels}{''.join(', ' + a for a in axes)})"
+        expect = t.pattern()
         try:
             shape = tuple(shape)
             ok = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
@@ -273,15 +272,16 @@ def _input_shapes(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequen
             ok = False
         if not ok:
             raise ShapeError(f"input {name} expects a shape {expect} of positive integers, got {shape!r}", node=name)
-        if len(shape) != 2 + t.dims:
+        if len(shape) != t.rank:
+            what = f"{t.dims}D with a batch axis" if t.form == "dense" else f"a {t.form} input"
             raise ShapeError(
-                f"input {name} expects rank {2 + t.dims} {expect} ({t.dims}D with a batch axis), "
-                f"got rank {len(shape)}: {shape}",
-                node=name,
+                f"input {name} expects rank {t.rank} {expect} ({what}), got rank {len(shape)}: {shape}", node=name
             )
-        if shape[1] != t.channels:
+        channel_axis = {"dense": 1, "sequence": 2}.get(t.form)
+        if channel_axis is not None and shape[channel_axis] != t.channels:
             raise ShapeError(
-                f"input {name} expects {t.channels} channels {expect}, got {shape[1]} in {shape}", node=name
+                f"input {name} expects {t.channels} channels {expect}, got {shape[channel_axis]} in {shape}",
+                node=name,
             )
         shapes[name] = shape
     batches = {s[0] for s in shapes.values()}

@@ -28,7 +28,7 @@ from .errors import NodeNotFoundError, SpecError, UNetGraphError
 from .graph import UNetGraph
 from .types import Role
 
-__all__ = ["NodeCost", "CostReport", "summary", "measure", "fmt_count", "fmt_bytes"]
+__all__ = ["NodeCost", "CostReport", "summary", "measure", "flop_counter", "fmt_count", "fmt_bytes"]
 
 Shape = tuple[int, ...]
 
@@ -344,6 +344,22 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def flop_counter() -> torch.utils.flop_counter.FlopCounterMode:
+    """``torch.utils.flop_counter.FlopCounterMode`` that also counts attention on the CPU.
+
+    Torch registers its SDPA formula for the GPU and meta kernels only, so on the CPU it
+    counts ``scaled_dot_product_attention`` as 0; this adds the same formula for the CPU
+    kernel. Every FLOP comparison in unetgraph uses it.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query: Shape, key: Shape, value: Shape, *args: object, out_shape: object = None, **kw: object) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    return FlopCounterMode(display=False, custom_mapping={op: cpu_sdpa})
+
+
 def measure(gm: torch.fx.GraphModule, *args: torch.Tensor) -> dict[str, tuple[Shape | None, int]]:
     """Run ``gm`` on ``args`` and record, per fx node, its output shape and the FLOPs
     ``FlopCounterMode`` counts while it runs: the measured counterpart of :func:`summary`
@@ -359,15 +375,13 @@ def measure(gm: torch.fx.GraphModule, *args: torch.Tensor) -> dict[str, tuple[Sh
         >>> m["enc0_conv0"]
         ((1, 8, 32, 32), 442368)
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     out: dict[str, tuple[Shape | None, int]] = {}
 
     class _Probe(torch.fx.Interpreter):
         def run_node(self, n: torch.fx.Node) -> object:
             if not n.op.startswith("call"):
                 return super().run_node(n)
-            counter = FlopCounterMode(display=False)
+            counter = flop_counter()
             with counter:
                 result = super().run_node(n)
             out[n.name] = (tuple(result.shape) if isinstance(result, torch.Tensor) else None, counter.get_total_flops())

@@ -662,11 +662,14 @@ class GraphBuilder:
         self.name = name
         self._g = nx.DiGraph()
 
-    def input(self, name: str = "x", *, channels: int, dims: int = 2) -> str:
-        """Add an input node of ``channels`` channels and ``dims`` spatial axes."""
+    def input(self, name: str = "x", *, channels: int = 1, dims: int = 2, kind: str = "image") -> str:
+        """Add an input node: an image of ``channels`` channels and ``dims`` spatial axes, or a
+        ``"timestep"``, ``"label"`` or ``"context"`` input (see :class:`~unetgraph.blocks.io.Input`)."""
         from .blocks.io import Input
 
-        return self.add(name, Input(channels=channels, dims=dims), Role.INPUT, 0, [])
+        return self.add(
+            name, Input(channels=channels, dims=dims, kind=kind), Role.INPUT, 0 if kind == "image" else None, []
+        )
 
     def add(
         self,

@@ -85,22 +85,25 @@ def lower(
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
     spatial_inputs = [n for n in g.inputs if g[n].type.dims > 0]
-    for name in g.inputs:
-        env[name] = graph.placeholder(name)
+    for i, name in enumerate(g.inputs):
+        # with a guard, a missing conditioning argument (t, y, context) reaches it as None
+        # and gets a ShapeError naming it; the first input stays required
+        default = {"default_value": None} if guard and i > 0 else {}
+        env[name] = graph.placeholder(name, **default)
         env[name].meta["custom"] = _custom(g[name])
     placeholders = dict(env)
     main = spatial_inputs[0] if spatial_inputs else None
     for name in g.inputs:
         node = g[name]
-        if guard and node.type.dims > 0:
+        if guard:
             hint = " (lower with pad='auto' to accept any size)" if pad is None else ""
+            t = node.type
+            size_rules = rules if pad is None and name == main else None
             env[name] = _call(
                 graph,
                 root,
                 f"{name}_guard",
-                InputGuard(
-                    name, node.type.channels, node.type.dims, rules if pad is None and name == main else None, hint
-                ),
+                InputGuard(name, t.channels, t.dims, size_rules, hint, form=t.form, signature=g.inputs),
                 (env[name],),
                 node,
             )

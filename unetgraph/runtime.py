@@ -32,17 +32,54 @@ def _padding(rule: AxisRule, n: int) -> tuple[int, int]:
 
 @leaf_module
 class InputGuard(nn.Module):
-    """Refuse an input of the wrong rank, channels or size with a :class:`ShapeError`, before any layer runs."""
+    """Refuse a missing input, or one of the wrong rank, channels, dtype or size, with a
+    :class:`ShapeError` before any layer runs.
 
-    def __init__(self, name: str, channels: int, dims: int, rules: SizeRules | None, hint: str = "") -> None:
+    Args:
+        name: the input's name.
+        channels: channels (dense) or feature size (sequence) expected.
+        dims: spatial axes (dense inputs).
+        rules: valid spatial sizes to enforce, if any.
+        hint: appended to size errors.
+        form: the input's :class:`~unetgraph.types.TensorType` form: ``"dense"``,
+            ``"scalar"`` ``(N,)``, ``"index"`` ``(N,)`` integers, ``"sequence"`` ``(N, L, D)``.
+        signature: the lowered module's arguments, named when an input is missing.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        channels: int,
+        dims: int,
+        rules: SizeRules | None,
+        hint: str = "",
+        form: str = "dense",
+        signature: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.name, self.channels, self.dims, self.rules, self.hint = name, channels, dims, rules, hint
+        self.form, self.signature = form, tuple(signature) or (name,)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != self.dims + 2 or x.shape[1] != self.channels:
+    def _expect(self) -> str:
+        if self.form in ("scalar", "index"):
+            return "(N,)" + (" integer class labels" if self.form == "index" else "")
+        if self.form == "sequence":
+            return f"(N, L, {self.channels})"
+        return f"(N, {self.channels}, ...) with {self.dims} spatial axes"
+
+    def forward(self, x: torch.Tensor | None) -> torch.Tensor:
+        if x is None:
             raise ShapeError(
-                f"input {self.name} expects (N, {self.channels}, ...) with {self.dims} spatial axes, "
-                f"got shape {tuple(x.shape)}",
+                f"input {self.name} is missing: the model is called as forward({', '.join(self.signature)}) "
+                f"and {self.name} must be a tensor {self._expect()}",
+                node=self.name,
+            )
+        channel_axis = {"dense": 1, "sequence": 2}.get(self.form)
+        rank = {"scalar": 1, "index": 1, "sequence": 3}.get(self.form, self.dims + 2)
+        wrong_dtype = self.form == "index" and (x.is_floating_point() or x.is_complex())
+        if x.dim() != rank or wrong_dtype or (channel_axis is not None and x.shape[channel_axis] != self.channels):
+            raise ShapeError(
+                f"input {self.name} expects {self._expect()}, got shape {tuple(x.shape)} of {x.dtype}",
                 node=self.name,
             )
         if self.rules is not None:
@@ -61,7 +98,7 @@ class InputGuard(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"{self.name}: (N, {self.channels}, {self.dims}D){'; ' + str(self.rules) if self.rules else ''}"
+        return f"{self.name}: {self._expect()}{'; ' + str(self.rules) if self.rules else ''}"
 
 
 @leaf_module

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Union
 
-__all__ = ["Window", "Transposed", "Scale", "SizeOp", "apply_ops", "SizeFailure"]
+__all__ = ["Window", "Transposed", "Scale", "Pad", "SizeOp", "apply_ops", "SizeFailure"]
 
 
 class SizeFailure(Exception):
@@ -94,7 +94,21 @@ class Scale:
         return f"scale {self.factor}"
 
 
-SizeOp = Union[Window, Transposed, Scale]
+@dataclass(frozen=True)
+class Pad:
+    """Zeros added before and after (asymmetric padding, e.g. diffusers' ``Downsample2D``)."""
+
+    before: int = 0
+    after: int = 0
+
+    def apply(self, n: int) -> tuple[int, bool]:
+        return n + self.before + self.after, True
+
+    def describe(self) -> str:
+        return f"pad {self.before}, {self.after}"
+
+
+SizeOp = Union[Window, Transposed, Scale, Pad]
 
 
 def apply_ops(ops: tuple[SizeOp, ...], n: int) -> tuple[int, bool]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from fractions import Fraction
 
-__all__ = ["Role", "EdgeKind", "TensorType", "AXIS_NAMES"]
+__all__ = ["Role", "EdgeKind", "TensorType", "AXIS_NAMES", "FORMS"]
 
 
 class Role(str, Enum):
@@ -41,19 +41,30 @@ class EdgeKind(str, Enum):
 AXIS_NAMES = {0: (), 1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
 
+# The layouts a tensor on an edge can have, beside ``dense`` (N, C, *spatial) / (N, C):
+# per-sample scalars such as diffusion timesteps, integer class labels, and sequences such
+# as text-encoder states for cross-attention.
+FORMS = ("dense", "scalar", "index", "sequence")
+
+
 @dataclass(frozen=True)
 class TensorType:
-    """The static type of a tensor on an edge: ``(N, channels, *spatial)``.
+    """The static type of a tensor on an edge.
 
     Args:
-        channels: size of dimension 1.
+        channels: size of dimension 1 (the feature size ``D`` of a sequence).
         scale: per spatial axis, the nominal size relative to the graph input
             (``Fraction(1, 4)`` two levels down). Its length is the number of spatial
             dimensions; an empty tuple is a per-sample vector ``(N, channels)``.
+        form: ``"dense"`` ``(N, channels, *spatial)``; ``"scalar"`` ``(N,)`` floats (a
+            diffusion timestep); ``"index"`` ``(N,)`` integers (class labels); ``"sequence"``
+            ``(N, L, channels)`` of any length ``L`` (cross-attention context). Only graph
+            inputs produce the last three; they carry no spatial axes.
     """
 
     channels: int
     scale: tuple[Fraction, ...]
+    form: str = "dense"
 
     @classmethod
     def spatial(cls, channels: int, dims: int) -> TensorType:
@@ -65,9 +76,22 @@ class TensorType:
         return len(self.scale)
 
     @property
+    def rank(self) -> int:
+        """Number of tensor dimensions, batch included."""
+        return {"scalar": 1, "index": 1, "sequence": 3}.get(self.form, 2 + self.dims)
+
+    @property
     def axes(self) -> tuple[str, ...]:
         """Axis letters (``("H", "W")`` in 2D)."""
         return AXIS_NAMES.get(self.dims, tuple(f"S{i}" for i in range(self.dims)))
+
+    def pattern(self) -> str:
+        """The expected shape in words: ``(N, 3, H, W)``, ``(N,)``, ``(N, L, 512)``."""
+        if self.form in ("scalar", "index"):
+            return "(N,)"
+        if self.form == "sequence":
+            return f"(N, L, {self.channels})"
+        return f"(N, {self.channels}{''.join(', ' + a for a in self.axes)})"
 
     def with_(self, **changes: object) -> TensorType:
         return replace(self, **changes)
@@ -77,6 +101,12 @@ class TensorType:
         return replace(self, scale=tuple(s * f for s, f in zip(self.scale, factors, strict=True)))
 
     def __str__(self) -> str:
+        if self.form == "scalar":
+            return "scalar (N,)"
+        if self.form == "index":
+            return "labels (N,)"
+        if self.form == "sequence":
+            return f"sequence (N, L, {self.channels})"
         if not self.scale:
             return f"{self.channels}"
         scales = {str(s) for s in self.scale}

@@ -1,5 +1,6 @@
 """Block specs and their registry. Importing this package registers the built-in blocks."""
 
+from .attention import CrossAttention, LinearAttention, SelfAttention
 from .base import (
     BlockSpec,
     block_from_dict,
@@ -12,9 +13,12 @@ from .base import (
     unregister_block,
 )
 from .conv import ConvBlock, Head
+from .embedding import ClassEmbedding, TimestepEmbedding
+from .gates import AttentionGate, SqueezeExcitation
 from .io import Input
 from .layers import ACTS, NORMS
 from .merge import Merge
+from .resblock import ResBlock
 from .sampling import Down, Up
 from .sequence import Sequence
 
@@ -35,6 +39,14 @@ __all__ = [
     "Merge",
     "Input",
     "Sequence",
+    "ResBlock",
+    "SelfAttention",
+    "CrossAttention",
+    "LinearAttention",
+    "TimestepEmbedding",
+    "ClassEmbedding",
+    "AttentionGate",
+    "SqueezeExcitation",
     "NORMS",
     "ACTS",
 ]

@@ -14,9 +14,9 @@ from ..errors import ShapeError, SpecError
 from ..sizes import SizeOp, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .layers import ACTS, NORMS, conv_cls
+from .layers import ACTS, NORMS, conv_cls, make_norm
 
-__all__ = ["ConvBlock", "Head", "same_padding"]
+__all__ = ["ConvBlock", "Head", "same_padding", "check_groups"]
 
 
 def same_padding(kernel: int, field: str) -> int:
@@ -24,6 +24,13 @@ def same_padding(kernel: int, field: str) -> int:
     if kernel % 2 == 0:
         raise SpecError(f"{field}: padding='same' needs an odd kernel, got {kernel}; give padding explicitly")
     return kernel // 2
+
+
+def check_groups(norm: str, groups: int, channels: int, what: str = "") -> None:
+    """Refuse a GroupNorm whose ``groups`` do not divide ``channels``."""
+    if norm == "group" and channels % groups:
+        where = f" ({what})" if what else ""
+        raise SpecError(f"GroupNorm groups={groups} does not divide {channels} channels{where}")
 
 
 def _spatial_input(spec: BlockSpec, inputs: Sequence[TensorType]) -> TensorType:
@@ -41,6 +48,8 @@ class ConvBlock(BlockSpec):
     Args:
         channels: output channels; ``None`` keeps the input's. Builders fill it per level.
         convs: number of convolutions.
+        mid_channels: output channels of every convolution but the last (``None``: ``channels``),
+            e.g. 3D U-Net's encoder doubles the channels only in its second convolution.
         kernel: kernel size, an int or one per spatial axis.
         padding: ``"same"`` (keeps sizes, odd kernels), ``"valid"`` (no padding, as in
             Ronneberger et al. 2015) or explicit ints.
@@ -65,10 +74,12 @@ class ConvBlock(BlockSpec):
     act: str = "relu"
     dropout: float = 0.0
     bias: bool | None = None
+    mid_channels: int | None = None
 
     def validate(self) -> None:
         self._positive_int("channels", optional=True)
         self._positive_int("convs")
+        self._positive_int("mid_channels", optional=True)
         self._int_or_tuple("kernel")
         self._int_or_tuple("stride")
         if not (isinstance(self.padding, str) and self.padding in ("same", "valid")):
@@ -99,8 +110,9 @@ class ConvBlock(BlockSpec):
         x = _spatial_input(self, inputs)
         self._check_axes(x.dims, "kernel", "stride", "padding")
         out = self.channels or x.channels
-        if self.norm == "group" and out % self.groups:
-            raise SpecError(f"GroupNorm groups={self.groups} does not divide {out} channels")
+        check_groups(self.norm, self.groups, out)
+        if self.mid_channels is not None and self.convs > 1:
+            check_groups(self.norm, self.groups, self.mid_channels, "mid_channels")
         if self.stride == 1:
             return x.with_(channels=out)
         strides = [self._per_axis("stride", x.dims, a) for a in range(x.dims)]
@@ -127,6 +139,12 @@ class ConvBlock(BlockSpec):
     def _kernel(self, dims: int) -> tuple[int, ...]:
         return tuple(self._per_axis("kernel", dims, a) for a in range(dims))
 
+    def _widths(self, cin: int, cout: int) -> list[tuple[int, int]]:
+        """``(in, out)`` channels of each convolution."""
+        mid = self.mid_channels or cout
+        outs = [mid] * (self.convs - 1) + [cout]
+        return list(zip([cin, *outs[:-1]], outs))
+
     def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:
         (x,) = inputs
         dims, cout = x.dims, output.channels
@@ -134,13 +152,12 @@ class ConvBlock(BlockSpec):
         pad = tuple(self._pad(dims, a) for a in range(dims))
         stride = tuple(self._per_axis("stride", dims, a) for a in range(dims))
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        for i in range(self.convs):
-            cin = x.channels if i == 0 else cout
+        for i, (cin, c) in enumerate(self._widths(x.channels, cout)):
             layers[f"conv{i}"] = conv(
-                cin, cout, self._kernel(dims), stride=stride if i == 0 else 1, padding=pad, bias=self.has_bias
+                cin, c, self._kernel(dims), stride=stride if i == 0 else 1, padding=pad, bias=self.has_bias
             )
             if self.norm != "none":
-                layers[f"norm{i}"] = NORMS[self.norm][0](cout, dims, self.groups)
+                layers[f"norm{i}"] = NORMS[self.norm][0](c, dims, self.groups)
             if self.act != "none":
                 layers[f"act{i}"] = ACTS[self.act]()
         if self.dropout:
@@ -151,11 +168,10 @@ class ConvBlock(BlockSpec):
         (x,) = inputs
         k, cout = prod(self._kernel(x.dims)), output.channels
         total = 0
-        for i in range(self.convs):
-            cin = x.channels if i == 0 else cout
-            total += cin * cout * k + (cout if self.has_bias else 0)
+        for cin, c in self._widths(x.channels, cout):
+            total += cin * c * k + (c if self.has_bias else 0)
             if self.norm != "none":
-                total += NORMS[self.norm][1] * cout
+                total += NORMS[self.norm][1] * c
         return total
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
@@ -163,10 +179,9 @@ class ConvBlock(BlockSpec):
         dims, k, cout = len(x) - 2, prod(self._kernel(len(x) - 2)), output[1]
         sizes = list(x[2:])
         total = 0
-        for i in range(self.convs):
+        for i, (cin, c) in enumerate(self._widths(x[1], cout)):
             sizes = [self.size_ops(dims, a)[i].apply(n)[0] for a, n in enumerate(sizes)]
-            cin = x[1] if i == 0 else cout
-            total += 2 * x[0] * prod(sizes) * cout * cin * k
+            total += 2 * x[0] * prod(sizes) * c * cin * k
         return total
 
     def label(self) -> str:
@@ -185,35 +200,61 @@ class ConvBlock(BlockSpec):
 @register_block
 @dataclass(frozen=True)
 class Head(BlockSpec):
-    """The output projection: one convolution (1×1 by default) to ``channels`` outputs, with bias.
+    """The output projection: one convolution (1×1 by default) to ``channels`` outputs, with bias,
+    optionally pre-activated by ``norm → act`` (DDPM's output block: GroupNorm → SiLU → conv3×3).
+
+    Args:
+        channels: output channels; builders set ``out_channels``.
+        kernel: odd kernel size, an int or one per axis.
+        norm, groups, eps: a norm before the convolution (``"none"`` by default).
+        act: an activation before the convolution (``"none"`` by default).
 
     Shape:
-        ``(N, C_in, *S) → (N, channels, *S)`` for a 1×1 kernel.
+        ``(N, C_in, *S) → (N, channels, *S)``.
     """
 
     channels: int | None = None
     kernel: int | tuple[int, ...] = 1
+    norm: str = "none"
+    groups: int = 32
+    eps: float | None = None
+    act: str = "none"
 
     def validate(self) -> None:
         self._positive_int("channels", optional=True)
         self._int_or_tuple("kernel")
         for k in self.kernel if isinstance(self.kernel, tuple) else (self.kernel,):
             same_padding(k, f"{self.type_name}.kernel")
+        self._choice("norm", [*NORMS, "none"])
+        self._positive_int("groups")
+        self._require(self.eps is None or (isinstance(self.eps, float) and self.eps > 0), "eps", "a positive float")
+        self._choice("act", [*ACTS, "none"])
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         x = _spatial_input(self, inputs)
         self._check_axes(x.dims, "kernel")
+        check_groups(self.norm, self.groups, x.channels)
         return x.with_(channels=self.channels or x.channels)
 
     def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:
         (x,) = inputs
         kernel = tuple(self._per_axis("kernel", x.dims, a) for a in range(x.dims))
-        return conv_cls(x.dims)(x.channels, output.channels, kernel, padding=tuple(k // 2 for k in kernel))
+        conv = conv_cls(x.dims)(x.channels, output.channels, kernel, padding=tuple(k // 2 for k in kernel))
+        if self.norm == "none" and self.act == "none":
+            return conv
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        if self.norm != "none":
+            layers["norm"] = make_norm(self.norm, x.channels, x.dims, self.groups, self.eps)
+        if self.act != "none":
+            layers["act"] = ACTS[self.act]()
+        layers["conv"] = conv
+        return nn.Sequential(layers)
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         (x,) = inputs
         k = prod(self._per_axis("kernel", x.dims, a) for a in range(x.dims))
-        return x.channels * output.channels * k + output.channels
+        norm = NORMS[self.norm][1] * x.channels if self.norm != "none" else 0
+        return x.channels * output.channels * k + output.channels + norm
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         (x,) = inputs
@@ -222,4 +263,5 @@ class Head(BlockSpec):
 
     def label(self) -> str:
         k = "×".join(map(str, self.kernel)) if isinstance(self.kernel, tuple) else f"{self.kernel}"
-        return f"conv{k} → {self.channels}" if self.channels else f"conv{k}"
+        pre = "".join(f"{p} → " for p in (self.norm, self.act) if p != "none")
+        return f"{pre}conv{k} → {self.channels}" if self.channels else f"{pre}conv{k}"

@@ -14,7 +14,17 @@ from torch import nn
 
 from .base import leaf_module
 
-__all__ = ["NORMS", "ACTS", "conv_cls", "conv_transpose_cls", "ChannelLayerNorm", "Concat", "Add", "center_crop"]
+__all__ = [
+    "NORMS",
+    "ACTS",
+    "conv_cls",
+    "conv_transpose_cls",
+    "make_norm",
+    "ChannelLayerNorm",
+    "Concat",
+    "Add",
+    "center_crop",
+]
 
 
 def conv_cls(dims: int) -> type[nn.Module]:
@@ -48,13 +58,27 @@ def _instance(channels: int, dims: int, groups: int) -> nn.Module:
     return (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 1](channels, affine=True)
 
 
+def _batch_plain(channels: int, dims: int, groups: int) -> nn.Module:
+    return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1](channels, affine=False)
+
+
 # name -> (factory(channels, dims, groups), parameters per channel)
 NORMS: dict[str, tuple[Callable[[int, int, int], nn.Module], int]] = {
     "batch": (_batch, 2),
+    "batch_noaffine": (_batch_plain, 0),  # statistics only, no scale/shift (Caffe's BatchNorm layer)
     "instance": (_instance, 2),
     "group": (lambda c, d, g: nn.GroupNorm(g, c), 2),
     "layer": (lambda c, d, g: ChannelLayerNorm(c), 2),
 }
+
+
+def make_norm(kind: str, channels: int, dims: int, groups: int, eps: float | None = None) -> nn.Module:
+    """The ``NORMS[kind]`` layer for ``channels``, with its ``eps`` set when given."""
+    norm = NORMS[kind][0](channels, dims, groups)
+    if eps is not None:
+        norm.eps = eps
+    return norm
+
 
 ACTS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,

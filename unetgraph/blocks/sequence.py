@@ -62,8 +62,8 @@ class Sequence(BlockSpec):
     Example:
         >>> import unetgraph as ug
         >>> seq = ug.Sequence(ug.ConvBlock(channels=8), ug.ConvBlock(convs=1, stride=2))
-        >>> seq.infer([ug.TensorType.spatial(3, 2)])
-        TensorType(channels=8, scale=(Fraction(1, 2), Fraction(1, 2)))
+        >>> str(seq.infer([ug.TensorType.spatial(3, 2)]))
+        '8ch@1/2 (2D)'
         >>> seq.label()
         '2×conv3 batch relu → 1×conv3 stride 2 batch relu'
     """

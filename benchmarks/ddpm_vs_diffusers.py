@@ -1,0 +1,103 @@
+"""DDPM CIFAR-10 U-Net: unetgraph's lowered module vs diffusers' UNet2DModel, same weights, one process.
+
+    .venv/bin/python -m benchmarks.ddpm_vs_diffusers [--batch 8] [--repeat 5]
+
+Prints build times, the median eager forward time of each, their ratio and the largest output
+difference (the two compute the same function with copied weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+
+import torch
+
+import unetgraph as ug
+
+CONFIG = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    downsample_padding=0,
+    norm_eps=1e-6,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    attention_head_dim=None,
+)
+
+
+def diffusers_key(key: str, depth: int = 4) -> str:
+    """Our state-dict key → UNet2DModel's (the mapping tests/test_presets.py checks)."""
+    rules = [
+        (r"conv_in\.conv0\.(.+)", lambda m: f"conv_in.{m[1]}"),
+        (r"time_embedding\.linear(\d)\.(.+)", lambda m: f"time_embedding.linear_{m[1]}.{m[2]}"),
+        (r"enc(\d+)_(\d+)_attn\.(.+)", lambda m: f"down_blocks.{m[1]}.attentions.{m[2]}.{m[3]}"),
+        (r"enc(\d+)_(\d+)\.(.+)", lambda m: f"down_blocks.{m[1]}.resnets.{m[2]}.{m[3]}"),
+        (r"down(\d+)\.conv\.(.+)", lambda m: f"down_blocks.{int(m[1]) - 1}.downsamplers.0.conv.{m[2]}"),
+        (r"mid_res(\d)\.(.+)", lambda m: f"mid_block.resnets.{m[1]}.{m[2]}"),
+        (r"mid_attn\.(.+)", lambda m: f"mid_block.attentions.0.{m[1]}"),
+        (r"dec(\d+)_(\d+)_attn\.(.+)", lambda m: f"up_blocks.{depth - 1 - int(m[1])}.attentions.{m[2]}.{m[3]}"),
+        (r"dec(\d+)_(\d+)\.(.+)", lambda m: f"up_blocks.{depth - 1 - int(m[1])}.resnets.{m[2]}.{m[3]}"),
+        (r"up(\d+)\.conv\.(.+)", lambda m: f"up_blocks.{depth - 2 - int(m[1])}.upsamplers.0.conv.{m[2]}"),
+        (r"head\.norm\.(.+)", lambda m: f"conv_norm_out.{m[1]}"),
+        (r"head\.conv\.(.+)", lambda m: f"conv_out.{m[1]}"),
+    ]
+    for pattern, target in rules:
+        m = re.fullmatch(pattern, key)
+        if m:
+            out = target(m)
+            for ours, theirs in (
+                ("cond_proj.linear", "time_emb_proj"),
+                ("shortcut", "conv_shortcut"),
+                (r"attentions.(\d+).norm", r"attentions.\1.group_norm"),
+                ("to_out", "to_out.0"),
+            ):
+                out = re.sub(ours, theirs, out)
+            return out
+    raise KeyError(key)
+
+
+def median_time(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    from diffusers import UNet2DModel
+
+    start = time.perf_counter()
+    ref = UNet2DModel(**CONFIG).eval()
+    t_ref = time.perf_counter() - start
+    start = time.perf_counter()
+    gm = ug.presets.ddpm_unet(32).lower().eval()
+    t_ours = time.perf_counter() - start
+    theirs = ref.state_dict()
+    gm.load_state_dict({k: theirs[diffusers_key(k)] for k in gm.state_dict()})
+    x, t = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 1000, (args.batch,))
+    with torch.no_grad():
+        diff = (gm(x, t) - ref(x, t).sample).abs().max().item()
+        a = median_time(lambda: gm(x, t), args.repeat)
+        b = median_time(lambda: ref(x, t).sample, args.repeat)
+    print(f"build: diffusers {t_ref:.2f} s, unetgraph graph+lower {t_ours:.2f} s")
+    print(f"forward batch {args.batch}: unetgraph {a * 1e3:.1f} ms, diffusers {b * 1e3:.1f} ms, ratio {a / b:.2f}")
+    print(f"max |difference| {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

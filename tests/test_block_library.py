@@ -1,0 +1,257 @@
+"""The block library: every registered block through params, FLOPs, check → lower → forward →
+backward → torch.compile(fullgraph=True) in 1D/2D/3D, and the bad inputs each must refuse."""
+
+from fractions import Fraction
+
+import pytest
+import torch
+import torch._dynamo
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils.flop_counter import FlopCounterMode
+
+import unetgraph as ug
+from unetgraph.types import TensorType
+
+# name -> (spec, extra inputs) examples: every registered block must appear here.
+# Extra inputs: "emb" (a time embedding through a cond edge), "ctx" (a context sequence),
+# "gate" (the block is a two-input merge fed by a skip and the decoder path).
+EXAMPLES = {
+    "ConvBlock": [ug.ConvBlock(channels=8, mid_channels=4, norm="group", groups=2)],
+    "Down": [ug.Down("conv", channels=8, kernel=3, padding=0, pad_end=1), ug.Down("pixel_unshuffle", channels=6)],
+    "Up": [ug.Up("pixel_shuffle", channels=4), ug.Up("nearest", channels=4, norm="batch", act="relu")],
+    "Head": [ug.Head(channels=3, kernel=3, norm="group", groups=2, act="silu")],
+    "Merge": [ug.Merge("concat")],
+    "ResBlock": [
+        ug.ResBlock(channels=8, groups=2),
+        ug.ResBlock(channels=8, groups=2, cond="scale_shift", dropout=0.1),
+        ug.ResBlock(channels=4, norm="batch", act="relu", pre_norm=False, stride=2),
+    ],
+    "SelfAttention": [ug.SelfAttention(heads=2, groups=2)],
+    "CrossAttention": [ug.CrossAttention(head_dim=2, groups=2)],
+    "LinearAttention": [ug.LinearAttention(heads=2, head_dim=4)],
+    "AttentionGate": [ug.AttentionGate(channels=3)],
+    "SqueezeExcitation": [ug.SqueezeExcitation("scse", reduction=2), ug.SqueezeExcitation("cse", reduction=2)],
+    "TimestepEmbedding": [ug.TimestepEmbedding(dim=6, channels=8)],
+    "ClassEmbedding": [ug.ClassEmbedding(5, 8)],
+    "Input": [ug.Input(channels=4, dims=2)],
+    "Sequence": [ug.Sequence(ug.ConvBlock(channels=8, convs=1, norm="group", groups=2), ug.ResBlock(groups=2))],
+}
+ALL = [(name, spec) for name, specs in EXAMPLES.items() for spec in specs]
+SIZES = {1: (12,), 2: (12, 8), 3: (4, 8, 4)}
+
+
+def test_examples_cover_the_registry():
+    assert set(EXAMPLES) == set(ug.block_names())
+
+
+def wrap(spec: ug.BlockSpec, dims: int) -> ug.UNetGraph:
+    """A small graph around ``spec``: x → stem → spec → head, with t, y or context inputs as it needs."""
+    b = ug.GraphBuilder("Wrap")
+    b.input("x", channels=4, dims=dims)
+    name = spec.type_name
+    if name == "Input":
+        b.add("stem", ug.ConvBlock(channels=4, convs=1), "stem", 0, ["x"])
+        return b.build(["stem"])
+    if name == "TimestepEmbedding":
+        b.input("t", kind="timestep")
+        b.add("emb", spec, "embedding", None, ["t"])
+        b.add("res", ug.ResBlock(channels=4, groups=2), "encoder", 0, ["x", ug.In("emb", "cond")])
+        return b.build(["res"])
+    if name == "ClassEmbedding":
+        b.input("y", kind="label")
+        b.add("emb", spec, "embedding", None, ["y"])
+        b.add("res", ug.ResBlock(channels=4, groups=2, cond="scale_shift"), "encoder", 0, ["x", ug.In("emb", "cond")])
+        return b.build(["res"])
+    b.add("stem", ug.ConvBlock(channels=4, convs=1, norm="none"), "stem", 0, ["x"])
+    ins: list = ["stem"]
+    if name in ("ResBlock",):
+        b.input("t", kind="timestep")
+        b.add("temb", ug.TimestepEmbedding(dim=4, channels=6), "embedding", None, ["t"])
+        ins.append(ug.In("temb", "cond"))
+    if name == "CrossAttention":
+        b.input("context", channels=5, kind="context")
+        ins.append(ug.In("context", "cond"))
+    if name in ("Merge", "AttentionGate"):
+        b.add("side", ug.ConvBlock(channels=6, convs=1), "decoder", 0, ["stem"])
+        ins = [ug.In("stem", "skip"), "side"]
+    node = b.add("block", spec, "encoder" if name not in ("Merge", "AttentionGate") else "merge", 0, ins)
+    b.add("head", ug.Head(channels=2), "head", 0, [node])
+    return b.build(["head"])
+
+
+def example_inputs(g: ug.UNetGraph, dims: int) -> dict[str, torch.Tensor]:
+    makers = {
+        "dense": lambda t: torch.randn(2, t.channels, *SIZES[dims]),
+        "scalar": lambda t: torch.tensor([3.0, 250.0]),
+        "index": lambda t: torch.tensor([1, 4]),
+        "sequence": lambda t: torch.randn(2, 7, t.channels),
+    }
+    return {n: makers[g[n].type.form](g[n].type) for n in g.inputs}
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("name, spec", ALL, ids=[f"{n}:{s.label()}" for n, s in ALL])
+def test_block_check_lower_forward_backward_compile(name, spec, dims):
+    g = wrap(spec, dims)
+    inputs = example_inputs(g, dims)
+    report = g.check({n: tuple(v.shape) for n, v in inputs.items()})
+    gm = g.lower()
+    assert sum(p.numel() for p in gm.parameters()) == g.params == report.params
+    ShapeProp(gm).propagate(*inputs.values())
+    names = ug.fx_node_names(gm)
+    fx_nodes = {n.name: n for n in gm.graph.nodes}
+    for n in g:
+        assert tuple(fx_nodes[names[n]].meta["tensor_meta"].shape) == report[n].output, n
+    out = gm(*inputs.values())
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in gm.parameters() if p.requires_grad)
+    torch._dynamo.reset()
+    gm.eval()
+    with torch.no_grad():  # fullgraph=True raises on any graph break
+        compiled = torch.compile(gm, fullgraph=True, backend="eager")
+        assert torch.allclose(compiled(*inputs.values()), gm(*inputs.values()), atol=1e-6)
+
+
+def _types_and_shapes(spec, dims=2):
+    """Input types and shapes of ``spec`` alone (as the wrapper graph feeds it)."""
+    g = wrap(spec, dims)
+    node = g["emb"] if spec.type_name in ("TimestepEmbedding", "ClassEmbedding") else g["block"]
+    shapes = g.check({n: tuple(v.shape) for n, v in example_inputs(g, dims).items()})[node.name].inputs
+    return node, shapes
+
+
+FLOP_BLOCKS = [(n, s) for n, s in ALL if n not in ("Input", "Merge")]
+
+
+@pytest.mark.parametrize("name, spec", FLOP_BLOCKS, ids=[f"{n}:{s.label()}" for n, s in FLOP_BLOCKS])
+def test_params_and_flops_formulas_equal_the_module_and_flop_counter(name, spec):
+    node, shapes = _types_and_shapes(spec)
+    module = spec.build(node.inputs, node.type).eval()
+    assert spec.params(node.inputs, node.type) == sum(p.numel() for p in module.parameters())
+    args = [
+        torch.randn(s) if node.inputs[i].form in ("dense", "sequence") else torch.tensor([1, 3])
+        for i, s in enumerate(shapes)
+    ]
+    counter = ug.cost.flop_counter()  # FlopCounterMode + torch's SDPA formula for the CPU kernel
+    with counter, torch.no_grad():
+        y = module(*args)
+    counted = counter.get_total_flops()
+    if isinstance(spec, ug.SelfAttention | ug.CrossAttention):
+        meta = FlopCounterMode(display=False)  # plain torch counts SDPA on meta tensors
+        with meta, torch.no_grad(), torch.device("meta"):
+            spec.build(node.inputs, node.type)(*[a.to("meta") for a in args])
+        assert meta.get_total_flops() == counted
+    assert spec.flops(shapes, tuple(y.shape)) == counted
+
+
+def test_pixel_unshuffle_and_shuffle_match_torch_in_2d_and_invert_in_3d():
+    x = torch.randn(2, 3, 8, 12)
+    down = ug.Down("pixel_unshuffle")
+    t = TensorType.spatial(3, 2)
+    assert torch.equal(down.build([t], down.infer([t]))(x), torch.nn.PixelUnshuffle(2)(x))
+    from unetgraph.blocks.sampling import DepthToSpace, SpaceToDepth
+
+    assert torch.equal(DepthToSpace((2, 2))(torch.nn.PixelUnshuffle(2)(x)), x)
+    v = torch.randn(1, 2, 4, 6, 8)
+    assert torch.equal(DepthToSpace((1, 2, 2))(SpaceToDepth((1, 2, 2))(v)), v)
+    assert down.infer([TensorType.spatial(3, 3)]).scale == (Fraction(1, 2),) * 3
+
+
+class TestBadInput:
+    def test_heads_that_do_not_divide_channels(self):
+        b = ug.GraphBuilder()
+        b.input("x", channels=6, dims=2)
+        with pytest.raises(
+            ug.ShapeError, match=r"attn \(SelfAttention \(4 heads\)\): heads=4 does not divide 6 channels"
+        ):
+            b.add("attn", ug.SelfAttention(heads=4, groups=3), "encoder", 0, ["x"])
+        with pytest.raises(ug.ShapeError, match="head_dim=4 does not divide 6 channels"):
+            b.add("attn", ug.SelfAttention(head_dim=4, groups=3), "encoder", 0, ["x"])
+
+    def test_group_norm_groups_that_do_not_divide_channels(self):
+        with pytest.raises(
+            ug.SpecError, match=r"enc0_0 \(res conv3 group silu\): GroupNorm groups=32 does not divide 48"
+        ):
+            ug.diffusion_unet(3, widths=(48, 96), resblock=ug.ResBlock(groups=32))
+        with pytest.raises(ug.SpecError, match="GroupNorm groups=4 does not divide 6 channels"):
+            ug.unet(1, 1, widths=(6,), block=ug.ConvBlock(norm="group", groups=4))
+
+    def test_cond_edge_to_a_block_that_takes_no_conditioning(self):
+        b = ug.GraphBuilder()
+        b.input("x", channels=4, dims=2)
+        b.input("t", kind="timestep")
+        b.add("temb", ug.TimestepEmbedding(dim=8), "embedding", None, ["t"])
+        with pytest.raises(ug.GraphError, match="cond edge temb→enc: ConvBlock takes no conditioning input"):
+            b.add("enc", ug.ConvBlock(channels=4), "encoder", 0, ["x", ug.In("temb", "cond")])
+
+    def test_missing_t_at_call_time_is_a_shape_error_naming_it(self):
+        g = ug.diffusion_unet(
+            3, widths=(8, 16), layers_per_block=1, resblock=ug.ResBlock(groups=4), attention=ug.SelfAttention(groups=4)
+        )
+        gm = g.lower()
+        x = torch.randn(1, 3, 8, 8)
+        with pytest.raises(ug.ShapeError, match=r"input t is missing: the model is called as forward\(x, t\)"):
+            gm(x)
+        with pytest.raises(ug.ShapeError, match=r"input t expects \(N,\), got shape \(1, 1\)"):
+            gm(x, torch.ones(1, 1))
+
+    def test_labels_must_be_integers_and_context_must_have_its_width(self):
+        g = ug.diffusion_unet(
+            3,
+            widths=(8, 16),
+            layers_per_block=1,
+            num_classes=3,
+            context_channels=5,
+            resblock=ug.ResBlock(groups=4),
+            attention=ug.SelfAttention(groups=4),
+            cross_attention=ug.CrossAttention(groups=4),
+        )
+        assert g.inputs == ("x", "t", "y", "context")
+        gm = g.lower()
+        x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+        with pytest.raises(ug.ShapeError, match=r"input y expects \(N,\) integer class labels"):
+            gm(x, t, torch.tensor([0.0, 1.0]), torch.randn(2, 4, 5))
+        with pytest.raises(ug.ShapeError, match=r"input context expects \(N, L, 5\)"):
+            gm(x, t, torch.tensor([0, 1]), torch.randn(2, 4, 6))
+        assert gm(x, t, torch.tensor([0, 2]), torch.randn(2, 4, 5)).shape == (2, 3, 8, 8)
+        with pytest.raises(ug.ShapeError, match=r"input context expects rank 3 \(N, L, 5\)"):
+            g.check({"x": (2, 3, 8, 8), "t": (2,), "y": (2,), "context": (2, 5)})
+
+    def test_a_3d_stride_on_a_2d_graph(self):
+        with pytest.raises(
+            ug.ShapeError, match=r"mid \(.*\): ConvBlock.stride=\(1, 2, 2\) has 3 entries but the graph is 2D"
+        ):
+            ug.presets.nnunet_plain(1, 2, (8, 16), (3, 3), (1, (1, 2, 2)), dims=2)
+        with pytest.raises(ug.ShapeError, match=r"ResBlock.stride=\(1, 2, 2\) has 3 entries but the graph is 2D"):
+            ug.unet(1, 1, widths=(4, 8), block=ug.ResBlock(groups=2, stride=(1, 2, 2)), down=None)
+
+    def test_cross_attention_needs_a_context_sequence(self):
+        b = ug.GraphBuilder()
+        b.input("x", channels=4, dims=2)
+        with pytest.raises(ug.ShapeError, match="CrossAttention needs a context"):
+            b.add("xattn", ug.CrossAttention(groups=2), "encoder", 0, ["x"])
+
+    def test_embeddings_refuse_the_wrong_input(self):
+        b = ug.GraphBuilder()
+        b.input("x", channels=4, dims=2)
+        with pytest.raises(ug.ShapeError, match="TimestepEmbedding needs a timestep input"):
+            b.add("temb", ug.TimestepEmbedding(dim=8), "embedding", None, ["x"])
+        b.input("t", kind="timestep")
+        with pytest.raises(ug.ShapeError, match="ClassEmbedding needs integer class labels"):
+            b.add("cemb", ug.ClassEmbedding(3, 8), "embedding", None, ["t"])
+
+    @pytest.mark.parametrize(
+        "make, message",
+        [
+            (lambda: ug.SelfAttention(heads=2, head_dim=4), "give heads or head_dim, not both"),
+            (lambda: ug.ResBlock(cond="concat"), "ResBlock.cond"),
+            (lambda: ug.ResBlock(kernel=2), "odd kernel"),
+            (lambda: ug.Down("maxpool", pad_end=1), "pad_end is for mode='conv'"),
+            (lambda: ug.Up("nearest", conv=False, norm="batch"), "with conv=False there is none"),
+            (lambda: ug.Input(kind="text"), "Input.kind"),
+            (lambda: ug.SqueezeExcitation("se"), "did you mean"),
+        ],
+    )
+    def test_bad_fields(self, make, message):
+        with pytest.raises(ug.SpecError, match=message):
+            make()
