@@ -79,6 +79,13 @@ print(d)
 {n: s for n, s in d.status.items() if s != "same"}  # what a drawing of the diff colours by
 
 # %% [markdown]
+# Drawn, both architectures share one U: added parts in green, removed ones dashed red where
+# they used to be, changed ones in orange.
+
+# %%
+d.render("blocks")
+
+# %% [markdown]
 # ## An edit that would break the graph is refused
 #
 # An `add` merge needs equal channels. Widening `enc1` after making `merge1` an `add` merge

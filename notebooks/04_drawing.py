@@ -54,16 +54,25 @@ print(f"{report.flops:,} FLOPs = {report.macs:,} MACs; peak inference memory {ug
 print("the most expensive node:", max(report, key=lambda r: r.flops).name)
 
 # %% [markdown]
-# ## Marking what changed
+# ## A diffusion U-Net
 #
-# `marks=` marks nodes and edges as added, removed or changed: how a diff is drawn.
+# The DDPM CIFAR-10 model (Ho et al. 2020): two residual blocks per level, a skip from every
+# encoder block, attention at 16×16, and the time embedding reaching every residual block
+# through conditioning edges (dotted, they do not bend the U).
 
 # %%
-g.render(
-    "blocks",
-    marks={"enc3": "changed", "dec3": "changed", ("enc0", "merge0"): "removed", "head": "added"},
-    annotate=("shape",),
-)
+ddpm = ug.presets.ddpm_unet(32)
+ddpm.render("levels", input_shape=ug.input_shapes(ddpm, size=32))
+
+# %% [markdown]
+# ## Drawing what changed
+#
+# `ug.diff(a, b).render()` draws both architectures in one U: added parts green, removed ones
+# dashed red where they were, changed ones orange. Under it, `marks=` marks any nodes and edges.
+
+# %%
+edited = g.remove_skip("enc0").set("dec3", convs=1).insert_after("enc2", ug.ConvBlock(convs=1), name="enc2b")
+ug.diff(g, edited).render("blocks", annotate=("shape",))
 
 # %% [markdown]
 # ## Files

@@ -393,3 +393,33 @@ class TestWithoutGraphviz:
         with pytest.raises(ug.RenderError, match=r"pip install 'unetgraph\[graphviz\]'"):
             g.render()
         assert g.to_dot().startswith("digraph")
+
+
+def test_diff_drawing_marks_both_graphs_in_one_u(tmp_path):
+    g = ug.unet(3, 2, widths=(8, 16, 32))
+    g2 = g.remove_skip("enc0").insert_after("enc1", ug.ConvBlock(convs=1), name="enc1b").set("dec1", convs=1)
+    d = ug.diff(g, g2)
+    s = d.scene(input_shape=(1, 3, 16, 16))
+    marks = {it.id: it.mark for it in s.items}
+    assert marks["merge0"] == "removed" and marks["enc1b"] == "added" and marks["dec1"] == "changed"
+    assert marks["dec0"] == "changed"  # retyped: same block, new inputs
+    assert marks["enc0"] is None and marks["mid"] is None
+    links = {(ln.src, ln.dst): ln.mark for ln in s.links}
+    assert links[("enc0", "merge0")] == "removed" and links[("up0", "dec0")] == "added"
+    assert links[("enc1b", "merge1")] == "added" and links[("enc1", "merge1")] == "removed"
+    drawn = Drawn(d.to_dot())
+    # the removed merge keeps its place in the U: on enc0's row, right of it
+    assert drawn.y("merge0") == drawn.y("enc0") and drawn.x("merge0") > drawn.x("enc0")
+    assert drawn.y("enc1b") == drawn.y("enc1")
+    assert "− removed" in d.to_dot() and isinstance(d.render(), graphviz.Digraph)
+    path = d.save_figure(tmp_path / "diff.svg", input_shape=(1, 3, 16, 16))
+    assert "merge0" in path.read_text()
+
+
+@pytest.mark.parametrize("detail", ["levels", "blocks", "layers"])
+def test_diffusion_unet_draws_at_every_detail(detail):
+    g = ug.presets.ddpm_unet(32)
+    d = Drawn(g.to_dot(detail, input_shape=ug.input_shapes(g, size=32)))  # dot refuses malformed labels
+    if detail != "layers":
+        assert "t" in d.pos and "time_embedding" in d.pos
+        assert d.kind("cond")  # the time embedding reaches the ResBlocks through cond edges

@@ -16,7 +16,7 @@ from typing import Iterator, Mapping, Sequence
 from .errors import ShapeError
 from .graph import Edge, Node, UNetGraph
 from .sizes import SizeFailure, SizeOp, apply_ops
-from .types import AXIS_NAMES, Role
+from .types import AXIS_NAMES, Role, format_dims
 
 __all__ = ["Row", "CheckReport", "AxisRule", "SizeRules", "check", "valid_sizes"]
 
@@ -83,8 +83,8 @@ class CheckReport:
                 r.role.value,
                 "" if r.level is None else str(r.level),
                 r.block,
-                " + ".join(_dims(s) for s in r.inputs),
-                _dims(r.output),
+                " + ".join(format_dims(s) for s in r.inputs),
+                format_dims(r.output),
                 f"{r.params:,}",
             ]
             for r in self.rows
@@ -122,11 +122,6 @@ class CheckReport:
             f"<p><b>{html.escape(self.summary())}</b></p><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table>" + (f"<ul>{notes}</ul>" if notes else "")
         )
-
-
-def _dims(shape: Shape) -> str:
-    """``(N, C, H, W)`` → ``"C×H×W"`` (the batch is in the header); ``(N,)`` → ``"·"``."""
-    return "×".join(map(str, shape[1:])) or "·"
 
 
 def _spatial(sizes: Sequence[int]) -> str:

@@ -26,7 +26,7 @@ import torch
 from .check import check
 from .errors import NodeNotFoundError, SpecError, UNetGraphError
 from .graph import UNetGraph
-from .types import Role
+from .types import Role, format_dims
 
 __all__ = ["NodeCost", "CostReport", "summary", "measure", "flop_counter", "fmt_count", "fmt_bytes"]
 
@@ -170,7 +170,7 @@ class CostReport:
                     r.role.value,
                     "" if r.level is None else str(r.level),
                     r.block,
-                    "×".join(map(str, r.output[1:])),  # type: ignore[index]
+                    format_dims(r.output),  # type: ignore[arg-type]
                     f"{r.params:,}",
                     fmt_count(r.flops),
                     f"{100 * r.flops / total:.1f}",  # type: ignore[operator]

@@ -228,6 +228,32 @@ class GraphDiff:
     def __repr__(self) -> str:
         return f"<GraphDiff {self.summary()}>"
 
+    def scene(self, detail: str = "blocks", **options: Any) -> Any:
+        """Both graphs in one drawing, changes marked: see :func:`unetgraph.render.diff_scene`."""
+        from .render import diff_scene
+
+        return diff_scene(self, detail, **options)
+
+    def render(self, detail: str = "blocks", *, direction: str = "TB", legend: bool = True, **options: Any) -> Any:
+        """A ``graphviz.Digraph`` of both graphs, added/removed/changed parts marked
+        (``options``: ``input_shape``, ``annotate``, ``heat``)."""
+        from .render import render
+
+        return render(self.scene(detail, **options), direction=direction, legend=legend)
+
+    def to_dot(self, detail: str = "blocks", *, direction: str = "TB", legend: bool = True, **options: Any) -> str:
+        """The DOT text of :meth:`render` (needs neither graphviz package nor ``dot``)."""
+        from .render import to_dot
+
+        return to_dot(self.scene(detail, **options), direction=direction, legend=legend)
+
+    def save_figure(self, path: Any, detail: str = "blocks", **options: Any) -> Any:
+        """Write the drawing of :meth:`render` to ``path`` (``.svg``, ``.png``, ``.pdf``, ``.dot``), atomically."""
+        from .render import save_figure
+
+        scene_options = {k: options.pop(k) for k in ("input_shape", "annotate", "heat") if k in options}
+        return save_figure(self.scene(detail, **scene_options), path, **options)
+
     def _repr_html_(self) -> str:
         body = "".join(
             f"<tr><td>{m}</td><td>{html.escape(n)}</td><td>{html.escape(w)}</td><td>{p}</td></tr>"

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from fractions import Fraction
 
-__all__ = ["Role", "EdgeKind", "TensorType", "AXIS_NAMES", "FORMS"]
+__all__ = ["format_dims", "Role", "EdgeKind", "TensorType", "AXIS_NAMES", "FORMS"]
 
 
 class Role(str, Enum):
@@ -112,3 +112,9 @@ class TensorType:
         scales = {str(s) for s in self.scale}
         scale = scales.pop() if len(scales) == 1 else "×".join(str(s) for s in self.scale)
         return f"{self.channels}ch@{scale} ({self.dims}D)"
+
+
+def format_dims(shape: tuple[int, ...]) -> str:
+    """A shape without its batch axis, for tables and drawings: ``(N, 64, 32, 32)`` → ``"64×32×32"``,
+    a per-sample scalar ``(N,)`` → ``"(N,)"``."""
+    return "×".join(map(str, shape[1:])) or "(N,)"

@@ -16,9 +16,11 @@ Only :func:`render` needs the ``graphviz`` Python package and only SVG/PNG/PDF n
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from ..diff import GraphDiff
 from ..errors import RenderError
 from ..graph import UNetGraph
 from .emit import DIRECTIONS, dot_lines
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "render",
+    "diff_scene",
     "to_dot",
     "to_svg",
     "save_figure",
@@ -150,6 +153,33 @@ def save_figure(
     """
     source_text = to_dot(source, detail, **options)
     return write_figure(source_text, path, dpi=dpi if Path(path).suffix.lower() == ".png" else None)
+
+
+# a diff status → how the drawing marks it ("retyped": same block, new inputs, so its weights change)
+_DIFF_MARKS = {"added": "added", "changed": "changed", "retyped": "changed"}
+
+
+def diff_scene(
+    d: GraphDiff,
+    detail: str = "blocks",
+    *,
+    input_shape: Shape | None = None,
+    annotate: Iterable[str] | None = None,
+    heat: str | None = None,
+) -> Scene:
+    """Both graphs of a diff in one drawing: ``d.b`` with its added and changed parts marked,
+    plus ``d.a``'s removed nodes and edges, marked removed, in their places in the U.
+
+    Pass the result to :func:`render`, :func:`to_dot` or :func:`save_figure`; ``d.render()``
+    does it in one call. ``input_shape`` must fit both graphs.
+    """
+    marks: dict[Any, str] = {n: _DIFF_MARKS[s] for n, s in d.status.items() if s in _DIFF_MARKS}
+    marks.update({e: _DIFF_MARKS[s] for e, s in d.edge_status.items() if s in _DIFF_MARKS})
+    new = scene(d.b, detail, input_shape=input_shape, annotate=annotate, heat=heat, marks=marks)
+    old = scene(d.a, detail, input_shape=input_shape, annotate=annotate, heat=heat)
+    return replace(
+        new.union(old, mark="removed"), name=f"{d.a.name}_vs_{d.b.name}" if d.a.name != d.b.name else new.name
+    )
 
 
 def repr_mimebundle(g: UNetGraph, include: Any = None, exclude: Any = None) -> dict[str, str]:

@@ -107,9 +107,10 @@ def _label(it: Item, dark: bool = False) -> str:
     text = _wrap(it.text)
     first = title + (f" · {e(text[0])}" if text and text[0] else "")
     lines = [first, *(e(t) for t in text[1:])]
-    if it.notes:
+    notes = " · ".join(n for n in it.notes if n)
+    if notes:  # graphviz refuses an empty <font></font>
         colour = "#f3f3f3" if dark else "#444444"
-        lines.append(f'<font point-size="9" color="{colour}">{e(" · ".join(it.notes))}</font>')
+        lines.append(f'<font point-size="9" color="{colour}">{e(notes)}</font>')
     return "<" + "<br/>".join(lines) + ">"
 
 

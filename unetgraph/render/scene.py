@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 from ..cost import CostReport, NodeCost, fmt_bytes, fmt_count, summary
 from ..errors import NodeNotFoundError, RenderError
 from ..graph import UNetGraph
-from ..types import EdgeKind, Role
+from ..types import EdgeKind, Role, format_dims
 from .layout import SIDES
 
 __all__ = ["Item", "Link", "Scene", "scene", "DETAILS", "ANNOTATIONS", "MARKS", "HEATS"]
@@ -187,7 +187,7 @@ def note_lines(rows: Sequence[NodeCost], wanted: Sequence[str]) -> tuple[str, ..
 def _shape(row: NodeCost) -> str:
     if row.output is None:
         return row.type.split(" (")[0]  # "64ch@1/2 (2D)" → "64ch@1/2"
-    return "×".join(map(str, row.output[1:]))
+    return format_dims(row.output)
 
 
 def heat_values(cost: CostReport, heat: str | None, groups: Sequence[Sequence[str]]) -> list[float | None]:
