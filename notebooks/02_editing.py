@@ -55,7 +55,7 @@ print([n.name for n in g.nodes(where=lambda n: n.params > 500_000)])
 
 # %%
 g2 = (
-    g.replace("mid", ug.Sequence(ug.ConvBlock(), ug.ConvBlock(convs=1, kernel=1), ug.ConvBlock()))
+    g.replace("mid", ug.Sequence(ug.ResBlock(groups=8), ug.SelfAttention(heads=8, groups=8), ug.ResBlock(groups=8)))
     .set_skip("enc1", "merge1", merge="add")
     .remove_skip("enc0")
     .map_blocks(lambda b: b.with_(act="silu"), role="encoder")
