@@ -6,7 +6,7 @@
 (1, 2, 64, 64)
 """
 
-from . import presets
+from . import passes, presets
 from .blocks import (
     ACTS,
     NORMS,
@@ -29,6 +29,7 @@ from .check import CheckReport, SizeRules, check, valid_sizes
 from .errors import GraphError, LoweringError, NodeNotFoundError, RegistryError, ShapeError, SpecError, UNetGraphError
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
 from .lower import fx_node_names, lower
+from .passes import Optimized, OptimizeReport, PassResult, optimize
 from .types import EdgeKind, Role, TensorType
 
 __version__ = "0.1.0"
@@ -73,4 +74,9 @@ __all__ = [
     "ShapeError",
     "LoweringError",
     "presets",
+    "passes",
+    "optimize",
+    "Optimized",
+    "OptimizeReport",
+    "PassResult",
 ]
