@@ -6,7 +6,24 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "unetgraph"
 
 # upstream first; a module may import (at module level) only modules listed before it
-ORDER = ["errors", "files", "types", "sizes", "blocks", "graph", "build", "check", "runtime", "lower", "passes", "dynamic", "export", "eject", "presets", "cli"]
+ORDER = [
+    "errors",
+    "files",
+    "types",
+    "sizes",
+    "blocks",
+    "graph",
+    "build",
+    "check",
+    "runtime",
+    "lower",
+    "passes",
+    "dynamic",
+    "export",
+    "eject",
+    "presets",
+    "cli",
+]
 
 
 def layer(module: str) -> str:

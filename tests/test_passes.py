@@ -59,7 +59,7 @@ def preset(request):
 
 @pytest.mark.parametrize("pass_", PASSES, ids=lambda p: p.__name__)
 def test_each_pass_keeps_outputs_on_every_preset(preset, pass_):
-    g, gm, x, y = preset
+    _, gm, x, y = preset
     work = copy.deepcopy(gm)
     result = pass_(work)
     assert result.name == pass_.__name__
@@ -69,7 +69,7 @@ def test_each_pass_keeps_outputs_on_every_preset(preset, pass_):
 
 
 def test_optimize_keeps_outputs_on_every_preset_and_reports(preset):
-    g, gm, x, y = preset
+    _, gm, x, y = preset
     fast, report = ug.optimize(gm, example_inputs=[x])
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4 * max(1.0, y.abs().max().item())
     assert [p.name for p in report.passes] == [p.__name__ for p in PASSES]

@@ -6,7 +6,7 @@
 (1, 2, 64, 64)
 """
 
-from . import passes, presets
+from . import dynamic, passes, presets
 from .blocks import (
     ACTS,
     NORMS,
@@ -26,7 +26,10 @@ from .blocks import (
 )
 from .build import unet
 from .check import CheckReport, SizeRules, check, valid_sizes
+from .dynamic import CompiledUNet, compile, export_shapes, served_axes
+from .eject import eject, eject_source
 from .errors import GraphError, LoweringError, NodeNotFoundError, RegistryError, ShapeError, SpecError, UNetGraphError
+from .export import ExportedUNet, OnnxUNet, export, load
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
 from .lower import fx_node_names, lower
 from .passes import Optimized, OptimizeReport, PassResult, optimize
@@ -79,4 +82,15 @@ __all__ = [
     "Optimized",
     "OptimizeReport",
     "PassResult",
+    "dynamic",
+    "compile",
+    "CompiledUNet",
+    "export_shapes",
+    "served_axes",
+    "export",
+    "load",
+    "ExportedUNet",
+    "OnnxUNet",
+    "eject",
+    "eject_source",
 ]

@@ -35,7 +35,9 @@ def channels_last(gm: fx.GraphModule, *, force: bool = False) -> PassResult:
     if info is None:
         return PassResult(name, (), ("not a module made by unetgraph.lower: the inputs' ranks are unknown",))
     g = info["graph"]
-    if any(n.op == "call_method" and n.target == "contiguous" and n.kwargs.get("memory_format") for n in gm.graph.nodes):
+    if any(
+        n.op == "call_method" and n.target == "contiguous" and n.kwargs.get("memory_format") for n in gm.graph.nodes
+    ):
         return PassResult(name, (), ("already converted",))
     convs = [m for m in gm.modules() if isinstance(m, _ConvNd)]
     dims = {m.weight.dim() - 2 for m in convs}
@@ -46,7 +48,9 @@ def channels_last(gm: fx.GraphModule, *, force: bool = False) -> PassResult:
     pays = weight.device.type == "cpu" or weight.dtype in (torch.float16, torch.bfloat16)
     if not pays and not force:
         return PassResult(
-            name, (), (f"skipped: no gain expected on {weight.device.type} with {weight.dtype} (force=True applies it)",)
+            name,
+            (),
+            (f"skipped: no gain expected on {weight.device.type} with {weight.dtype} (force=True applies it)",),
         )
     fmt = _FORMATS[d]
     changes = []
@@ -83,4 +87,3 @@ def _after_guard(gm: fx.GraphModule, placeholder: fx.Node) -> fx.Node:
         if user.op == "call_module" and isinstance(gm.get_submodule(user.target), InputGuard):
             return user
     return placeholder
-

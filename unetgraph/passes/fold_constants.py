@@ -58,9 +58,7 @@ def fold_constants(gm: fx.GraphModule) -> PassResult:
         elif node.op in ("call_function", "call_method", "call_module") and _foldable(gm, node):
             if all(i in const for i in node.all_input_nodes):
                 const.add(node)
-    frontier = [
-        n for n in gm.graph.nodes if n in const and n.op != "get_attr" and any(u not in const for u in n.users)
-    ]
+    frontier = [n for n in gm.graph.nodes if n in const and n.op != "get_attr" and any(u not in const for u in n.users)]
     if not frontier:
         return PassResult("fold_constants", (), ("nothing depends only on parameters, buffers and literals",))
     interpreter = fx.Interpreter(gm)
