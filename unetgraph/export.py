@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -96,7 +98,22 @@ def export(
     Raises:
         LoweringError: an unknown format, or a module lowered with ``pad="auto"``.
     """
-    path = Path(path)
+    with warnings.catch_warnings():
+        # torch's own deprecation inside its exporters, not actionable here
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        return _export(model, Path(path), format, example_inputs, batch, max_size, progress, inductor_configs)
+
+
+def _export(
+    model: UNetGraph | fx.GraphModule,
+    path: Path,
+    format: str | None,
+    example_inputs: Sequence[torch.Tensor] | None,
+    batch: bool,
+    max_size: int | None,
+    progress: Progress,
+    inductor_configs: dict[str, Any] | None,
+) -> Path:
     fmt = format or ("onnx" if path.suffix == ".onnx" else "program")
     if fmt not in FORMATS:
         raise LoweringError(f"format: expected one of {', '.join(map(repr, FORMATS))}, got {fmt!r}")
@@ -117,7 +134,9 @@ def export(
         program = torch.export.export(gm, args, dynamic_shapes=shapes, strict=False)
     buffer = io.BytesIO()  # the archive's root folder is named after a buffer, not a temporary file
     if fmt == "program":
-        with steps.step("saving"):
+        with steps.step("saving"), warnings.catch_warnings():
+            # channels-last weights share no "complete" storage; harmless for CPU tensors
+            warnings.filterwarnings("ignore", message="No complete tensor found in the group")
             torch.export.save(program, buffer, extra_files={_DOC: doc})
             write_atomic(path, buffer.getvalue())
         return path
@@ -169,8 +188,14 @@ def _document(g: UNetGraph, kind: str, batch: bool, max_size: int | None) -> dic
 def _export_onnx(
     gm: fx.GraphModule, args: tuple[torch.Tensor, ...], shapes: dict, doc: str, path: Path, steps: _Progress
 ) -> None:
-    with steps.step("torch.onnx.export (dynamo)"), torch.no_grad():
-        program = torch.onnx.export(gm, args, dynamic_shapes=shapes, dynamo=True, verbose=False)
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)  # it warns about every missing torchvision op
+    try:
+        with steps.step("torch.onnx.export (dynamo)"), torch.no_grad():
+            program = torch.onnx.export(gm, args, dynamic_shapes=shapes, dynamo=True, verbose=False)
+    finally:
+        registry.setLevel(level)
     program.model.metadata_props[_DOC] = doc
     with steps.step("saving"), atomic_path(path) as tmp:
         program.save(str(tmp), external_data=False)
