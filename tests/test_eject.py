@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import unetgraph as ug
-from tests.test_passes import SinusoidalScale, example_input, randomize_norms
+from tests.test_passes import SinusoidalScale, example_inputs, randomize_norms
 
 RUNNER = textwrap.dedent(
     """
@@ -75,7 +75,7 @@ def test_ejected_file_reproduces_outputs_in_a_fresh_process(case, tmp_path):
         f"class {c}(nn.Module)" in text for c in ("InputGuard", "PadToValid", "CropToInput", "CenterCrop")
     ) + ("class ChannelLayerNorm(nn.Module)" in text)
     compile(text, str(path), "exec")
-    x = example_input(g, batch=2)
+    (x,) = example_inputs(g, batch=2)
     if gm.meta["unetgraph"]["pad"] == "auto":
         x = x[..., 1:, :-3]  # an invalid size: padded up and cropped back
     y, info = run_fresh(tmp_path, path, g.name, gm, x)

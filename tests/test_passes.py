@@ -33,14 +33,18 @@ def randomize_norms(gm: nn.Module) -> nn.Module:
     return gm
 
 
-def example_input(g: ug.UNetGraph, batch: int = 1) -> torch.Tensor:
-    (name,) = [n for n in g.inputs if g[n].type.dims > 0]
-    rules = g.valid_sizes()
-    sizes = [r.sizes(2)[1] for r in rules.axes]  # the second valid size: small, but not the edge case
-    return torch.randn(batch, g[name].type.channels, *sizes)
+def example_inputs(g: ug.UNetGraph, batch: int = 1) -> tuple[torch.Tensor, ...]:
+    """One tensor per graph input: spatial ones at the second valid size (small, not the edge case)."""
+    sizes = [r.sizes(2)[1] for r in g.valid_sizes().axes]
+    return tuple(torch.randn(batch, g[n].type.channels, *(sizes if g[n].type.dims else ())) for n in g.inputs)
 
 
-def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
+def assert_close(a, b) -> None:
+    if isinstance(a, dict):  # several outputs
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_close(a[k], b[k])
+        return
     scale = max(1.0, a.abs().max().item())
     assert a.shape == b.shape
     assert (a - b).abs().max().item() <= 1e-4 * scale, (a - b).abs().max().item()
@@ -51,26 +55,26 @@ def preset(request):
     torch.manual_seed(0)
     g = getattr(ug.presets, request.param)()
     gm = randomize_norms(g.lower()).eval()
-    x = example_input(g)
+    xs = example_inputs(g)
     with torch.no_grad():
-        y = gm(x)
-    return g, gm, x, y
+        y = gm(*xs)
+    return g, gm, xs, y
 
 
 @pytest.mark.parametrize("pass_", PASSES, ids=lambda p: p.__name__)
 def test_each_pass_keeps_outputs_on_every_preset(preset, pass_):
-    _, gm, x, y = preset
+    _, gm, xs, y = preset
     work = copy.deepcopy(gm)
     result = pass_(work)
     assert result.name == pass_.__name__
     with torch.no_grad():
-        assert_close(work(x), y)
+        assert_close(work(*xs), y)
     work.graph.lint()
 
 
 def test_optimize_keeps_outputs_on_every_preset_and_reports(preset):
-    _, gm, x, y = preset
-    fast, report = ug.optimize(gm, example_inputs=[x])
+    _, gm, xs, y = preset
+    fast, report = ug.optimize(gm, example_inputs=xs)
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4 * max(1.0, y.abs().max().item())
     assert [p.name for p in report.passes] == [p.__name__ for p in PASSES]
     norms = sum(isinstance(m, nn.BatchNorm2d) for m in gm.modules())
@@ -79,8 +83,8 @@ def test_optimize_keeps_outputs_on_every_preset_and_reports(preset):
     assert report.nodes[1] == len(fast.graph.nodes) and report.params[1] <= report.params[0]
     assert fast is not gm and any(isinstance(m, nn.BatchNorm2d) for m in gm.modules()) == (norms > 0)
     with torch.no_grad():
-        out = fast(x)
-    assert out.is_contiguous()
+        out = fast(*xs)
+    assert all(o.is_contiguous() for o in (out.values() if isinstance(out, dict) else [out]))
     assert_close(out, y)
 
 

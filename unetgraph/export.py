@@ -90,7 +90,8 @@ def export(
         max_size: the largest spatial size to serve (``None``: unbounded).
         progress: ``True`` prints each slow step and its time to stderr; a callable gets the
             lines instead; ``False`` is silent.
-        inductor_configs: extra inductor options for ``"aoti"`` (e.g. ``{"freezing": True}``).
+        inductor_configs: inductor options for ``"aoti"``; default ``{"freezing": True}`` (the
+            weights are constants of the package, so inductor may pre-pack them).
 
     Returns:
         ``path``. Load it with :func:`load`.
@@ -142,7 +143,7 @@ def _export(
         return path
     from torch.export.pt2_archive._package import package_pt2
 
-    configs = {**(inductor_configs or {}), "aot_inductor.package": True}
+    configs = {**({"freezing": True} if inductor_configs is None else inductor_configs), "aot_inductor.package": True}
     with steps.step("AOTInductor compile (minutes for large models)"), torch.no_grad():
         files = torch._inductor.aot_compile(program.module(), args, options=configs)
     with steps.step("packaging"):
