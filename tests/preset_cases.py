@@ -5,6 +5,8 @@ Every function in ``ug.presets.__all__`` must have a case (tests/test_presets.py
 
 from functools import partial
 
+import torch
+
 import unetgraph as ug
 
 P = ug.presets
@@ -35,3 +37,10 @@ _CASES = {
 
 PRESET_CASES = {key: (partial(fn, **kwargs), shapes) for key, (fn, kwargs, shapes) in _CASES.items()}
 COVERED = {fn.__name__ for fn, _, _ in _CASES.values()}
+
+
+def inputs_for(g: ug.UNetGraph, shapes: dict[str, tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
+    """Random tensors for a case's input shapes, in the order ``forward`` takes them."""
+    image = next((shapes[n] for n in g.inputs if g[n].type.dims), None)
+    batch = next(iter(shapes.values()))[0]
+    return tuple(ug.example_inputs(g, batch=batch, size=image[2:] if image else None).values())

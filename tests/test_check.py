@@ -1,6 +1,7 @@
 """The static checker: exact shapes, valid sizes, typed errors with names and numbers."""
 
 import pytest
+import torch
 
 import unetgraph as ug
 
@@ -117,3 +118,42 @@ class TestErrors:
     def test_report_unknown_row(self, g):
         with pytest.raises(ug.ShapeError, match="no node 'zz'"):
             g.check((1, 3, 32, 32))["zz"]
+
+
+class TestNormsWithTooFewValues:
+    """The checker refuses exactly what torch's norms refuse in every mode, and notes the rest."""
+
+    @pytest.mark.parametrize(
+        "norm, shape",
+        [("group", (1, 1, 1, 1)), ("group", (2, 1, 1, 1)), ("instance", (2, 4, 1, 1)), ("batch", (1, 4, 1, 1)),
+         ("batch", (2, 4, 1, 1)), ("group", (1, 4, 2, 2))],
+    )
+    def test_refusal_matches_torch(self, norm, shape):
+        block = ug.ConvBlock(convs=1, kernel=1, norm=norm, groups=1 if shape[1] == 1 else 2)
+        g = ug.unet(shape[1], 1, widths=(shape[1],), block=block)
+        gm = g.lower().eval()
+        try:
+            with torch.no_grad():
+                gm(torch.randn(*shape))
+            torch_ok = True
+        except (RuntimeError, ValueError):
+            torch_ok = False
+        try:
+            report = g.check(shape)
+            checker_ok = True
+        except ug.ShapeError as e:
+            assert "mid (1×conv1" in str(e)
+            checker_ok = False
+        assert checker_ok == torch_ok
+        if checker_ok and norm == "batch" and shape[0] * shape[2] * shape[3] == 1:
+            assert any("raises in training mode" in n for n in report.notes)
+            with pytest.raises(ValueError):
+                gm.train()(torch.randn(*shape))
+
+    def test_resblock_group_norm_at_one_position_is_refused_before_running(self):
+        g = ug.unet(32, 1, widths=(32,), block=ug.ResBlock(groups=32))
+        with pytest.raises(ug.ShapeError, match=r"mid \(.*\): GroupNorm sees one value per group \(32 channels in 32"):
+            g.check((1, 32, 1, 1))
+        with pytest.raises(ValueError):  # what torch would have raised, from deep inside forward
+            g.lower(guard=False).eval()(torch.randn(1, 32, 1, 1))
+        assert g.check((2, 32, 1, 1)).notes  # runs, but each group is constant: noted

@@ -10,20 +10,15 @@ import torch
 from drawing_graphs import cond_blocks, cond_unet, unet_pp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from preset_cases import PRESET_CASES
+from preset_cases import PRESET_CASES, inputs_for
 
 import unetgraph as ug
-
-
-def _spatial(g: ug.UNetGraph, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...] | None:
-    images = [shapes[n][2:] for n in g.inputs if g[n].type.dims]
-    return images[0] if images else None
 
 
 def measured(g: ug.UNetGraph, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int, dict[str, int], dict]:
     """Run the lowered module for real: total FLOPs, parameters, FLOPs per graph node, fx measurements."""
     gm = g.lower().eval()
-    xs = list(ug.example_inputs(g, batch=next(iter(shapes.values()))[0], size=_spatial(g, shapes)).values())
+    xs = inputs_for(g, shapes)
     counter = ug.cost.flop_counter()
     with counter, torch.no_grad():
         gm(*xs)

@@ -6,7 +6,7 @@
 (1, 2, 64, 64)
 """
 
-from . import presets, render
+from . import dynamic, passes, presets, render
 from .blocks import (
     ACTS,
     NORMS,
@@ -38,6 +38,8 @@ from .build import diffusion_unet, nested_unet, unet
 from .check import CheckReport, SizeRules, check, valid_sizes
 from .cost import CostReport, NodeCost, summary
 from .diff import GraphDiff, diff
+from .dynamic import CompiledUNet, compile, export_shapes, served_axes
+from .eject import eject, eject_source
 from .errors import (
     GraphError,
     LoweringError,
@@ -48,9 +50,11 @@ from .errors import (
     SpecError,
     UNetGraphError,
 )
+from .export import ExportedUNet, OnnxUNet, export, load_exported
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
 from .inputs import example_inputs, input_shapes
 from .lower import fx_node_names, lower
+from .passes import Optimized, OptimizeReport, PassResult, optimize
 from .serialize import SCHEMA_VERSION, dumps, load, loads, save
 from .transfer import TransferReport, transfer_report, transfer_weights
 from .types import EdgeKind, Role, TensorType
@@ -126,4 +130,20 @@ __all__ = [
     "RenderError",
     "presets",
     "render",
+    "passes",
+    "optimize",
+    "Optimized",
+    "OptimizeReport",
+    "PassResult",
+    "dynamic",
+    "compile",
+    "CompiledUNet",
+    "export_shapes",
+    "served_axes",
+    "export",
+    "load_exported",
+    "ExportedUNet",
+    "OnnxUNet",
+    "eject",
+    "eject_source",
 ]

@@ -239,6 +239,9 @@ def _flatten(seq: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]
 
 
 class _Tracer(fx.Tracer):
+    # buffers become get_attr nodes, so arithmetic on them stays in the graph (and moves with .to())
+    proxy_buffer_attributes = True
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return is_leaf_module(m)
 
@@ -275,6 +278,10 @@ def _inline(graph: fx.Graph, name: str, module: nn.Module, args: Sequence[fx.Nod
         if n.op in ("placeholder", "output"):
             continue
         target = n.target
+        if n.op == "get_attr" and not target.startswith("block."):
+            # a tensor literal the tracer stored on the wrapper: keep it with the block (not in state_dict)
+            module.register_buffer(target, getattr(wrapper, target), persistent=False)
+            target = f"block.{target}"
         if n.op in ("call_module", "get_attr"):
             target = f"{name}.{target.removeprefix('block.')}" if target != "block" else name
         local = n.name.removeprefix("block_")

@@ -15,11 +15,25 @@ from .blocks.base import leaf_module
 from .check import AxisRule, SizeRules
 from .errors import ShapeError
 
-__all__ = ["InputGuard", "PadToValid", "CropToInput"]
+__all__ = ["InputGuard", "PadToValid", "CropToInput", "check_input_size"]
 
 
 def _compiling() -> bool:
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def check_input_size(name: str, rules: SizeRules, sizes: tuple[int, ...], hint: str = "") -> None:
+    """Raise :class:`ShapeError` with the checker's words when ``sizes`` (spatial) do not fit ``rules``.
+
+    Shared by the input guard and by compiled or exported modules, which check sizes
+    before handing them to code that would fail with a guard or assertion message.
+    """
+    if not rules.contains(sizes):
+        raise ShapeError(
+            f"input {name} of spatial size {'×'.join(map(str, sizes))} does not fit: "
+            f"{rules.explain(sizes)}; {rules}{hint}",
+            node=name,
+        )
 
 
 def _padding(rule: AxisRule, n: int) -> tuple[int, int]:
@@ -89,12 +103,8 @@ class InputGuard(nn.Module):
                     torch._check(n >= r.minimum)
                     if r.offsets == (0,):
                         torch._check((n - r.minimum) % r.step == 0)
-            elif not self.rules.contains(tuple(sizes)):
-                raise ShapeError(
-                    f"input {self.name} of spatial size {'×'.join(map(str, sizes))} does not fit: "
-                    f"{self.rules.explain(tuple(sizes))}; {self.rules}{self.hint}",
-                    node=self.name,
-                )
+            else:
+                check_input_size(self.name, self.rules, tuple(sizes), self.hint)
         return x
 
     def extra_repr(self) -> str:

@@ -15,7 +15,7 @@ from ..errors import ShapeError, SpecError
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups
-from .layers import NORMS, conv_cls, make_norm
+from .layers import NORMS, conv_cls, make_norm, norm_notes
 
 __all__ = ["SelfAttention", "CrossAttention", "LinearAttention", "AttentionModule", "LinearAttentionModule"]
 
@@ -122,6 +122,9 @@ class _AttentionSpec(BlockSpec):
             residual=self.residual,
             output_scale=float(self.output_scale),
         )
+
+    def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
+        return norm_notes(self.norm, self.groups, inputs[0]) if self.norm != "none" else []
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         c, c_kv, b = inputs[0].channels, self._kv_channels(inputs), int(self.bias)
@@ -258,6 +261,9 @@ class LinearAttention(BlockSpec):
             heads=self.heads,
             head_dim=self.head_dim,
         )
+
+    def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
+        return norm_notes(self.norm, self.groups, inputs[0]) if self.norm != "none" else []
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         c, inner = inputs[0].channels, self.heads * self.head_dim

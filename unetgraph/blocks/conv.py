@@ -14,7 +14,7 @@ from ..errors import ShapeError, SpecError
 from ..sizes import SizeOp, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .layers import ACTS, NORMS, conv_cls, make_norm
+from .layers import ACTS, NORMS, conv_cls, make_norm, norm_notes
 
 __all__ = ["ConvBlock", "Head", "same_padding", "check_groups"]
 
@@ -119,17 +119,15 @@ class ConvBlock(BlockSpec):
         return TensorType(out, x.scale).rescaled(tuple(Fraction(1, s) for s in strides))
 
     def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
-        # norms see the conv outputs; with padding ≤ kernel//2 the last is the smallest
-        n, c, spatial = output[0], output[1], prod(output[2:])
-        values = {"batch": n * spatial, "instance": spatial, "group": c // self.groups * spatial}.get(self.norm)
-        if values is None or values > 1:
+        if self.norm == "none":
             return []
-        if self.norm == "group":
-            raise ShapeError(
-                f"GroupNorm sees one value per group ({c} channels in {self.groups} groups at "
-                f"{'×'.join(map(str, output[2:]))}) and cannot normalise it"
-            )
-        return [f"{self.norm} norm sees one value per channel at {output}: it raises in training mode"]
+        (x,) = inputs
+        dims, sizes, notes = len(x) - 2, list(x[2:]), []
+        for i in range(self.convs):  # each norm sees its conv's output
+            sizes = [self.size_ops(dims, a)[i].apply(n)[0] for a, n in enumerate(sizes)]
+            channels = output[1] if i == self.convs - 1 else (self.mid_channels or output[1])
+            notes += norm_notes(self.norm, self.groups, (x[0], channels, *sizes))
+        return list(dict.fromkeys(notes))
 
     def size_ops(self, dims: int, axis: int) -> tuple[SizeOp, ...]:
         k, p = self._per_axis("kernel", dims, axis), self._pad(dims, axis)
@@ -255,6 +253,9 @@ class Head(BlockSpec):
         k = prod(self._per_axis("kernel", x.dims, a) for a in range(x.dims))
         norm = NORMS[self.norm][1] * x.channels if self.norm != "none" else 0
         return x.channels * output.channels * k + output.channels + norm
+
+    def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
+        return norm_notes(self.norm, self.groups, inputs[0]) if self.norm != "none" else []
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         (x,) = inputs

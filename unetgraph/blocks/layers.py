@@ -6,15 +6,18 @@ Norm and activation tables are plain dicts: add an entry to offer a new ``norm=`
 
 from __future__ import annotations
 
+from math import prod
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ShapeError
 from .base import leaf_module
 
 __all__ = [
+    "norm_notes",
     "NORMS",
     "ACTS",
     "conv_cls",
@@ -70,6 +73,24 @@ NORMS: dict[str, tuple[Callable[[int, int, int], nn.Module], int]] = {
     "group": (lambda c, d, g: nn.GroupNorm(g, c), 2),
     "layer": (lambda c, d, g: ChannelLayerNorm(c), 2),
 }
+
+
+def norm_notes(kind: str, groups: int, shape: Sequence[int]) -> list[str]:
+    """What a ``NORMS[kind]`` layer does with too few values at ``shape`` ``(N, C, *S)``, by
+    torch's own rules: raise :class:`ShapeError` where torch would raise in every mode, return
+    a note where it raises only in training or its output is constant."""
+    n, c, positions = shape[0], shape[1], prod(shape[2:])
+    at = "×".join(map(str, shape[2:])) or "1"
+    if kind == "group":
+        per_group = c // groups * positions
+        if n * per_group == 1:  # F.group_norm refuses a single value, in every mode
+            raise ShapeError(f"GroupNorm sees one value per group ({c} channels in {groups} groups at {at})")
+        return [f"GroupNorm sees one value per group at {at}: its output is constant"] if per_group == 1 else []
+    if kind == "instance" and positions == 1:  # normalises per sample with input statistics, in every mode
+        raise ShapeError(f"InstanceNorm needs more than one position, gets {at}")
+    if kind.startswith("batch") and n * positions == 1:
+        return [f"batch norm sees one value per channel at {tuple(shape)}: it raises in training mode"]
+    return []
 
 
 def make_norm(kind: str, channels: int, dims: int, groups: int, eps: float | None = None) -> nn.Module:

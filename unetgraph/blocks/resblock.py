@@ -16,7 +16,7 @@ from ..sizes import SizeOp, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups, same_padding
-from .layers import ACTS, NORMS, conv_cls, make_norm
+from .layers import ACTS, NORMS, conv_cls, make_norm, norm_notes
 
 __all__ = ["ResBlock", "ResBlockModule"]
 
@@ -187,6 +187,12 @@ class ResBlock(BlockSpec):
             dims=dims,
             output_scale=float(self.output_scale),
         )
+
+    def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
+        if self.norm == "none":
+            return []
+        first = norm_notes(self.norm, self.groups, inputs[0]) if self.pre_norm else []
+        return list(dict.fromkeys(first + norm_notes(self.norm, self.groups, output)))
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         x, cout = inputs[0], output.channels

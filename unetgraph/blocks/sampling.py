@@ -16,7 +16,7 @@ from ..sizes import Pad, Scale, SizeOp, Transposed, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups, same_padding
-from .layers import ACTS, NORMS, conv_cls, conv_transpose_cls, make_norm
+from .layers import ACTS, NORMS, conv_cls, conv_transpose_cls, make_norm, norm_notes
 
 __all__ = ["Down", "Up", "SpaceToDepth", "DepthToSpace"]
 
@@ -316,6 +316,9 @@ class Up(BlockSpec):
         if not self.conv:
             return upsample
         return nn.Sequential(OrderedDict(upsample=upsample, conv=conv))
+
+    def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
+        return norm_notes(self.norm, self.groups, output) if self.norm != "none" else []
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         if not self.conv:

@@ -1,0 +1,448 @@
+"""Inference speed side by side, in one process: unetgraph eager / optimize()d / compiled against peers.
+
+    .venv/bin/python -m benchmarks.deploy                          # 4-level BN U-Net (64..512), 128², batch 1
+    .venv/bin/python -m benchmarks.deploy --size 64 --repeat 5     # quicker
+    .venv/bin/python -m benchmarks.deploy --no-compile             # eager only (seconds)
+    .venv/bin/python -m benchmarks.deploy --aoti --onnx            # add AOTInductor and onnxruntime rows
+    .venv/bin/python -m benchmarks.deploy --widths 64 128 256 512 1024   # the classic preset (padded)
+
+Sections (each model is built at the same architecture and weights as ours; outputs are
+compared before timing):
+
+1. the classic padded U-Net (``--widths``) against the hand-written one (benchmarks/handwritten.py);
+2. MONAI ``BasicUNet`` against the same network built as a graph (benchmarks/peers.py);
+3. MONAI ``UNet`` (``--monai-unet``; its own architecture: compare GFLOP/s, not ms);
+4. DDPM against diffusers ``UNet2DModel``, when ``ug.presets.ddpm_unet`` exists (timing only);
+5. recompiles over several valid sizes: ``ug.compile`` against ``torch.compile`` of the peer.
+
+Columns: median milliseconds over interleaved rounds, speed-up against the hand-written
+(or peer) eager model, achieved GFLOP/s and its share of this machine's measured float32
+matmul peak (oneDNN convolutions can beat MKL's sgemm, e.g. on AMD CPUs: > 100% happens),
+peak memory growth of one forward (Linux VmHWM after ``malloc_trim``), and for compiled rows
+the first-call (compile) time. Inductor's caches are disabled unless ``--cache``,
+so compile times are cold. Every compiled model uses ``freezing=True`` (weights are constants).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ARGS: argparse.Namespace
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512], help="classic U-Net widths")
+    p.add_argument("--size", type=int, default=128, help="input height and width")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=10, help="timed rounds (medians)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-compile", action="store_true", help="eager rows only")
+    p.add_argument("--aoti", action="store_true", help="add an AOTInductor package row (slow to build)")
+    p.add_argument("--onnx", action="store_true", help="add an onnxruntime row")
+    p.add_argument("--monai-features", type=int, nargs=6, default=[32, 64, 128, 256, 512, 32])
+    p.add_argument("--no-monai", action="store_true", help="skip the MONAI BasicUNet section")
+    p.add_argument("--monai-unet", action="store_true", help="add MONAI UNet (own architecture)")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="sizes for the recompile check")
+    p.add_argument("--cache", action="store_true", help="allow inductor's caches (warm compile times)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    global ARGS
+    ARGS = parse(argv)
+    if not ARGS.cache:
+        os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
+    import torch
+
+    if ARGS.threads:
+        torch.set_num_threads(ARGS.threads)
+    torch.manual_seed(0)
+    peak = matmul_peak()
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"float32 matmul peak {peak:.0f} GFLOP/s (best sgemm, 1024² and 2048²)"
+    )
+    print(f"input: batch {ARGS.batch}, {ARGS.size}×{ARGS.size}; {ARGS.repeat} interleaved rounds\n")
+    with torch.no_grad():
+        section_classic(peak)
+        if not ARGS.no_monai:
+            section_monai_basic(peak)
+        if ARGS.monai_unet:
+            section_monai_unet(peak)
+        section_ddpm(peak)
+        if not ARGS.no_compile:
+            section_recompiles()
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def matmul_peak() -> float:
+    """The best float32 matmul rate (GFLOP/s) over a few sizes: the machine's practical peak."""
+    import torch
+
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2):
+            a @ b
+        for _ in range(5):
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def medians(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
+    """Median ms of each function, timed in interleaved rounds so load changes hit all alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def flops(model: Callable, *inputs: Any) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(*inputs)
+    return counter.get_total_flops()
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_mb(fn: Callable[[], Any]) -> float | None:
+    """Peak resident-memory growth during one call (Linux: VmHWM reset through clear_refs)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    before = _status_kb("VmRSS")
+    fn()
+    after = _status_kb("VmHWM")
+    return None if before is None or after is None else max(0, after - before) / 1024
+
+
+class CountingInductor:
+    """An inductor backend (with freezing) that counts the graphs it compiles."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, gm: Any, example: list) -> Any:
+        from torch._inductor.compile_fx import compile_fx
+
+        out = compile_fx(gm, example, config_patches={"freezing": True})
+        self.count += 1
+        return out
+
+
+def compile_model(model: Any, x: Any, fullgraph: bool) -> tuple[Any, float, int]:
+    """``torch.compile`` with inductor + freezing; returns (compiled, first-call seconds, graphs)."""
+    import torch
+
+    backend = CountingInductor()
+    compiled = torch.compile(model, backend=backend, fullgraph=fullgraph)
+    t = time.perf_counter()
+    compiled(x)
+    return compiled, time.perf_counter() - t, backend.count
+
+
+def graph_breaks(model: Any, x: Any) -> int:
+    import torch
+
+    torch._dynamo.reset()
+    return torch._dynamo.explain(model)(x).graph_break_count
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+
+class Table:
+    def __init__(self, title: str, baseline: str, peak: float) -> None:
+        self.title, self.baseline, self.peak = title, baseline, peak
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, name: str, **values: Any) -> None:
+        self.rows.append({"name": name, **values})
+
+    def print(self, ms: dict[str, float]) -> None:
+        base = ms[self.baseline]
+        print(f"== {self.title}")
+        head = f"{'model':<34} {'params':>10} {'GFLOP':>7} {'ms':>9} {'speed-up':>9} {'GFLOP/s':>8} {'% peak':>7}"
+        print(head + f" {'peak MB':>8} {'compile s':>10} {'graphs':>7} {'breaks':>7}")
+        for r in self.rows:
+            t = ms[r["name"]]
+            gflop = r.get("flops", 0) / 1e9
+            rate = gflop / (t / 1e3) if gflop else 0.0
+            mem = "" if r.get("memory") is None else f"{r['memory']:.0f}"
+            comp = "" if r.get("compile") is None else f"{r['compile']:.1f}"
+            print(
+                f"{r['name']:<34} {r.get('params', 0):>10,} {gflop:>7.2f} {t:>9.1f} {base / t:>8.2f}× "
+                f"{rate:>8.1f} {100 * rate / self.peak:>6.1f}% {mem:>8} {comp:>10} "
+                f"{r.get('graphs', ''):>7} {r.get('breaks', ''):>7}"
+            )
+        for r in self.rows:
+            if r.get("note"):
+                print(f"  note: {r['name']}: {r['note']}")
+        print()
+
+
+def params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_section(table: Table, models: dict[str, tuple[Any, dict[str, Any]]], x: Any) -> None:
+    """Time every model on x (interleaved), measure memory, then print the table."""
+    for name, (fn, info) in models.items():
+        table.add(name, memory=peak_memory_mb(lambda fn=fn: fn(x)), **info)
+    ms = medians({name: (lambda fn=fn: fn(x)) for name, (fn, _) in models.items()}, ARGS.repeat)
+    table.print(ms)
+
+
+def check_same(a: Any, b: Any, x: Any, what: str, atol: float = 1e-3) -> None:
+
+    ya, yb = a(x), b(x)
+    diff = (ya - yb).abs().max().item()
+    scale = max(1.0, ya.abs().max().item())
+    if not diff <= atol * scale:
+        raise SystemExit(f"{what}: outputs differ by {diff:.3g}; the comparison would be meaningless")
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+
+def _ours(g: Any) -> tuple[Any, Any]:
+    import unetgraph as ug
+
+    gm = randomize(g.lower()).eval()
+    fast, _ = ug.optimize(gm)
+    return gm, fast
+
+
+def randomize(model: Any) -> Any:
+    """Non-trivial batch-norm statistics (as after training), so folding is exercised."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _compiled_rows(rows: dict, models: dict[str, tuple[Any, bool]], x: Any) -> None:
+    import torch
+
+    for name, (model, fullgraph) in models.items():
+        breaks = graph_breaks(model, x)
+        torch._dynamo.reset()
+        compiled, seconds, graphs = compile_model(model, x, fullgraph)
+        rows[name] = (compiled, {"params": params(model), "compile": seconds, "graphs": graphs, "breaks": breaks})
+
+
+def section_classic(peak: float) -> None:
+    import torch
+
+    import unetgraph as ug
+    from benchmarks.handwritten import HandWrittenUNet, copy_weights
+
+    widths = tuple(ARGS.widths)
+    g = ug.unet(3, 2, widths=widths, block=ug.ConvBlock(norm="batch"), name="ClassicUNetPadded")
+    gm, fast = _ours(g)
+    hand = HandWrittenUNet(3, 2, widths).eval()
+    copy_weights(gm, hand)
+    x = torch.randn(ARGS.batch, 3, ARGS.size, ARGS.size)
+    check_same(gm, hand, x, "hand-written vs ours")
+    check_same(gm, fast, x, "optimize()")
+    work = flops(hand, x)
+    rows: dict[str, tuple[Any, dict[str, Any]]] = {
+        "hand-written eager": (hand, {"params": params(hand), "flops": work}),
+        "unetgraph eager": (gm, {"params": params(gm), "flops": work}),
+        "unetgraph optimize()d eager": (fast, {"params": params(fast), "flops": work}),
+    }
+    if not ARGS.no_compile:
+        _compiled_rows(
+            rows, {"hand-written compiled": (hand, False), "unetgraph optimize()d compiled": (fast, True)}, x
+        )
+        torch._dynamo.reset()
+        dynamic = ug.compile(fast, options={"freezing": True})
+        t = time.perf_counter()
+        dynamic(x)
+        rows["unetgraph ug.compile (dynamic sizes)"] = (
+            dynamic,
+            {"params": params(fast), "compile": time.perf_counter() - t, "graphs": dynamic.compilations, "breaks": 0},
+        )
+        for name in list(rows):
+            rows[name][1].setdefault("flops", work)
+        check_same(rows["unetgraph optimize()d compiled"][0], gm, x, "compiled")
+    tmp = Path(tempfile.mkdtemp())
+    if ARGS.aoti:
+        t = time.perf_counter()
+        path = ug.export(fast, tmp / "unet.pt2", format="aoti", inductor_configs={"freezing": True}, progress=False)
+        seconds = time.perf_counter() - t
+        aoti = ug.load_exported(path)
+        note = "one artifact for every served size; compile = export + AOTInductor build"
+        info = {"params": params(fast), "flops": work, "compile": seconds, "graphs": 1, "note": note}
+        rows["unetgraph AOTInductor package"] = (aoti, info)
+    if ARGS.onnx:
+        path = ug.export(fast, tmp / "unet.onnx", progress=False)
+        rows["unetgraph ONNX (onnxruntime)"] = (ug.load_exported(path), {"params": params(fast), "flops": work})
+    table = Table(f"{len(widths)}-level BN U-Net {widths} vs hand-written (same weights)", "hand-written eager", peak)
+    run_section(table, rows, x)
+
+
+def section_monai_basic(peak: float) -> None:
+    import torch
+
+    from benchmarks.peers import copy_weights, monai_basic_unet, monai_basic_unet_graph
+
+    f = tuple(ARGS.monai_features)
+    g = monai_basic_unet_graph(3, 2, f)
+    gm, fast = _ours(g)
+    monai = monai_basic_unet(3, 2, f).eval()
+    copy_weights(gm, monai)
+    x = torch.randn(ARGS.batch, 3, ARGS.size, ARGS.size)
+    check_same(gm, monai, x, "MONAI BasicUNet vs ours")
+    work = flops(monai, x)
+    rows: dict[str, tuple[Any, dict[str, Any]]] = {
+        "MONAI BasicUNet eager": (monai, {"params": params(monai), "flops": work}),
+        "unetgraph eager": (gm, {"params": params(gm), "flops": work}),
+        "unetgraph optimize()d eager": (fast, {"params": params(fast), "flops": work}),
+    }
+    if not ARGS.no_compile:
+        _compiled_rows(
+            rows, {"MONAI BasicUNet compiled": (monai, False), "unetgraph optimize()d compiled": (fast, True)}, x
+        )
+        for name in list(rows):
+            rows[name][1].setdefault("flops", work)
+    table = Table(f"MONAI BasicUNet features={f} vs the same graph (same weights)", "MONAI BasicUNet eager", peak)
+    run_section(table, rows, x)
+
+
+def section_monai_unet(peak: float) -> None:
+    import torch
+    from monai.networks.nets import UNet
+
+    widths = tuple(ARGS.widths)
+    model = UNet(2, 3, 2, channels=widths, strides=(2,) * (len(widths) - 1), num_res_units=2, norm="batch").eval()
+    x = torch.randn(ARGS.batch, 3, ARGS.size, ARGS.size)
+    work = flops(model, x)
+    rows: dict[str, tuple[Any, dict[str, Any]]] = {
+        "MONAI UNet eager": (model, {"params": params(model), "flops": work})
+    }
+    if not ARGS.no_compile:
+        _compiled_rows(rows, {"MONAI UNet compiled": (model, False)}, x)
+        rows["MONAI UNet compiled"][1]["flops"] = work
+    note = "its own architecture (residual units, strided convolutions): compare GFLOP/s with the tables above"
+    rows["MONAI UNet eager"][1]["note"] = note
+    run_section(Table(f"MONAI UNet channels={widths}", "MONAI UNet eager", peak), rows, x)
+
+
+def section_ddpm(peak: float) -> None:
+    """DDPM preset against diffusers' UNet2DModel, once the preset exists (issue 5)."""
+    import torch
+
+    import unetgraph as ug
+
+    build = getattr(ug.presets, "ddpm_unet", None)
+    if build is None:
+        print("== DDPM vs diffusers UNet2DModel: skipped (ug.presets.ddpm_unet is not available yet)\n")
+        return
+    from diffusers import UNet2DModel
+
+    from unetgraph.dynamic import example_inputs
+
+    g = build()
+    gm, fast = _ours(g)
+    inputs = example_inputs(g, batch=ARGS.batch)
+    size = inputs[0].shape[-1]
+    peer = UNet2DModel(sample_size=size, in_channels=inputs[0].shape[1], out_channels=inputs[0].shape[1]).eval()
+
+    class Diffusers(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = peer
+
+        def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+            t = rest[0].reshape(x.shape[0], -1)[:, 0] if rest else torch.zeros(x.shape[0])
+            return self.model(x, t).sample
+
+    wrapped = Diffusers().eval()
+    rows = {
+        "diffusers UNet2DModel eager": (wrapped, {"params": params(peer), "flops": flops(wrapped, *inputs)}),
+        "unetgraph eager": (gm, {"params": params(gm), "flops": flops(gm, *inputs)}),
+        "unetgraph optimize()d eager": (fast, {"params": params(fast), "flops": flops(gm, *inputs)}),
+    }
+    rows["diffusers UNet2DModel eager"][1]["note"] = "default UNet2DModel config, weights not transferred: timing only"
+    print(f"== DDPM ({g.name}) vs diffusers UNet2DModel")
+    ms = medians({k: (lambda fn=fn: fn(*inputs)) for k, (fn, _) in rows.items()}, ARGS.repeat)
+    table = Table(f"DDPM {g.name} vs diffusers", "diffusers UNet2DModel eager", peak)
+    for name, (_, info) in rows.items():
+        table.add(name, **info)
+    table.print(ms)
+
+
+def section_recompiles() -> None:
+    """Graphs compiled over several valid sizes: ug.compile (dynamic, checked) vs torch.compile of the peer."""
+    import torch
+
+    import unetgraph as ug
+    from benchmarks.handwritten import HandWrittenUNet
+
+    widths = tuple(ARGS.widths)
+    step = 2 ** (len(widths) - 1)
+    sizes = ARGS.sizes or [ARGS.size, ARGS.size + 2 * step, 2 * ARGS.size]
+    g = ug.unet(3, 2, widths=widths)
+    _, fast = _ours(g)
+    hand = HandWrittenUNet(3, 2, widths).eval()
+    print(f"== recompiles over sizes {sizes} (batch {ARGS.batch}, then batch 2)")
+    for batch in sorted({ARGS.batch, 2}):
+        torch._dynamo.reset()
+        ours = ug.compile(fast, options={"freezing": True})
+        backend = CountingInductor()
+        peer = torch.compile(hand, backend=backend, dynamic=True)
+        for s in sizes:
+            x = torch.randn(batch, 3, s, s)
+            ours(x)
+            peer(x)
+        print(
+            f"  batch {batch}: ug.compile {ours.compilations} graph(s); "
+            f"torch.compile(hand-written, dynamic=True) {backend.count} graph(s)"
+        )
+    print(
+        "  (at batch 1 torch's CPU convolution backend choice guards on C·H·W per layer, so sizes across a\n"
+        "   threshold recompile; an AOTInductor package from ug.export(..., format='aoti') is one artifact)\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

@@ -1,0 +1,64 @@
+"""Helpers shared by the deployment tests (passes, export, eject)."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import unetgraph as ug
+
+
+def randomize_norms(gm: nn.Module) -> nn.Module:
+    """Give batch norms non-trivial statistics and affine parameters, so folding has work to do."""
+    with torch.no_grad():
+        for m in gm.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+    return gm
+
+
+def second_size_inputs(g: ug.UNetGraph, batch: int = 1) -> tuple[torch.Tensor, ...]:
+    """One tensor per graph input, images at the second valid size (small, not the edge case)."""
+    size = [r.sizes(2)[1] for r in g.valid_sizes().axes]
+    return tuple(ug.example_inputs(g, batch=batch, size=size).values())
+
+
+def assert_close(a, b) -> None:
+    if isinstance(a, dict):  # several outputs
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_close(a[k], b[k])
+        return
+    scale = max(1.0, a.abs().max().item())
+    assert a.shape == b.shape
+    assert (a - b).abs().max().item() <= 1e-4 * scale, (a - b).abs().max().item()
+
+
+# A block whose forward computes sinusoidal frequencies from a buffer on every call, as diffusion
+# time embeddings do: fold_constants must compute them once. Left unregistered: tests must not
+# grow the registry that other tests enumerate.
+class _Sinusoidal(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.arange(channels // 2, dtype=torch.float32))
+        self.scale = nn.Parameter(torch.ones(channels))
+        self.half = channels // 2
+
+    def forward(self, x):
+        freqs = torch.exp(-math.log(10000.0) * self.index / self.half)
+        table = torch.cat([torch.sin(freqs), torch.cos(freqs)]) * self.scale
+        return x * table.reshape(1, -1, 1, 1)
+
+
+@dataclass(frozen=True)
+class SinusoidalScale(ug.BlockSpec):
+    def infer(self, inputs, sources=()):
+        return inputs[0]
+
+    def build(self, inputs, output):
+        return _Sinusoidal(inputs[0].channels)

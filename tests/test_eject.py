@@ -1,0 +1,122 @@
+"""An ejected file stands alone: imported in a fresh process it reproduces the outputs exactly."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from deploy_helpers import SinusoidalScale, randomize_norms, second_size_inputs
+
+import unetgraph as ug
+
+RUNNER = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    import torch
+    spec = importlib.util.spec_from_file_location("ejected", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = getattr(module, sys.argv[2])()
+    state = torch.load(sys.argv[3], weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    x = torch.load(sys.argv[4], weights_only=True)
+    with torch.no_grad():
+        torch.save(model(x), sys.argv[5])
+    ours = sorted(m for m in sys.modules if m.split(".")[0] == "unetgraph")
+    print(json.dumps({"keys": list(model.state_dict()), "imported": ours}))
+    """
+)
+
+
+def run_fresh(tmp_path, path, class_name, gm, x):
+    """Import the ejected file in a new interpreter (no unetgraph imported), load gm's weights, run x."""
+    torch.save(gm.state_dict(), tmp_path / "state.pt")
+    torch.save(x, tmp_path / "x.pt")
+    (tmp_path / "runner.py").write_text(RUNNER)
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "runner.py"), str(path), class_name]
+        + [str(tmp_path / f) for f in ("state.pt", "x.pt", "y.pt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    return torch.load(tmp_path / "y.pt", weights_only=True), info
+
+
+CASES = {
+    "classic_padded": lambda: ug.presets.classic_unet(3, 2, padded=True),
+    "valid_crop_pad_auto": lambda: ug.unet(
+        1, 2, widths=(8, 16, 32), block=ug.ConvBlock(padding="valid", norm="none"), merge=ug.Merge(crop=True)
+    ).lower(pad="auto", pad_mode="reflect"),
+    "layernorm_bilinear_add": lambda: ug.unet(
+        1, 1, widths=(8, 16), block=ug.ConvBlock(norm="layer", act="gelu", dropout=0.1), up="bilinear", merge="add"
+    ),
+    "group_3d": lambda: ug.unet(1, 2, widths=(8, 16), dims=3, block=ug.ConvBlock(norm="group", groups=4)),
+    "optimized": lambda: ug.optimize(randomize_norms(ug.unet(3, 2, widths=(8, 16, 32)).lower()))[0],
+    "buffer_arithmetic": lambda: ug.unet(1, 1, widths=(4, 8), bottleneck_block=SinusoidalScale()),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ejected_file_reproduces_outputs_in_a_fresh_process(case, tmp_path):
+    model = CASES[case]()
+    g, gm = ug.dynamic.graph_and_module(model)
+    gm = randomize_norms(gm).eval()
+    path = ug.eject(gm, tmp_path / "my_unet.py")
+    text = path.read_text()
+    assert "unetgraph" not in text
+    assert text.count("(nn.Module):") == 1 + sum(
+        f"class {c}(nn.Module)" in text for c in ("InputGuard", "PadToValid", "CropToInput", "CenterCrop")
+    ) + ("class ChannelLayerNorm(nn.Module)" in text)
+    compile(text, str(path), "exec")
+    (x,) = second_size_inputs(g, batch=2)
+    if gm.meta["unetgraph"]["pad"] == "auto":
+        x = x[..., 1:, :-3]  # an invalid size: padded up and cropped back
+    y, info = run_fresh(tmp_path, path, g.name, gm, x)
+    assert info["imported"] == []
+    assert info["keys"] == list(gm.state_dict())
+    with torch.no_grad():
+        assert torch.equal(y, gm(x))
+
+
+def test_ejected_forward_reads_like_hand_written_code(tmp_path):
+    g = ug.presets.classic_unet(3, 2, padded=True)
+    text = ug.eject(g, tmp_path / "unet.py", class_name="MyUNet").read_text()
+    assert "class MyUNet(nn.Module):" in text
+    main = text[text.index("class MyUNet") :]
+    forward = main[main.index("    def forward") :]
+    assert "        enc1 = self.enc1(down1)  # (B, 128, H/2, W/2)\n" in forward
+    assert "        merge3 = torch.cat((enc3, up3), dim=1)  # (B, 1024, H/8, W/8)\n" in forward
+    assert "        return head\n" in forward
+    assert "= None" not in forward and "_tensor_constant" not in text
+    init = main[main.index("    def __init__") : main.index("    def forward")]
+    assert "conv0=nn.Conv2d(3, 64, 3, padding=1, bias=False)," in init
+    assert "self.up3 = nn.ConvTranspose2d(1024, 512, 2, stride=2)" in init
+    assert "H and W must be multiples of 16, at least 16" in text
+
+
+def test_ejected_guard_refuses_with_the_checkers_words(tmp_path):
+    g = ug.unet(3, 2, widths=(8, 16, 32))
+    ug.eject(g, tmp_path / "small.py")
+    namespace = {}
+    exec((tmp_path / "small.py").read_text(), namespace)
+    model = namespace["UNet"]()
+    with pytest.raises(ValueError) as ejected_error:
+        model(torch.randn(1, 3, 18, 16))
+    with pytest.raises(ug.ShapeError) as lowered_error:
+        g.lower()(torch.randn(1, 3, 18, 16))
+    assert str(ejected_error.value) == str(lowered_error.value)
+
+
+def test_eject_refuses_what_cannot_stand_alone(tmp_path):
+    with pytest.raises(ug.LoweringError, match="class_name"):
+        ug.eject(ug.unet(1, 1, widths=(4, 8)), tmp_path / "x.py", class_name="not valid")
+    with pytest.raises(ug.LoweringError, match="UNetGraph or a GraphModule"):
+        ug.eject(torch.nn.Conv2d(1, 1, 1), tmp_path / "x.py")
+    assert not (tmp_path / "x.py").exists()

@@ -1,0 +1,147 @@
+"""Exports round-trip (torch.export .pt2, ONNX via onnxruntime, AOTInductor), serve many sizes,
+refuse invalid ones with the checker's words, are written atomically, and load without unpickling."""
+
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo.utils
+from deploy_helpers import randomize_norms
+
+import unetgraph as ug
+
+SIZES = [(1, 3, 8, 8), (3, 3, 16, 40), (2, 3, 64, 12)]
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    g = ug.unet(3, 2, widths=(4, 8, 16))
+    return g, randomize_norms(g.lower()).eval()
+
+
+def assert_serves(loaded, gm, atol=1e-5):
+    with torch.no_grad():
+        for shape in SIZES:
+            x = torch.randn(shape)
+            assert torch.allclose(loaded(x), gm(x), atol=atol), shape
+
+
+def assert_refuses_like_the_checker(loaded, gm):
+    bad = torch.randn(1, 3, 18, 16)
+    with pytest.raises(ug.ShapeError) as refused:
+        loaded(bad)
+    with pytest.raises(ug.ShapeError) as checker:
+        gm(bad)
+    assert str(checker.value).startswith(str(refused.value))
+    assert "input height 18 is not a multiple of 4; H and W must be multiples of 4, at least 4" in str(refused.value)
+    with pytest.raises(ug.ShapeError, match=r"expects \(N, 3, \.\.\.\)"):
+        loaded(torch.randn(1, 1, 8, 8))
+
+
+def test_program_round_trip(small, tmp_path):
+    _, gm = small
+    lines = []
+    path = ug.export(gm, tmp_path / "unet.pt2", progress=lines.append)
+    assert any("torch.export done in" in line for line in lines)
+    loaded = ug.load_exported(path)
+    assert isinstance(loaded, ug.ExportedUNet) and loaded.program is not None
+    assert_serves(loaded, gm)
+    assert_refuses_like_the_checker(loaded, gm)
+    # node names survive export in meta["custom"]
+    tags = {n.meta.get("custom", {}).get("unet_node") for n in loaded.program.graph.nodes}
+    assert {"enc0", "mid", "head"} <= tags
+
+
+def test_onnx_round_trip_with_onnxruntime(small, tmp_path):
+    _, gm = small
+    path = ug.export(gm, tmp_path / "unet.onnx", progress=False)
+    loaded = ug.load_exported(path)
+    assert isinstance(loaded, ug.OnnxUNet) and "serves H = 8 + 4k" in repr(loaded)
+    assert_serves(loaded, gm)
+    assert_refuses_like_the_checker(loaded, gm)
+
+
+def test_aoti_package_is_one_artifact_for_every_size(tmp_path):
+    torch.manual_seed(0)
+    gm = ug.unet(3, 2, widths=(4, 8, 16)).lower().eval()
+    fast, _ = ug.optimize(gm)
+    path = ug.export(fast, tmp_path / "unet_aoti.pt2", format="aoti", progress=False)
+    loaded = ug.load_exported(path)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert_serves(loaded, gm, atol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # nothing compiled at run time
+    assert_refuses_like_the_checker(loaded, gm)
+
+
+def test_export_refusals_and_atomic_writes(small, tmp_path):
+    g, gm = small
+    with pytest.raises(ug.LoweringError, match="format"):
+        ug.export(gm, tmp_path / "a.pt2", format="tflite")
+    with pytest.raises(ug.LoweringError, match=r"\.pt2 archive"):
+        ug.export(gm, tmp_path / "a.zip")
+    with pytest.raises(ug.LoweringError, match="pad=None"):
+        ug.export(g.lower(pad="auto"), tmp_path / "a.pt2")
+    target = tmp_path / "kept.pt2"
+    target.write_bytes(b"old")
+    with pytest.raises(Exception):  # noqa: B017 (torch's own error: the example does not fit the model)
+        ug.export(gm, target, example_inputs=[torch.randn(2, 5, 8, 8)], progress=False)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.pt2"]
+
+
+class _Touch:
+    """A pickle that creates a file when unpickled: proof of whether loading executed it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def _rewrite(src: Path, dst: Path, change) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            zout.writestr(item, change(item.filename, zin.read(item.filename)))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the doctored files
+def test_load_never_unpickles(small, tmp_path):
+    _, gm = small
+    path = ug.export(gm, tmp_path / "unet.pt2", progress=False)
+    witness = tmp_path / "executed"
+    payload = pickle.dumps(_Touch(witness))
+
+    def pickled_sample_inputs(name, data):
+        return payload if "sample_inputs" in name else data
+
+    _rewrite(path, tmp_path / "evil1.pt2", pickled_sample_inputs)
+    with pytest.raises(ug.LoweringError, match="not plain tensors"):
+        ug.load_exported(tmp_path / "evil1.pt2")
+
+    def pickled_weight(name, data):
+        if name.endswith("_weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"]))
+            config["config"][first]["use_pickle"] = True
+            return json.dumps(config).encode()
+        return data
+
+    _rewrite(path, tmp_path / "evil2.pt2", pickled_weight)
+    with pytest.raises(ug.LoweringError, match="pickled object"):
+        ug.load_exported(tmp_path / "evil2.pt2")
+    assert not witness.exists()
+
+    plain = io.BytesIO()
+    torch.export.save(torch.export.export(gm, (torch.randn(1, 3, 8, 8),)), plain)
+    (tmp_path / "foreign.pt2").write_bytes(plain.getvalue())
+    with pytest.raises(ug.LoweringError, match="not a unetgraph export"):
+        ug.load_exported(tmp_path / "foreign.pt2")
+    (tmp_path / "junk.pt2").write_bytes(b"junk")
+    with pytest.raises(ug.LoweringError, match=r"not a \.pt2 archive"):
+        ug.load_exported(tmp_path / "junk.pt2")

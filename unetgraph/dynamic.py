@@ -1,0 +1,327 @@
+"""Dynamic shapes from the checker's rules: one export or one compile for every valid size.
+
+The checker knows which input sizes fit (``g.valid_sizes()``: per axis ``minimum + step*k``).
+This module turns that into ``torch.export.Dim`` constraints (``step * Dim(...) + c``),
+``torch._dynamo.mark_dynamic`` bounds, and wrappers that refuse an invalid size with the
+checker's message before any compiled code sees it.
+
+Two measured facts shape it (torch 2.13, CPU):
+
+* ``torch.export`` with ``Dim("H")`` fails on a U-Net (it cannot prove ``(H//4) == 2*(H//8)``);
+  ``step * Dim("k")`` works. Sizes where some feature map would have a single row are
+  specialised away by export, so a served range starts where every map has at least 2.
+* ``torch.compile`` guards on the CPU convolution backend choice
+  (``C*H*W <= 20480`` per convolution at batch 1), so one compile covers all sizes on one
+  side of those thresholds; :class:`CompiledUNet` counts its compilations so you can see
+  it. An exported program or an AOTInductor package (:mod:`unetgraph.export`) is one
+  artifact for every served size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .check import AxisRule, SizeRules, check, valid_sizes
+from .errors import LoweringError, ShapeError
+from .graph import UNetGraph
+from .inputs import example_inputs
+from .lower import lower
+from .runtime import check_input_size
+from .types import AXIS_NAMES
+
+__all__ = ["ServedAxis", "served_axes", "export_shapes", "mark_dynamic", "compile", "CompiledUNet", "graph_and_module"]
+
+_WORDS = {"L": "length", "D": "depth", "H": "height", "W": "width"}
+
+
+@dataclass(frozen=True)
+class ServedAxis:
+    """The sizes one dynamic artifact serves along one spatial axis: ``low + step*k ≤ high``.
+
+    ``low`` may exceed the checker's minimum: export specialises sizes where a feature map
+    has a single row, so the range starts where every map has at least two.
+    """
+
+    axis: str
+    index: int  # the tensor dimension (2 for the first spatial axis)
+    low: int
+    step: int
+    high: int | None = None
+
+    def __contains__(self, n: object) -> bool:
+        return (
+            isinstance(n, int)
+            and n >= self.low
+            and (n - self.low) % self.step == 0
+            and (self.high is None or n <= self.high)
+        )
+
+    def sizes(self, count: int = 3) -> list[int]:
+        return [self.low + k * self.step for k in range(count)]
+
+    def describe(self) -> str:
+        top = f" up to {self.high}" if self.high is not None else ""
+        return f"{self.axis} = {self.low} + {self.step}k{top}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axis": self.axis, "index": self.index, "low": self.low, "step": self.step, "high": self.high}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServedAxis:
+        return cls(str(data["axis"]), int(data["index"]), int(data["low"]), int(data["step"]), _opt_int(data["high"]))
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+def graph_and_module(model: UNetGraph | fx.GraphModule, **lower_options: Any) -> tuple[UNetGraph, fx.GraphModule]:
+    """``(graph, module)`` for a graph (lowered with ``lower_options``, in eval mode) or a lowered module."""
+    if isinstance(model, UNetGraph):
+        return model, lower(model, **lower_options).eval()
+    if isinstance(model, fx.GraphModule) and "unetgraph" in getattr(model, "meta", {}):
+        return model.meta["unetgraph"]["graph"], model
+    raise LoweringError(f"expected a UNetGraph or a GraphModule made by unetgraph.lower, got {type(model).__name__}")
+
+
+def _spatial_input(g: UNetGraph) -> str:
+    spatial = [n for n in g.inputs if g[n].type.dims > 0]
+    if len(spatial) != 1:
+        raise ShapeError(f"dynamic sizes need one spatial input; graph {g.name} has {', '.join(spatial) or 'none'}")
+    return spatial[0]
+
+
+def served_axes(model: UNetGraph | fx.GraphModule, *, max_size: int | None = None) -> tuple[ServedAxis, ...]:
+    """Per spatial axis, the sizes one dynamic export/compile of ``model`` serves.
+
+    Valid sizes come from ``valid_sizes()`` (exact: nothing rounded away). When an axis has
+    several residues (``offsets``) that form one finer progression, that progression is
+    used; otherwise the first residue's.
+
+    Raises:
+        ShapeError: no valid size gives every feature map two rows up to ``max_size``.
+
+    Example:
+        >>> import unetgraph as ug
+        >>> [a.describe() for a in served_axes(ug.unet(3, 2, widths=(8, 16, 32)))]
+        ['H = 8 + 4k', 'W = 8 + 4k']
+    """
+    g = model if isinstance(model, UNetGraph) else graph_and_module(model)[0]
+    x = _spatial_input(g)
+    rules = valid_sizes(g)
+    dims = g[x].type.dims
+    axes = []
+    for a, rule in enumerate(rules.axes):
+        step = _progression_step(rule)
+        others = [r.sizes(4)[-1] for r in rules.axes]
+        low = None
+        for k in range(256):
+            n = rule.minimum + k * step
+            if max_size is not None and n > max_size:
+                break
+            spatial = list(others)
+            spatial[a] = n
+            report = check(g, {i: (1, g[i].type.channels, *(spatial if g[i].type.dims else ())) for i in g.inputs})
+            if all(r.output[2 + a] >= 2 for r in report if len(r.output) == 2 + dims):
+                low = n
+                break
+        if low is None:
+            raise ShapeError(
+                f"no valid {_WORDS.get(rule.axis, rule.axis)} up to {max_size or 'the scan limit'} gives every "
+                f"feature map of {g.name} two rows; {rules}"
+            )
+        axes.append(ServedAxis(AXIS_NAMES[dims][a], 2 + a, low, step, max_size))
+    return tuple(axes)
+
+
+def _progression_step(rule: AxisRule) -> int:
+    offsets = rule.offsets
+    if len(offsets) > 1:
+        d = offsets[1] - offsets[0]
+        if all(b - a == d for a, b in pairwise(offsets)) and d * len(offsets) == rule.step:
+            return d
+    return rule.step
+
+
+def export_shapes(
+    model: UNetGraph | fx.GraphModule, *, batch: bool = True, max_size: int | None = None
+) -> dict[str, dict[int, Any]]:
+    """``dynamic_shapes`` for ``torch.export.export`` (and ``torch.onnx.export``) of a lowered ``model``.
+
+    Each spatial axis becomes ``step * Dim(...) + c`` over :func:`served_axes`; with
+    ``batch=True`` every input shares one ``Dim("batch")`` (the example batch must then be
+    at least 2, or export specialises it).
+
+    Example:
+        >>> import unetgraph as ug
+        >>> shapes = export_shapes(ug.unet(3, 2, widths=(8, 16, 32)))
+        >>> sorted(shapes["x"])
+        [0, 2, 3]
+    """
+    from torch.export import Dim
+
+    g = model if isinstance(model, UNetGraph) else graph_and_module(model)[0]
+    x = _spatial_input(g)
+    shapes: dict[str, dict[int, Any]] = {name: {} for name in g.inputs}
+    if batch:
+        b = Dim("batch", min=1)
+        for name in g.inputs:
+            shapes[name][0] = b
+    for axis in served_axes(g, max_size=max_size):
+        c = axis.low - 2 * axis.step  # size = step*k + c with k ≥ 2 (export specialises k = 0, 1)
+        top = None if axis.high is None else (axis.high - c) // axis.step
+        k = Dim(f"{x}_{axis.axis}", min=2) if top is None else Dim(f"{x}_{axis.axis}", min=2, max=top)
+        expr: Any = k if axis.step == 1 else axis.step * k
+        shapes[x][axis.index] = expr if c == 0 else expr + c
+    return shapes
+
+
+def trace_inputs(
+    model: UNetGraph | fx.GraphModule, *, batch: int = 2, max_size: int | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Random inputs of a served size for tracing: not the smallest, not square (a square
+    example would tie H to W), batch 2 (batch 1 would be specialised)."""
+    g = model if isinstance(model, UNetGraph) else graph_and_module(model)[0]
+    axes = served_axes(g, max_size=max_size)
+    spatial = [a.sizes(3 + i)[-1] for i, a in enumerate(axes)]
+    spatial = [min(s, a.high) if a.high is not None else s for s, a in zip(spatial, axes)]
+    return tuple(example_inputs(g, batch=batch, size=spatial).values())
+
+
+def check_served(name: str, rules: SizeRules, axes: tuple[ServedAxis, ...], sizes: tuple[int, ...]) -> None:
+    """Refuse ``sizes`` with the checker's words, then sizes valid but outside the served range."""
+    check_input_size(name, rules, sizes)
+    for n, axis in zip(sizes, axes):
+        if n not in axis:
+            word = _WORDS.get(axis.axis, axis.axis)
+            raise ShapeError(
+                f"input {name} {word} {n} is valid but outside what this artifact serves ({axis.describe()}): "
+                "dynamic export and compile need every feature map to keep at least two rows"
+                + ("" if axis.high is None else f" and sizes up to max_size={axis.high}"),
+                node=name,
+            )
+
+
+def mark_dynamic(
+    x: torch.Tensor, model: UNetGraph | fx.GraphModule, *, batch: bool = False, max_size: int | None = None
+) -> torch.Tensor:
+    """Mark ``x``'s spatial axes (and batch) dynamic for ``torch.compile``.
+
+    Uses ``torch._dynamo.maybe_mark_dynamic``: the valid sizes are multiples of a step,
+    which ``mark_dynamic``'s plain ranges cannot express (it would raise a constraint
+    violation on the guard ``H % 16 == 0``); the input guard's ``torch._check`` calls
+    tell the compiler the step instead. Returns ``x`` (the marks live on the tensor).
+    """
+    _mark(x, served_axes(model, max_size=max_size), batch)
+    return x
+
+
+def _mark(x: torch.Tensor, axes: tuple[ServedAxis, ...], batch: bool) -> None:
+    for axis in axes:
+        torch._dynamo.maybe_mark_dynamic(x, axis.index)
+    if batch:
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+
+
+class CompiledUNet(nn.Module):
+    """``torch.compile`` of a lowered U-Net with dynamic spatial sizes and a compilation count.
+
+    Each call checks the input size with the checker's rules (a clear
+    :class:`~unetgraph.errors.ShapeError`, not a guard failure), marks its spatial axes
+    dynamic within the served range, and runs the compiled module. ``compilations`` counts
+    how many graphs the backend compiled so far (1 after the first call; more means a
+    recompile).
+
+    Shape:
+        as the lowered module.
+    """
+
+    def __init__(
+        self,
+        module: fx.GraphModule,
+        graph: UNetGraph,
+        *,
+        backend: str | Callable = "inductor",
+        options: dict[str, Any] | None = None,
+        batch: bool = False,
+        max_size: int | None = None,
+        fullgraph: bool = True,
+    ) -> None:
+        super().__init__()
+        self.module = module
+        self.input = _spatial_input(graph)
+        self.position = graph.inputs.index(self.input)
+        self.rules = valid_sizes(graph)
+        self.axes = served_axes(graph, max_size=max_size)
+        self.batch = batch
+        self._count = [0]
+        inner = _backend(backend, options)
+
+        def counting(gm: fx.GraphModule, example: list[torch.Tensor]) -> Callable:
+            compiled = inner(gm, example)
+            self._count[0] += 1
+            return compiled
+
+        self.compiled = torch.compile(module, backend=counting, fullgraph=fullgraph, dynamic=None)
+
+    @property
+    def compilations(self) -> int:
+        """Graphs compiled so far (each recompile adds one)."""
+        return self._count[0]
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        x = inputs[self.position]
+        check_served(self.input, self.rules, self.axes, tuple(x.shape[2:]))
+        _mark(x, self.axes, self.batch)
+        return self.compiled(*inputs)
+
+
+def _backend(backend: str | Callable, options: dict[str, Any] | None) -> Callable:
+    if callable(backend):
+        if options:
+            raise LoweringError("options apply to the inductor backend only")
+        return backend
+    if backend == "inductor":
+        from torch._inductor.compile_fx import compile_fx
+
+        return lambda gm, example: compile_fx(gm, example, config_patches=dict(options or {}))
+    if options:
+        raise LoweringError("options apply to the inductor backend only")
+    from torch._dynamo import lookup_backend
+
+    return lookup_backend(backend)
+
+
+def compile(
+    model: UNetGraph | fx.GraphModule,
+    *,
+    backend: str | Callable = "inductor",
+    options: dict[str, Any] | None = None,
+    batch: bool = False,
+    max_size: int | None = None,
+    fullgraph: bool = True,
+) -> CompiledUNet:
+    """Compile ``model`` once for all its valid sizes (see :class:`CompiledUNet`).
+
+    Args:
+        model: a graph (lowered, in eval mode) or a lowered GraphModule (e.g. from :func:`ug.optimize`).
+        backend: a ``torch.compile`` backend name or callable.
+        options: inductor config patches, e.g. ``{"freezing": True}`` for inference.
+        batch: mark the batch axis dynamic too (otherwise each batch size compiles once).
+        max_size: the largest spatial size to serve (``None``: unbounded).
+        fullgraph: refuse graph breaks (a lowered U-Net has none).
+
+    Raises:
+        LoweringError: the model was lowered with ``pad="auto"`` (its padding is computed in
+            Python from the size, so each size is its own graph; compile the ``pad=None`` one).
+    """
+    g, gm = graph_and_module(model)
+    if gm.meta["unetgraph"].get("pad") == "auto":
+        raise LoweringError("dynamic compile needs a module lowered with pad=None: pad='auto' computes sizes in Python")
+    return CompiledUNet(gm, g, backend=backend, options=options, batch=batch, max_size=max_size, fullgraph=fullgraph)

@@ -1,0 +1,662 @@
+"""Eject: write a lowered U-Net as a standalone, readable PyTorch file.
+
+The file holds one ``nn.Module`` class whose submodules carry the graph's node names, whose
+``state_dict`` keys equal the lowered GraphModule's, and whose ``forward`` reads like
+hand-written code with a shape comment per block. It imports only ``torch`` (plus
+``math``/``operator`` when the model uses them): small helper layers (the input guard,
+``pad="auto"``'s pad and crop, unetgraph's own leaf layers) are written out in plain
+PyTorch. Copy it into your code base and change it freely.
+
+The source is generated from the fx graph and the module types, not from block names, so
+new blocks mostly just work: ``torch.nn`` layers are rebuilt from their constructor
+arguments (read back from the module and checked by rebuilding), inlined block code is
+written as the ops it traced to, and custom leaf layers contribute their class source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import operator
+import textwrap
+from collections import OrderedDict
+from fractions import Fraction
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .check import SizeRules, check, valid_sizes
+from .dynamic import graph_and_module
+from .errors import LoweringError, ShapeError
+from .files import write_atomic
+from .graph import UNetGraph
+from .lower import fx_node_names
+from .runtime import CropToInput, InputGuard, PadToValid
+from .types import AXIS_NAMES
+
+__all__ = ["eject", "eject_source"]
+
+_BINARY = {
+    operator.add: "+",
+    operator.sub: "-",
+    operator.mul: "*",
+    operator.truediv: "/",
+    operator.floordiv: "//",
+    operator.mod: "%",
+    operator.pow: "**",
+    operator.matmul: "@",
+    operator.and_: "&",
+    operator.or_: "|",
+    operator.eq: "==",
+    operator.ne: "!=",
+    operator.lt: "<",
+    operator.le: "<=",
+    operator.gt: ">",
+    operator.ge: ">=",
+}
+_UNARY = {operator.neg: "-", operator.pos: "+", operator.invert: "~", operator.not_: "not "}
+_WORDS = {"L": "length", "D": "depth", "H": "height", "W": "width"}
+
+
+def eject(
+    model: UNetGraph | fx.GraphModule,
+    path: str | Path,
+    *,
+    class_name: str | None = None,
+    verify: bool = True,
+) -> Path:
+    """Write ``model`` as a standalone PyTorch file at ``path`` (atomically); returns the path.
+
+    Args:
+        model: a graph (lowered with default options) or a GraphModule made by
+            :func:`unetgraph.lower` (optimized ones too).
+        class_name: the class name (default: the graph's name).
+        verify: run the generated module (with the model's weights) against the
+            GraphModule on a random valid input and require equal outputs.
+
+    Raises:
+        LoweringError: some layer or op cannot be written in plain PyTorch (the message
+            names it), or the verification finds a difference.
+
+    Example:
+        >>> import tempfile, unetgraph as ug
+        >>> path = ug.eject(ug.unet(3, 2, widths=(8, 16)), tempfile.mkdtemp() + "/my_unet.py")
+        >>> "class UNet(nn.Module)" in path.read_text()
+        True
+    """
+    source = eject_source(model, class_name=class_name, verify=verify)
+    return write_atomic(path, source)
+
+
+def eject_source(model: UNetGraph | fx.GraphModule, *, class_name: str | None = None, verify: bool = True) -> str:
+    """The source :func:`eject` writes, as a string."""
+    g, gm = graph_and_module(model)
+    writer = _Writer(g, gm, class_name or g.name)
+    source = writer.source()
+    if verify:
+        _verify(source, writer.class_name, g, gm)
+    return source
+
+
+# -- helpers written into the ejected file ----------------------------------------------------
+
+_GUARD_SOURCE = '''
+class InputGuard(nn.Module):
+    """Refuse an input of the wrong rank, channels or spatial size before any layer runs.
+
+    ``axes`` holds per spatial axis ``(word, minimum, step, offsets, form)``: valid sizes
+    are ``minimum + step*k + o`` for ``k >= 0`` and ``o`` in ``offsets``.
+    """
+
+    def __init__(self, name: str, channels: int, dims: int, axes: tuple = (), rule: str = "", hint: str = "") -> None:
+        super().__init__()
+        self.name, self.channels, self.dims, self.axes, self.rule, self.hint = name, channels, dims, axes, rule, hint
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.dims + 2 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"input {self.name} expects (N, {self.channels}, ...) with {self.dims} spatial axes, "
+                f"got shape {tuple(x.shape)}"
+            )
+        sizes = x.shape[2:]
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            for n, (_, minimum, step, offsets, _) in zip(sizes, self.axes):
+                torch._check(n >= minimum)
+                if offsets == (0,):
+                    torch._check((n - minimum) % step == 0)
+            return x
+        for n, (word, minimum, step, offsets, form) in zip(sizes, self.axes):
+            why = ""
+            if n < minimum:
+                why = f"input {word} {n} is below the minimum {minimum}"
+            elif (n - minimum) % step not in offsets:
+                why = f"input {word} {n} is not {form}"
+            if why:
+                raise ValueError(
+                    f"input {self.name} of spatial size {'×'.join(map(str, sizes))} does not fit: "
+                    f"{why}; {self.rule}{self.hint}"
+                )
+        return x
+'''
+
+_PAD_SOURCE = '''
+def next_valid(n: int, minimum: int, step: int, offsets: tuple) -> int:
+    """The smallest valid size >= n: minimum + step*k + o, o in offsets."""
+    if n <= minimum:
+        return minimum
+    base = n - (n - minimum) % step
+    return min(c for c in [base + o for o in offsets] + [base + o + step for o in offsets] if c >= n)
+
+
+def padding(n: int, minimum: int, step: int, offsets: tuple, margin: int) -> tuple:
+    """(left, right) padding that makes n valid and keeps the output centred over the input."""
+    padded = next_valid(n + 2 * margin, minimum, step, offsets)
+    left = margin + (padded - 2 * margin - n) // 2
+    return left, padded - n - left
+
+
+class PadToValid(nn.Module):
+    """Pad each spatial axis up to the next valid size, centred. ``axes``: (minimum, step, offsets, margin)."""
+
+    def __init__(self, axes: tuple, mode: str = "constant") -> None:
+        super().__init__()
+        self.axes, self.mode = axes, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for n, axis in zip(reversed(x.shape[2:]), reversed(self.axes)):  # F.pad wants the last axis first
+            pads += padding(n, *axis)
+        return F.pad(x, pads, mode=self.mode)
+
+
+class CropToInput(nn.Module):
+    """Crop the output back to the input's spatial size, undoing PadToValid."""
+
+    def __init__(self, axes: tuple) -> None:
+        super().__init__()
+        self.axes = axes
+
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        for dim, (n, axis) in enumerate(zip(x.shape[2:], self.axes), start=2):
+            left, _ = padding(n, *axis)
+            y = y.narrow(dim, left - axis[3], n)
+        return y
+'''
+
+
+def _rule_axes(rules: SizeRules) -> tuple:
+    out = []
+    for r in rules.axes:
+        form = r.describe()
+        if r.offsets == (0,) and r.minimum % r.step == 0:
+            form = f"a multiple of {r.step}"
+        else:
+            form = f"of the form {form}"
+        out.append((_WORDS.get(r.axis, r.axis), r.minimum, r.step, r.offsets, form))
+    return tuple(out)
+
+
+def _guard_ctor(m: InputGuard) -> str:
+    if m.rules is None:
+        return f"InputGuard({m.name!r}, {m.channels}, {m.dims})"
+    axes = "".join(f"        {a!r},\n" for a in _rule_axes(m.rules))
+    return (
+        f"InputGuard(\n    {m.name!r},\n    channels={m.channels},\n    dims={m.dims},\n    axes=(\n{axes}    ),\n"
+        f"    rule={str(m.rules)!r},\n    hint={m.hint!r},\n)"
+    )
+
+
+def _pad_axes(rules: SizeRules) -> tuple:
+    return tuple((r.minimum, r.step, r.offsets, r.margin or 0) for r in rules.axes)
+
+
+# module type -> (constructor source, helper source); helpers are written once, in this order
+_RUNTIME: dict[type, tuple[Callable[[Any], str], str]] = {
+    InputGuard: (_guard_ctor, _GUARD_SOURCE),
+    PadToValid: (lambda m: f"PadToValid({_pad_axes(m.rules)!r}, {m.mode!r})", _PAD_SOURCE),
+    CropToInput: (lambda m: f"CropToInput({_pad_axes(m.rules)!r})", _PAD_SOURCE),
+}
+
+# unetgraph's own leaf layers whose constructor arguments are not attributes
+_CTORS: dict[str, Callable[[Any], str]] = {
+    "ChannelLayerNorm": lambda m: f"ChannelLayerNorm({m.weight.shape[0]}, eps={m.eps!r})",
+}
+
+
+# -- the writer --------------------------------------------------------------------------------
+
+
+class _Writer:
+    def __init__(self, g: UNetGraph, gm: fx.GraphModule, class_name: str) -> None:
+        if not class_name.isidentifier():
+            raise LoweringError(f"class_name: expected a Python identifier, got {class_name!r}")
+        self.g, self.gm, self.class_name = g, gm, class_name
+        self.nodes = list(gm.graph.nodes)
+        self.called = {n.target for n in self.nodes if n.op == "call_module"}
+        self.helpers: OrderedDict[str, str] = OrderedDict()
+        self.imports: set[str] = set()
+        self.chains = self._chains()
+        self.flat: dict[str, str] = {}  # stateless called modules moved to the root: path -> name
+        self.names = self._names()
+
+    # -- structure ------------------------------------------------------------------------
+    def _chains(self) -> dict[str, list[fx.Node]]:
+        """Containers called as a whole: every child is called once, in order, as a one-input chain."""
+        by_parent: dict[str, list[fx.Node]] = {}
+        for n in self.nodes:
+            if n.op == "call_module" and "." in n.target:
+                by_parent.setdefault(n.target.rsplit(".", 1)[0], []).append(n)
+        chains = {}
+        for parent, calls in by_parent.items():
+            container = self.gm.get_submodule(parent)
+            children = [name for name, _ in container.named_children()]
+            if [c.target.rsplit(".", 1)[1] for c in calls] != children or _own_state(container):
+                continue
+            linked = all(len(c.args) == 1 and not c.kwargs for c in calls) and all(
+                b.args[0] is a and len(a.users) == 1 for a, b in pairwise(calls)
+            )
+            if linked and not isinstance(calls[0].args[0], (list, tuple)):
+                chains[parent] = calls
+        return chains
+
+    def _names(self) -> dict[fx.Node, str]:
+        """Readable names: a graph node's name for its output; the input keeps its name through its
+        guard (which returns it unchanged); parameters and buffers are read in place (``self.mid.scale``)."""
+        holders = {fx_name: node for node, fx_name in fx_node_names(self.gm).items()}
+        names: dict[fx.Node, str] = {}
+        used: set[str] = {"self", "torch", "nn", "F", "math", "operator"}
+        for n in self.nodes:
+            if n.op == "output":
+                continue
+            if n.op == "get_attr":
+                names[n] = f"self.{n.target}"
+                continue
+            guarded = (
+                n.op == "call_module"
+                and isinstance(self.gm.get_submodule(n.target), InputGuard)
+                and n.args[0].op == "placeholder"
+            )
+            if guarded:
+                names[n] = names[n.args[0]]
+                continue
+            want = holders.get(n.name, n.name)
+            if want in self.g.inputs:  # an input's other stages (its padding) keep their own names
+                want = n.name
+            if want in used:
+                base, i = want, 1
+                while f"{base}_{i}" in used:
+                    i += 1
+                want = f"{base}_{i}"
+            used.add(want)
+            names[n] = want
+        return names
+
+    # -- __init__ -------------------------------------------------------------------------
+    def _init_lines(self) -> list[str]:
+        lines = []
+        for name, t in _own_tensors(self.gm):
+            lines += _tensor_lines("self", name, t, self.gm)
+        for name, child in self.gm.named_children():
+            lines += self._module_lines(name, child)
+        return lines
+
+    def _module_lines(self, path: str, module: nn.Module) -> list[str]:
+        attr = f"self.{path}"
+        if path in self.called:
+            return [f"{attr} = {self._ctor(module, path)}"]
+        if path in self.chains:
+            inner = "".join(f"        {c}={self._ctor(m, f'{path}.{c}')},\n" for c, m in module.named_children())
+            return [f"{attr} = nn.Sequential(\n    OrderedDict(\n{inner}    )\n)"]
+        if not _has_state(module):  # nothing in the state_dict: called layers inside move to the root
+            lines = []
+            for sub, m in module.named_modules(prefix=path):
+                if sub in self.called:
+                    flat = sub.replace(".", "_")
+                    self.flat[sub] = flat
+                    lines.append(f"self.{flat} = {self._ctor(m, sub)}")
+            return lines
+        lines = [f"{attr} = nn.Module()"]
+        for name, t in _own_tensors(module):
+            lines += _tensor_lines(attr, name, t, module)
+        for name, child in module.named_children():
+            lines += self._module_lines(f"{path}.{name}", child)
+        return lines
+
+    def _ctor(self, module: nn.Module, path: str) -> str:
+        cls = type(module)
+        if cls in _RUNTIME:
+            ctor, helper = _RUNTIME[cls]
+            self.helpers.setdefault(helper, helper)
+            return ctor(module)
+        if getattr(nn, cls.__name__, None) is cls:
+            return _torch_ctor(module, path)
+        if cls.__module__.startswith("torch.") and not cls.__module__.startswith("torch.nn"):
+            raise LoweringError(f"{path}: {cls.__module__}.{cls.__name__} is not a torch.nn layer; cannot eject it")
+        return self._custom_ctor(module, path)
+
+    def _custom_ctor(self, module: nn.Module, path: str) -> str:
+        cls = type(module)
+        try:
+            source = textwrap.dedent(inspect.getsource(cls))
+        except (OSError, TypeError) as e:
+            raise LoweringError(f"{path}: cannot read the source of {cls.__qualname__} ({e})") from None
+        lines = [line for line in source.splitlines() if not line.lstrip().startswith("@")]
+        source = "\n".join(lines)
+        if "unetgraph" in source or "from ." in source:
+            raise LoweringError(f"{path}: {cls.__qualname__}'s source refers to unetgraph; it cannot stand alone")
+        self.helpers.setdefault(cls.__qualname__, "\n" + source + "\n")
+        if cls.__name__ in _CTORS:
+            return _CTORS[cls.__name__](module)
+        return _signature_ctor(module, cls.__name__, path)
+
+    # -- forward --------------------------------------------------------------------------
+    def _forward_lines(self) -> list[str]:
+        shapes = _shape_comments(self.g, self.gm)
+        chain_last = {calls[-1]: parent for parent, calls in self.chains.items()}
+        inside = {c for calls in self.chains.values() for c in calls[:-1]}
+        lines = []
+        for n in self.nodes:
+            if n.op in ("placeholder", "get_attr") or n in inside:
+                continue
+            if n.op == "output":
+                lines.append(f"return {self._arg(n.args[0])}")
+                continue
+            if n in chain_last:
+                first = self.chains[chain_last[n]][0]
+                expr = f"self.{chain_last[n]}({self._arg(first.args[0])})"
+            else:
+                expr = self._expr(n)
+            comment = f"  # {shapes[n.name]}" if n.name in shapes else ""
+            lines.append(f"{self.names[n]} = {expr}{comment}")
+        return lines
+
+    def _expr(self, n: fx.Node) -> str:
+        args = ", ".join([*(self._arg(a) for a in n.args), *(f"{k}={self._arg(v)}" for k, v in n.kwargs.items())])
+        if n.op == "call_module":
+            target = self.flat.get(n.target, n.target)
+            return f"self.{target}({args})"
+        if n.op == "get_attr":
+            return f"self.{n.target}"
+        if n.op == "call_method":
+            head, *rest = n.args
+            rest_args = [*(self._arg(a) for a in rest), *(f"{k}={self._arg(v)}" for k, v in n.kwargs.items())]
+            return f"{self._arg(head)}.{n.target}({', '.join(rest_args)})"
+        fn = n.target
+        if fn in _BINARY and len(n.args) == 2 and not n.kwargs:
+            return f"{self._arg(n.args[0])} {_BINARY[fn]} {self._arg(n.args[1])}"
+        if fn in _UNARY and len(n.args) == 1:
+            return f"{_UNARY[fn]}{self._arg(n.args[0])}"
+        if fn is operator.getitem:
+            return f"{self._arg(n.args[0])}[{_index(n.args[1], self._arg)}]"
+        if fn is getattr and len(n.args) == 2 and isinstance(n.args[1], str):
+            return f"{self._arg(n.args[0])}.{n.args[1]}"
+        return f"{self._function(fn, n)}({args})"
+
+    def _function(self, fn: Any, n: fx.Node) -> str:
+        from torch.fx.node import _get_qualified_name
+
+        name = _get_qualified_name(fn)
+        if name.startswith("torch.nn.functional."):
+            return "F." + name.removeprefix("torch.nn.functional.")
+        if name.startswith("torch."):
+            return name
+        if name.startswith("_operator."):
+            self.imports.add("operator")
+            return "operator." + name.removeprefix("_operator.")
+        if name.startswith("math."):
+            self.imports.add("math")
+            return name
+        if name.startswith("builtins."):
+            return name.removeprefix("builtins.")
+        raise LoweringError(f"{n.name}: calls {name}, which a standalone PyTorch file cannot import")
+
+    def _arg(self, a: Any) -> str:
+        if isinstance(a, fx.Node):
+            return self.names[a]
+        if isinstance(a, tuple):
+            inner = ", ".join(self._arg(v) for v in a)
+            return f"({inner},)" if len(a) == 1 else f"({inner})"
+        if isinstance(a, list):
+            return "[" + ", ".join(self._arg(v) for v in a) + "]"
+        if isinstance(a, dict):
+            return "{" + ", ".join(f"{k!r}: {self._arg(v)}" for k, v in a.items()) + "}"
+        if isinstance(a, (torch.dtype, torch.memory_format)):
+            return str(a)
+        if isinstance(a, torch.device):
+            return f"torch.device({str(a)!r})"
+        if a is Ellipsis:
+            return "..."
+        if isinstance(a, slice):
+            return f"slice({self._arg(a.start)}, {self._arg(a.stop)}, {self._arg(a.step)})"
+        if isinstance(a, (int, float, bool, str, type(None))):
+            return repr(a)
+        raise LoweringError(f"cannot write the argument {a!r} ({type(a).__name__}) as Python source")
+
+    # -- the file -------------------------------------------------------------------------
+    def source(self) -> str:
+        init = self._init_lines()  # first: it registers the helpers
+        forward = self._forward_lines()
+        inputs = ", ".join(f"{n}: torch.Tensor" for n in self.g.inputs)
+        ret = "dict[str, torch.Tensor]" if len(self.g.outputs) > 1 else "torch.Tensor"
+        doc = self._docstring()
+        body = "\n\n\n".join(
+            [
+                *(h.strip("\n") for h in self.helpers.values()),
+                f"class {self.class_name}(nn.Module):\n"
+                + textwrap.indent(doc, "    ")
+                + "\n\n    def __init__(self) -> None:\n        super().__init__()\n"
+                + textwrap.indent("\n".join(init), "        ")
+                + f"\n\n    def forward(self, {inputs}) -> {ret}:\n"
+                + textwrap.indent("\n".join(forward), "        "),
+            ]
+        )
+        stdlib = [f"import {m}" for m in sorted(self.imports)]
+        if "OrderedDict(" in body:
+            stdlib.append("from collections import OrderedDict")
+        third = (
+            ["import torch"] + (["import torch.nn.functional as F"] if "F." in body else []) + ["from torch import nn"]
+        )
+        head = (
+            f'"""{self.class_name}: a U-Net in plain PyTorch, ejected from its graph.\n\n'
+            "Edit it freely. Load trained weights with\n"
+            f"``model = {self.class_name}(); model.load_state_dict(torch.load(path, weights_only=True))``.\n"
+            '"""\n\n'
+            "from __future__ import annotations\n\n" + ("\n".join(stdlib) + "\n\n" if stdlib else "") + "\n".join(third)
+        )
+        return f"{head}\n\n\n{body}\n"
+
+    def _docstring(self) -> str:
+        g = self.g
+        params = sum(p.numel() for p in self.gm.parameters())
+        lines = [f'"""{g.name}: {len(g)} blocks, {params:,} parameters.', "", "Shape:"]
+        for name in g.inputs:
+            t = g[name].type
+            axes = ", ".join(AXIS_NAMES[t.dims]) if t.dims else ""
+            lines.append(f"    {name}: (B, {t.channels}{', ' + axes if axes else ''})")
+        with contextlib.suppress(ShapeError):  # no single spatial input: nothing to say about sizes
+            lines.append(f"    {valid_sizes(g)}" + (" (other sizes are padded)" if self._padded() else ""))
+        for name in g.outputs:
+            lines.append(f"    returns {name}: (B, {g[name].type.channels}, ...)")
+        return "\n".join(lines) + '\n"""'
+
+    def _padded(self) -> bool:
+        return self.gm.meta["unetgraph"].get("pad") == "auto"
+
+
+def _own_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+
+
+def _own_state(module: nn.Module) -> bool:
+    return bool(_own_tensors(module))
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _tensor_lines(owner: str, name: str, t: torch.Tensor, module: nn.Module) -> list[str]:
+    shape = tuple(t.shape)
+    dtype = "" if t.dtype == torch.get_default_dtype() else f", dtype={t.dtype}"
+    if isinstance(t, nn.Parameter):
+        grad = "" if t.requires_grad else ", requires_grad=False"
+        return [f"{owner}.{name} = nn.Parameter(torch.empty({shape!r}{dtype}){grad})  # loaded from the state_dict"]
+    if name in module._non_persistent_buffers_set:
+        if t.numel() > 4096:
+            raise LoweringError(
+                f"{owner}.{name}: a non-persistent buffer of {t.numel()} values is not in the state_dict "
+                "and too large to write into the file"
+            )
+        values = t.tolist()
+        return [f"{owner}.register_buffer({name!r}, torch.tensor({values!r}{dtype}), persistent=False)"]
+    return [f"{owner}.register_buffer({name!r}, torch.empty({shape!r}{dtype}))  # loaded from the state_dict"]
+
+
+def _index(idx: Any, arg: Callable[[Any], str]) -> str:
+    def one(v: Any) -> str:
+        if isinstance(v, slice):
+            parts = ["" if v.start is None else arg(v.start), "" if v.stop is None else arg(v.stop)]
+            return ":".join(parts) + ("" if v.step is None else f":{arg(v.step)}")
+        if v is None:
+            return "None"
+        return arg(v)
+
+    if isinstance(idx, tuple):
+        return ", ".join(one(v) for v in idx) if idx else "()"
+    return one(idx)
+
+
+# -- constructors of torch.nn layers -----------------------------------------------------------
+
+
+def _torch_ctor(module: nn.Module, path: str) -> str:
+    name = f"nn.{type(module).__name__}"
+    for compact in (True, False):
+        expr = _signature_ctor(module, name, path, compact=compact)
+        if _same_layer(eval(expr, {"nn": nn, "torch": torch}), module):  # our own generated text
+            return expr
+    raise LoweringError(
+        f"{path}: cannot rebuild {type(module).__name__} from its attributes "
+        f"(tried {_signature_ctor(module, name, path, compact=False)})"
+    )
+
+
+def _signature_ctor(module: nn.Module, name: str, path: str, compact: bool = True) -> str:
+    """``Name(arg, key=value)`` from the ``__init__`` signature, reading each argument back from
+    the attribute of the same name (``bias`` tensors become flags)."""
+    try:
+        sig = inspect.signature(type(module).__init__)
+    except (TypeError, ValueError):
+        return f"{name}()"
+    positional, keywords = [], []
+    for p in list(sig.parameters.values())[1:]:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name in ("device", "dtype"):
+            continue
+        if p.name.startswith("_"):
+            continue
+        if not hasattr(module, p.name):
+            if p.default is p.empty:
+                raise LoweringError(
+                    f"{path}: {type(module).__name__}.__init__ takes {p.name!r} but the module does not keep it "
+                    "as an attribute of that name, so the ejected file cannot rebuild it"
+                )
+            continue
+        value = getattr(module, p.name)
+        if isinstance(value, torch.Tensor) or (value is None and p.name == "bias"):
+            value = value is not None
+        if compact and isinstance(value, tuple) and value and len(set(value)) == 1 and not isinstance(value[0], float):
+            value = value[0]
+        if p.default is not p.empty and _equal(value, p.default):
+            continue
+        text = repr(value)
+        if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD:
+            positional.append(text)
+        else:
+            keywords.append(f"{p.name}={text}")
+    return f"{name}({', '.join([*positional, *keywords])})"
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Same type and equal (a default comparison never raises: arguments are plain values here)."""
+    return type(a) is type(b) and bool(a == b)
+
+
+def _same_layer(new: nn.Module, old: nn.Module) -> bool:
+    if type(new) is not type(old) or repr(new) != repr(old):
+        return False
+    a, b = new.state_dict(), old.state_dict()
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype for k in a)
+
+
+# -- shape comments ----------------------------------------------------------------------------
+
+
+def _shape_comments(g: UNetGraph, gm: fx.GraphModule) -> dict[str, str]:
+    """fx node name → ``(B, 64, H/2, W/2)`` for every graph node, from the checker at two sizes."""
+    try:
+        rules = valid_sizes(g)
+    except ShapeError:  # several spatial inputs: no single size to write shapes in
+        return {}
+    x = rules.input
+    sizes = [r.sizes(3)[1:] for r in rules.axes]
+    reports = []
+    for k in range(2):
+        spatial = [s[k] for s in sizes]
+        shapes = {n: (1, g[n].type.channels, *(spatial if g[n].type.dims else ())) for n in g.inputs}
+        reports.append(check(g, shapes))
+    axes = AXIS_NAMES[g[x].type.dims]
+    padded = gm.meta["unetgraph"].get("pad") == "auto"
+    names = fx_node_names(gm)
+    out = {}
+    for node in g:
+        a, b = reports[0][node].output, reports[1][node].output
+        dims = []
+        for i, (u, v) in enumerate(zip(a[2:], b[2:])):
+            n1, n2 = sizes[i][0], sizes[i][1]
+            dims.append(_affine(Fraction(v - u, n2 - n1), u, n1, axes[i] + ("p" if padded else "")))
+        out[names[node]] = "(" + ", ".join(["B", str(a[1]), *dims]) + ")"
+    return out
+
+
+def _affine(slope: Fraction, value: int, at: int, symbol: str) -> str:
+    """``slope * symbol + c`` written as people write sizes: ``H/2 - 4``, ``2H``, ``H``."""
+    c = value - slope * at
+    if slope == 0:
+        return str(value)
+    if slope == 1:
+        term = symbol
+    elif slope.denominator == 1:
+        term = f"{slope.numerator}{symbol}"
+    elif slope.numerator == 1:
+        term = f"{symbol}/{slope.denominator}"
+    else:
+        term = f"{slope.numerator}{symbol}/{slope.denominator}"
+    if c == 0:
+        return term
+    return f"{term} {'+' if c > 0 else '-'} {abs(c)}"
+
+
+# -- verification ------------------------------------------------------------------------------
+
+
+def _verify(source: str, class_name: str, g: UNetGraph, gm: fx.GraphModule) -> None:
+    from .dynamic import trace_inputs
+
+    namespace: dict[str, Any] = {"__name__": "ejected_unet"}
+    try:
+        exec(compile(source, f"<ejected {class_name}>", "exec"), namespace)  # our own generated source
+        ejected = namespace[class_name]()
+        ejected.load_state_dict(gm.state_dict())
+    except Exception as e:
+        raise LoweringError(f"the ejected {class_name} does not build: {type(e).__name__}: {e}") from e
+    ejected.train(gm.training)
+    inputs = trace_inputs(g, batch=1)
+    with torch.no_grad():
+        want, got = gm(*inputs), ejected(*inputs)
+    pairs = zip(want.values(), got.values()) if isinstance(want, dict) else [(want, got)]
+    if not all(torch.equal(a, b) for a, b in pairs):
+        raise LoweringError(f"the ejected {class_name} computes different outputs than the GraphModule")

@@ -1,0 +1,370 @@
+"""Export a U-Net for deployment: a ``torch.export`` program, ONNX, or an AOTInductor package.
+
+Every artifact is dynamic in batch and spatial size (the checker's rules, see
+:mod:`unetgraph.dynamic`), written atomically, and carries a small JSON document (the
+input names, channels and valid-size rules) so that :func:`load_exported` refuses an invalid size
+with the checker's message before the artifact's own guards see it.
+
+Loading never executes pickled code: a ``.pt2`` is inspected first and refused if any
+tensor in it is stored as a pickle or its example inputs do not load with
+``torch.load(weights_only=True)``. (An AOTInductor package is compiled native code by
+nature: load only packages you made.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sys
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .check import AxisRule, SizeRules, valid_sizes
+from .dynamic import ServedAxis, check_served, export_shapes, graph_and_module, served_axes, trace_inputs
+from .errors import LoweringError, ShapeError
+from .files import atomic_path, write_atomic
+from .graph import UNetGraph
+
+__all__ = ["export", "load_exported", "ExportedUNet", "OnnxUNet", "FORMATS"]
+
+FORMATS = ("program", "aoti", "onnx")
+_DOC = "unetgraph.json"
+_DOC_FORMAT = "unetgraph-export"
+_DOC_VERSION = 1
+
+Progress = bool | Callable[[str], None]
+
+
+class _Progress:
+    """Say what a slow step is doing and how long it took (stderr by default)."""
+
+    def __init__(self, progress: Progress, path: Path) -> None:
+        if progress is True:
+            self.say: Callable[[str], None] | None = lambda m: print(m, file=sys.stderr, flush=True)
+        else:
+            self.say = progress or None
+        self.path = path
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        start = time.perf_counter()
+        if self.say:
+            self.say(f"unetgraph.export {self.path.name}: {what} …")
+        yield
+        if self.say:
+            self.say(f"unetgraph.export {self.path.name}: {what} done in {time.perf_counter() - start:.1f} s")
+
+
+def export(
+    model: UNetGraph | fx.GraphModule,
+    path: str | Path,
+    *,
+    format: str | None = None,
+    example_inputs: Sequence[torch.Tensor] | None = None,
+    batch: bool = True,
+    max_size: int | None = None,
+    progress: Progress = True,
+    inductor_configs: dict[str, Any] | None = None,
+) -> Path:
+    """Export ``model`` to ``path``, dynamic in batch and every valid spatial size.
+
+    Args:
+        model: a graph (lowered, eval mode) or a lowered GraphModule, e.g. the module of
+            :func:`ug.optimize` (lowered with ``pad=None``).
+        path: the file to write (atomically).
+        format: ``"program"`` (a ``torch.export`` program, ``.pt2``), ``"onnx"`` (``.onnx``,
+            via ``torch.onnx.export(dynamo=True)``) or ``"aoti"`` (an AOTInductor package,
+            ``.pt2``: compiled once, serves every size). ``None`` picks ``"onnx"`` for
+            ``.onnx`` and ``"program"`` otherwise.
+        example_inputs: tracing inputs; by default random ones of a served size with batch 2.
+        batch: make the batch axis dynamic.
+        max_size: the largest spatial size to serve (``None``: unbounded).
+        progress: ``True`` prints each slow step and its time to stderr; a callable gets the
+            lines instead; ``False`` is silent.
+        inductor_configs: inductor options for ``"aoti"``; default ``{"freezing": True}`` (the
+            weights are constants of the package, so inductor may pre-pack them).
+
+    Returns:
+        ``path``. Load it with :func:`load_exported`.
+
+    Raises:
+        LoweringError: an unknown format, or a module lowered with ``pad="auto"``.
+    """
+    with warnings.catch_warnings():
+        # torch's own deprecation inside its exporters, not actionable here
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        return _export(model, Path(path), format, example_inputs, batch, max_size, progress, inductor_configs)
+
+
+def _export(
+    model: UNetGraph | fx.GraphModule,
+    path: Path,
+    format: str | None,
+    example_inputs: Sequence[torch.Tensor] | None,
+    batch: bool,
+    max_size: int | None,
+    progress: Progress,
+    inductor_configs: dict[str, Any] | None,
+) -> Path:
+    fmt = format or ("onnx" if path.suffix == ".onnx" else "program")
+    if fmt not in FORMATS:
+        raise LoweringError(f"format: expected one of {', '.join(map(repr, FORMATS))}, got {fmt!r}")
+    if fmt in ("program", "aoti") and path.suffix != ".pt2":
+        raise LoweringError(f"a {fmt!r} export is a .pt2 archive; got {path.name}")
+    g, gm = graph_and_module(model)
+    if gm.meta["unetgraph"].get("pad") == "auto":
+        raise LoweringError("export needs a module lowered with pad=None: pad='auto' computes sizes in Python")
+    gm = gm.eval()
+    steps = _Progress(progress, path)
+    args = _example(g, example_inputs, batch, max_size)
+    shapes = export_shapes(g, batch=batch, max_size=max_size)
+    doc = json.dumps(_document(g, fmt, batch, max_size), indent=1)
+    if fmt == "onnx":
+        _export_onnx(gm, args, shapes, doc, path, steps)
+        return path
+    with steps.step("torch.export"), torch.no_grad():
+        program = torch.export.export(gm, args, dynamic_shapes=shapes, strict=False)
+    buffer = io.BytesIO()  # the archive's root folder is named after a buffer, not a temporary file
+    if fmt == "program":
+        with steps.step("saving"), warnings.catch_warnings():
+            # channels-last weights share no "complete" storage; harmless for CPU tensors
+            warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+            torch.export.save(program, buffer, extra_files={_DOC: doc})
+            write_atomic(path, buffer.getvalue())
+        return path
+    from torch.export.pt2_archive._package import package_pt2
+
+    configs = {**({"freezing": True} if inductor_configs is None else inductor_configs), "aot_inductor.package": True}
+    with steps.step("AOTInductor compile (minutes for large models)"), torch.no_grad():
+        files = torch._inductor.aot_compile(program.module(), args, options=configs)
+    with steps.step("packaging"):
+        package_pt2(buffer, aoti_files={"model": files}, extra_files={_DOC: doc})
+        write_atomic(path, buffer.getvalue())
+    return path
+
+
+def _example(
+    g: UNetGraph, given: Sequence[torch.Tensor] | None, batch: bool, max_size: int | None
+) -> tuple[torch.Tensor, ...]:
+    if given is None:
+        return trace_inputs(g, batch=2, max_size=max_size)
+    args = tuple(given)
+    if len(args) != len(g.inputs):
+        raise ShapeError(f"example_inputs: graph {g.name} takes {len(g.inputs)} inputs ({', '.join(g.inputs)})")
+    if batch and args[0].shape[0] < 2:  # export specialises a batch of 1
+        args = tuple(torch.cat([a, a]) for a in args)
+    return args
+
+
+def _document(g: UNetGraph, kind: str, batch: bool, max_size: int | None) -> dict[str, Any]:
+    rules = valid_sizes(g)
+    return {
+        "format": _DOC_FORMAT,
+        "version": _DOC_VERSION,
+        "kind": kind,
+        "model": g.name,
+        "inputs": [{"name": n, "channels": g[n].type.channels, "dims": g[n].type.dims} for n in g.inputs],
+        "outputs": list(g.outputs),
+        "rules": {
+            "input": rules.input,
+            "axes": [
+                {"axis": r.axis, "minimum": r.minimum, "step": r.step, "offsets": list(r.offsets), "margin": r.margin}
+                for r in rules.axes
+            ],
+        },
+        "served": [a.to_dict() for a in served_axes(g, max_size=max_size)],
+        "batch": batch,
+    }
+
+
+def _export_onnx(
+    gm: fx.GraphModule, args: tuple[torch.Tensor, ...], shapes: dict, doc: str, path: Path, steps: _Progress
+) -> None:
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)  # it warns about every missing torchvision op
+    try:
+        with steps.step("torch.onnx.export (dynamo)"), torch.no_grad():
+            program = torch.onnx.export(gm, args, dynamic_shapes=shapes, dynamo=True, verbose=False)
+    finally:
+        registry.setLevel(level)
+    program.model.metadata_props[_DOC] = doc
+    with steps.step("saving"), atomic_path(path) as tmp:
+        program.save(str(tmp), external_data=False)
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+class _Spec:
+    """The document an artifact carries, validated."""
+
+    def __init__(self, text: str, source: str) -> None:
+        try:
+            data = json.loads(text)
+            if data.get("format") != _DOC_FORMAT or data.get("version") != _DOC_VERSION:
+                raise ValueError(f"format {data.get('format')!r} version {data.get('version')!r}")
+            self.kind: str = data["kind"]
+            self.name: str = data["model"]
+            self.inputs: list[dict[str, Any]] = data["inputs"]
+            self.outputs: list[str] = data["outputs"]
+            r = data["rules"]
+            self.rules = SizeRules(
+                r["input"],
+                tuple(
+                    AxisRule(a["axis"], int(a["minimum"]), int(a["step"]), tuple(a["offsets"]), a["margin"])
+                    for a in r["axes"]
+                ),
+            )
+            self.served = tuple(ServedAxis.from_dict(a) for a in data["served"])
+            self.batch = bool(data["batch"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise LoweringError(f"{source}: not a unetgraph export ({type(e).__name__}: {e})") from None
+        self.spatial = next(i for i in self.inputs if i["dims"] > 0)["name"]
+
+    def check(self, inputs: Sequence[torch.Tensor]) -> None:
+        if len(inputs) != len(self.inputs):
+            raise ShapeError(
+                f"{self.name} takes {len(self.inputs)} inputs ({', '.join(i['name'] for i in self.inputs)})"
+            )
+        for x, spec in zip(inputs, self.inputs):
+            if x.dim() != spec["dims"] + 2 or x.shape[1] != spec["channels"]:
+                raise ShapeError(
+                    f"input {spec['name']} expects (N, {spec['channels']}, ...) with {spec['dims']} spatial axes, "
+                    f"got shape {tuple(x.shape)}",
+                    node=spec["name"],
+                )
+            if spec["name"] == self.spatial:
+                check_served(self.spatial, self.rules, self.served, tuple(x.shape[2:]))
+
+    def describe(self) -> str:
+        ins = ", ".join(f"{i['name']} (N, {i['channels']}, {i['dims']}D)" for i in self.inputs)
+        return f"{self.name} [{self.kind}]: {ins}; serves {', '.join(a.describe() for a in self.served)}"
+
+
+class ExportedUNet(nn.Module):
+    """A loaded ``.pt2`` (a ``torch.export`` program or an AOTInductor package) that checks sizes first.
+
+    ``forward`` refuses an input of the wrong rank, channels or size with a
+    :class:`~unetgraph.errors.ShapeError` in the checker's words, then runs the artifact.
+    ``program`` is the ``ExportedProgram`` (``"program"`` kind only).
+    """
+
+    def __init__(self, spec: _Spec, run: Callable[..., Any], program: Any = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.program = program
+        if isinstance(run, nn.Module):
+            self.module = run
+        else:
+            self._run = run
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        self.spec.check(inputs)
+        run = self.module if hasattr(self, "module") else self._run
+        return run(*inputs)
+
+    def extra_repr(self) -> str:
+        return self.spec.describe()
+
+
+class OnnxUNet:
+    """A loaded ``.onnx`` export run by onnxruntime, checking sizes first; call it with tensors.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads (default: ``torch.get_num_threads()``).
+        spinning: let onnxruntime's idle threads spin (fast alone, but they steal CPU from
+            anything else in the process, which distorts side-by-side timings).
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, spinning: bool = False) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        path = Path(path)
+        model = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+        if _DOC not in props:
+            raise LoweringError(f"{path}: not a unetgraph export (no {_DOC} metadata)")
+        self.spec = _Spec(props[_DOC], str(path))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        flag = "1" if spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", flag)
+        options.add_session_config_entry("session.inter_op.allow_spinning", flag)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        self.spec.check(inputs)
+        feeds = {n: x.detach().cpu().numpy() for n, x in zip(self.input_names, inputs)}
+        outs = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
+        return outs[0] if len(outs) == 1 else dict(zip(self.spec.outputs, outs))
+
+    def __repr__(self) -> str:
+        return f"OnnxUNet({self.spec.describe()})"
+
+
+def load_exported(path: str | Path, **options: Any) -> ExportedUNet | OnnxUNet:
+    """Load an export made by :func:`export`, without executing pickled code.
+
+    ``.onnx`` gives an :class:`OnnxUNet` (``options`` go to it); ``.pt2`` an
+    :class:`ExportedUNet` around the ``torch.export`` program or the AOTInductor package.
+
+    Raises:
+        LoweringError: the file is not a unetgraph export, or a ``.pt2`` holds pickled data.
+    """
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return OnnxUNet(path, **options)
+    doc = _inspect_pt2(path)
+    spec = _Spec(doc, str(path))
+    if spec.kind == "aoti":
+        runner = torch._inductor.aoti_load_package(str(path))
+        return ExportedUNet(spec, runner)
+    program = torch.export.load(str(path))
+    return ExportedUNet(spec, program.module(), program)
+
+
+def _inspect_pt2(path: Path) -> str:
+    """Refuse a ``.pt2`` whose loading would unpickle anything; return our document."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise LoweringError(f"{path}: not a .pt2 archive ({e})") from None
+    with archive:
+        full = archive.namelist()
+        root = full[0].split("/", 1)[0] + "/" if full else ""
+        names = [n.removeprefix(root) for n in full]
+
+        def read(name: str) -> bytes:
+            return archive.read(root + name)
+
+        doc_name = f"extra/{_DOC}"
+        if doc_name not in names:
+            raise LoweringError(f"{path}: not a unetgraph export (no {doc_name})")
+        for name in names:
+            where = f"{path}: {name}"
+            if name.startswith(("data/weights/", "data/constants/")) and name.endswith("_config.json"):
+                config = json.loads(read(name)).get("config", {})
+                for key, meta in config.items():
+                    if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
+                        raise LoweringError(f"{where} stores {key} as a pickled object; refusing to load it")
+            elif name.startswith(("data/weights/", "data/constants/")) and name.endswith(".pt"):
+                raise LoweringError(f"{where}: a pickled (legacy) tensor file; refusing to load it")
+            elif name.startswith("data/sample_inputs/"):
+                try:
+                    torch.load(io.BytesIO(read(name)), weights_only=True)
+                except Exception as e:
+                    raise LoweringError(f"{where}: example inputs are not plain tensors ({e}); refusing") from None
+        return read(doc_name).decode("utf-8")

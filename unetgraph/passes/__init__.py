@@ -1,0 +1,25 @@
+"""Passes over a lowered GraphModule: plain functions ``pass_(gm) -> PassResult``, one per file.
+
+Each rewrites the module in place, keeps its outputs equal (within float rounding), and
+reports what it changed and what it left alone. :func:`optimize` runs the right sequence.
+"""
+
+from .base import PassResult
+from .channels_last import channels_last
+from .drop_identities import drop_identities
+from .fold_batchnorm import fold_batchnorm
+from .fold_constants import fold_constants
+from .pipeline import Optimized, OptimizeReport, optimize
+from .remove_dead_nodes import remove_dead_nodes
+
+__all__ = [
+    "PassResult",
+    "OptimizeReport",
+    "Optimized",
+    "optimize",
+    "fold_batchnorm",
+    "drop_identities",
+    "fold_constants",
+    "channels_last",
+    "remove_dead_nodes",
+]

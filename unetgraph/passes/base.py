@@ -1,0 +1,84 @@
+"""What every pass shares: the :class:`PassResult` it returns and the edits it makes to a GraphModule.
+
+A pass is a plain function ``pass_(gm) -> PassResult`` that rewrites ``gm`` in place (as
+``torch.fx`` passes do), keeps its outputs equal, and says what it changed and what it left
+alone and why. Nodes a pass creates carry the ``meta["custom"]`` of the node they replace,
+so the graph's node names survive into ``gm.code`` and ``torch.export``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+__all__ = ["PassResult", "replace_node", "copy_meta", "module_users", "drop_module", "is_module"]
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What one pass did.
+
+    Attributes:
+        name: the pass (its function name).
+        changes: one line per change, e.g. ``"enc0.norm0 folded into enc0.conv0"``.
+        notes: what the pass left alone and why, e.g. a batch norm still in training mode.
+    """
+
+    name: str
+    changes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def __str__(self) -> str:
+        head = f"{self.name}: {len(self.changes)} change{'s' if len(self.changes) != 1 else ''}"
+        lines = [head] + [f"  {c}" for c in self.changes] + [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def copy_meta(src: fx.Node, dst: fx.Node) -> fx.Node:
+    """Give ``dst`` the graph-node tag of ``src`` (``meta["custom"]``), if it has one."""
+    if "custom" in src.meta:
+        dst.meta["custom"] = dict(src.meta["custom"])
+    return dst
+
+
+def replace_node(gm: fx.GraphModule, old: fx.Node, new: Any) -> None:
+    """Send every use of ``old`` to ``new`` (a node or a Python value) and erase ``old``.
+
+    When ``old`` held a graph node's output (``ug.fx_node_names``), ``new`` takes over.
+    """
+    if isinstance(new, fx.Node):
+        old.replace_all_uses_with(new)
+        names = gm.meta.get("unetgraph", {}).get("nodes")
+        if names is not None:
+            for key, value in names.items():
+                if value == old.name:
+                    names[key] = new.name
+    else:
+        for user in list(old.users):
+            user.args = fx.node.map_arg(user.args, lambda a: new if a is old else a)
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda a: new if a is old else a)
+    gm.graph.erase_node(old)
+
+
+def module_users(gm: fx.GraphModule, target: str) -> list[fx.Node]:
+    """The ``call_module`` nodes that call the submodule ``target``."""
+    return [n for n in gm.graph.nodes if n.op == "call_module" and n.target == target]
+
+
+def drop_module(gm: fx.GraphModule, target: str) -> bool:
+    """Delete submodule ``target`` if no node calls it any more; returns whether it was deleted."""
+    if module_users(gm, target):
+        return False
+    return gm.delete_submodule(target)
+
+
+def is_module(gm: fx.GraphModule, node: fx.Node, kind: type[nn.Module] | tuple[type[nn.Module], ...]) -> bool:
+    """Whether ``node`` calls a submodule of type ``kind``."""
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), kind)

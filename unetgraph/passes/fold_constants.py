@@ -1,0 +1,125 @@
+"""Constant folding: compute once what depends only on parameters, buffers and literals."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .base import PassResult, copy_meta, replace_node
+
+__all__ = ["fold_constants"]
+
+# ops whose result changes from call to call although their inputs do not
+_RANDOM = frozenset(
+    {
+        torch.rand,
+        torch.randn,
+        torch.randint,
+        torch.rand_like,
+        torch.randn_like,
+        torch.randint_like,
+        torch.randperm,
+        torch.bernoulli,
+        torch.normal,
+        torch.multinomial,
+        torch.poisson,
+        torch.nn.functional.dropout,
+        torch.nn.functional.dropout1d,
+        torch.nn.functional.dropout2d,
+        torch.nn.functional.dropout3d,
+        torch.nn.functional.alpha_dropout,
+        torch.nn.functional.feature_alpha_dropout,
+        torch.dropout,
+    }
+)
+_RANDOM_METHODS = frozenset({"bernoulli", "bernoulli_", "normal_", "uniform_", "random_", "exponential_", "geometric_"})
+
+
+def fold_constants(gm: fx.GraphModule) -> PassResult:
+    """Replace every computation that depends only on parameters, buffers and literals by its value.
+
+    Diffusion U-Nets compute the sinusoidal frequencies of their time embedding from a
+    buffer on every call (``exp(-log(10000) * arange / half)``); weight reparametrisations
+    compute a weight from parameters. For inference those values never change, so each
+    maximal such subgraph is evaluated once here; where it meets the rest of the graph its
+    value becomes a buffer (``<node>_folded``, read by a ``get_attr``) or, for plain Python
+    values such as sizes, a literal argument. Random ops and modules in training mode are
+    never folded. Run it on a model in eval mode whose weights are final: the folded
+    values do not follow later changes to the parameters they came from.
+
+    Returns:
+        A :class:`PassResult` listing each folded node.
+    """
+    const: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            const.add(node)
+        elif node.op in ("call_function", "call_method", "call_module") and _foldable(gm, node):
+            if all(i in const for i in node.all_input_nodes):
+                const.add(node)
+    frontier = [n for n in gm.graph.nodes if n in const and n.op != "get_attr" and any(u not in const for u in n.users)]
+    if not frontier:
+        return PassResult("fold_constants", (), ("nothing depends only on parameters, buffers and literals",))
+    interpreter = fx.Interpreter(gm)
+    needed = _ancestors(frontier)
+    with torch.no_grad():
+        for node in gm.graph.nodes:
+            if node in needed:
+                interpreter.env[node] = interpreter.run_node(node)
+    changes, notes = [], []
+    for node in frontier:
+        value = interpreter.env[node]
+        if isinstance(value, torch.Tensor):
+            name = _free_name(gm, f"{node.name}_folded")
+            gm.register_buffer(name, value.detach().clone())
+            with gm.graph.inserting_before(node):
+                new = copy_meta(node, gm.graph.get_attr(name))
+            replace_node(gm, node, new)
+            changes.append(f"{node.name} → buffer {name} {tuple(value.shape)}")
+        elif _is_literal(value):
+            replace_node(gm, node, value)
+            changes.append(f"{node.name} → {value!r}")
+        else:
+            notes.append(f"{node.name} kept: its value, a {type(value).__name__}, cannot be stored in the graph")
+    for node in reversed(list(gm.graph.nodes)):  # what only fed the folded values is dead now
+        if node in needed and not node.users:
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return PassResult("fold_constants", tuple(changes), tuple(notes))
+
+
+def _is_literal(value: object) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_is_literal(v) for v in value)
+    return isinstance(value, (int, float, bool, str, type(None), torch.dtype, torch.device))
+
+
+def _foldable(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.is_impure():
+        return False
+    if node.op == "call_function":
+        return node.target not in _RANDOM
+    if node.op == "call_method":
+        return node.target not in _RANDOM_METHODS
+    module = gm.get_submodule(node.target)
+    return not any(m.training for m in module.modules()) and not isinstance(module, nn.modules.dropout._DropoutNd)
+
+
+def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = list(nodes)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+    return seen
+
+
+def _free_name(gm: fx.GraphModule, base: str) -> str:
+    name, i = base, 1
+    while hasattr(gm, name):
+        name, i = f"{base}{i}", i + 1
+    return name
