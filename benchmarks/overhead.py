@@ -82,8 +82,8 @@ def machinery(repeat: int) -> None:
         g.lower()
 
     s = median_ms(structure, repeat)
-    w = median_ms(with_init, max(5, repeat // 3))
-    h = median_ms(lambda: HandWrittenUNet(3, 2, widths), max(5, repeat // 3))
+    both = alternate_ms({"lower": with_init, "hand": lambda: HandWrittenUNet(3, 2, widths)}, max(7, repeat // 3))
+    w, h = both["lower"], both["hand"]
     print(f"\nbuild + check + lower, 6-level U-Net {widths}, median:")
     print(f"  structure only (device='meta')   {s:8.1f} ms   (target < 50 ms)")
     print(f"  with weight initialisation       {w:8.1f} ms")

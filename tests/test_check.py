@@ -125,8 +125,14 @@ class TestNormsWithTooFewValues:
 
     @pytest.mark.parametrize(
         "norm, shape",
-        [("group", (1, 1, 1, 1)), ("group", (2, 1, 1, 1)), ("instance", (2, 4, 1, 1)), ("batch", (1, 4, 1, 1)),
-         ("batch", (2, 4, 1, 1)), ("group", (1, 4, 2, 2))],
+        [
+            ("group", (1, 1, 1, 1)),
+            ("group", (2, 1, 1, 1)),
+            ("instance", (2, 4, 1, 1)),
+            ("batch", (1, 4, 1, 1)),
+            ("batch", (2, 4, 1, 1)),
+            ("group", (1, 4, 2, 2)),
+        ],
     )
     def test_refusal_matches_torch(self, norm, shape):
         block = ug.ConvBlock(convs=1, kernel=1, norm=norm, groups=1 if shape[1] == 1 else 2)

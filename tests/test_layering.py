@@ -8,6 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "unetgraph"
 # upstream first; a module may import (at module level) only modules listed before it
 ORDER = [
     "errors",
+    "util",
     "files",
     "types",
     "sizes",

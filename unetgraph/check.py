@@ -17,6 +17,7 @@ from .errors import ShapeError
 from .graph import Edge, Node, UNetGraph
 from .sizes import SizeFailure, SizeOp, apply_ops
 from .types import AXIS_NAMES, Role, format_dims
+from .util import paused_gc
 
 __all__ = ["Row", "CheckReport", "AxisRule", "SizeRules", "check", "valid_sizes"]
 
@@ -180,6 +181,7 @@ def _agree(step: _Step, sizes: Sequence[Shape]) -> Shape | str:
     return main
 
 
+@paused_gc()
 def check(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]) -> CheckReport:
     """Compute every node's input and output shapes for ``input_shape``, statically.
 
@@ -410,6 +412,7 @@ class SizeRules:
         return None if any(v is None for v in m) else m  # type: ignore[return-value]
 
 
+@paused_gc()
 def valid_sizes(g: UNetGraph, *, exact: bool = True) -> SizeRules:
     """Which spatial sizes of the input fit the graph, per axis.
 

@@ -27,6 +27,7 @@ from .check import check
 from .errors import NodeNotFoundError, SpecError, UNetGraphError
 from .graph import UNetGraph
 from .types import Role, format_dims
+from .util import paused_gc
 
 __all__ = ["NodeCost", "CostReport", "summary", "measure", "flop_counter", "fmt_count", "fmt_bytes"]
 
@@ -218,6 +219,7 @@ class CostReport:
         )
 
 
+@paused_gc()
 def summary(
     g: UNetGraph,
     input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,

@@ -22,6 +22,7 @@ import torch.fx
 from .blocks.base import BlockSpec
 from .errors import GraphError, NodeNotFoundError, SpecError, UNetGraphError
 from .types import EdgeKind, Role, TensorType
+from .util import paused_gc
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -167,6 +168,7 @@ class UNetGraph:
         16
     """
 
+    @paused_gc()
     def __init__(
         self,
         nodes: Iterable[tuple[str, BlockSpec, Role | str, int | None]],

@@ -17,6 +17,7 @@ from ..cost import CostReport, NodeCost, fmt_bytes, fmt_count, summary
 from ..errors import NodeNotFoundError, RenderError
 from ..graph import UNetGraph
 from ..types import EdgeKind, Role, format_dims
+from ..util import paused_gc
 from .layout import SIDES
 
 __all__ = ["Item", "Link", "Scene", "scene", "DETAILS", "ANNOTATIONS", "MARKS", "HEATS"]
@@ -116,6 +117,7 @@ class Scene:
         return replace(self, items=tuple(items), links=tuple(links), clusters={**other.clusters, **self.clusters})
 
 
+@paused_gc()
 def scene(
     g: UNetGraph,
     detail: str = "blocks",
