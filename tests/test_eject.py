@@ -22,19 +22,19 @@ RUNNER = textwrap.dedent(
     state = torch.load(sys.argv[3], weights_only=True)
     model.load_state_dict(state)
     model.eval()
-    x = torch.load(sys.argv[4], weights_only=True)
+    xs = torch.load(sys.argv[4], weights_only=True)
     with torch.no_grad():
-        torch.save(model(x), sys.argv[5])
+        torch.save(model(*xs), sys.argv[5])
     ours = sorted(m for m in sys.modules if m.split(".")[0] == "unetgraph")
     print(json.dumps({"keys": list(model.state_dict()), "imported": ours}))
     """
 )
 
 
-def run_fresh(tmp_path, path, class_name, gm, x):
-    """Import the ejected file in a new interpreter (no unetgraph imported), load gm's weights, run x."""
+def run_fresh(tmp_path, path, class_name, gm, xs):
+    """Import the ejected file in a new interpreter (no unetgraph imported), load gm's weights, run xs."""
     torch.save(gm.state_dict(), tmp_path / "state.pt")
-    torch.save(x, tmp_path / "x.pt")
+    torch.save(list(xs), tmp_path / "x.pt")
     (tmp_path / "runner.py").write_text(RUNNER)
     out = subprocess.run(
         [sys.executable, str(tmp_path / "runner.py"), str(path), class_name]
@@ -60,6 +60,30 @@ CASES = {
     "group_3d": lambda: ug.unet(1, 2, widths=(8, 16), dims=3, block=ug.ConvBlock(norm="group", groups=4)),
     "optimized": lambda: ug.optimize(randomize_norms(ug.unet(3, 2, widths=(8, 16, 32)).lower()))[0],
     "buffer_arithmetic": lambda: ug.unet(1, 1, widths=(4, 8), bottleneck_block=SinusoidalScale()),
+    # diffusion: a timestep and class labels through embeddings and cond edges, attention
+    "diffusion_class_conditional": lambda: ug.diffusion_unet(
+        3,
+        widths=(8, 16),
+        layers_per_block=1,
+        resblock=ug.ResBlock(groups=4, cond="scale_shift"),
+        attention=ug.SelfAttention(groups=4),
+        time_embedding=ug.TimestepEmbedding(dim=8, channels=16),
+        num_classes=5,
+    ),
+    "diffusion_cross_attention": lambda: ug.diffusion_unet(
+        1,
+        widths=(8, 8),
+        layers_per_block=1,
+        resblock=ug.ResBlock(groups=4),
+        attention=ug.LinearAttention(heads=2),
+        time_embedding=ug.TimestepEmbedding(dim=8, channels=8),
+        context_channels=6,
+        cross_attention=ug.CrossAttention(heads=2, groups=4),
+    ),
+    "attention_gates_deep_supervision": lambda: ug.unet(
+        1, 2, widths=(8, 16, 32), gate=ug.AttentionGate(), deep_supervision=1
+    ),
+    "nested": lambda: ug.presets.unet_plus_plus(deep_supervision=True),
 }
 
 
@@ -75,14 +99,16 @@ def test_ejected_file_reproduces_outputs_in_a_fresh_process(case, tmp_path):
         f"class {c}(nn.Module)" in text for c in ("InputGuard", "PadToValid", "CropToInput", "CenterCrop")
     ) + ("class ChannelLayerNorm(nn.Module)" in text)
     compile(text, str(path), "exec")
-    (x,) = second_size_inputs(g, batch=2)
+    xs = second_size_inputs(g, batch=2)
     if gm.meta["unetgraph"]["pad"] == "auto":
-        x = x[..., 1:, :-3]  # an invalid size: padded up and cropped back
-    y, info = run_fresh(tmp_path, path, g.name, gm, x)
+        xs = (xs[0][..., 1:, :-3],)  # an invalid size: padded up and cropped back
+    y, info = run_fresh(tmp_path, path, g.name, gm, xs)
     assert info["imported"] == []
     assert info["keys"] == list(gm.state_dict())
     with torch.no_grad():
-        assert torch.equal(y, gm(x))
+        expected = gm(*xs)
+    for key in expected if isinstance(expected, dict) else [None]:
+        assert torch.equal(y[key] if key else y, expected[key] if key else expected), key
 
 
 def test_ejected_forward_reads_like_hand_written_code(tmp_path):

@@ -30,7 +30,7 @@ from torch import nn
 from .check import AxisRule, SizeRules, check, valid_sizes
 from .errors import LoweringError, ShapeError
 from .graph import UNetGraph
-from .inputs import example_inputs
+from .inputs import example_inputs, input_shapes
 from .lower import lower
 from .runtime import check_input_size
 from .types import AXIS_NAMES
@@ -127,7 +127,7 @@ def served_axes(model: UNetGraph | fx.GraphModule, *, max_size: int | None = Non
                 break
             spatial = list(others)
             spatial[a] = n
-            report = check(g, {i: (1, g[i].type.channels, *(spatial if g[i].type.dims else ())) for i in g.inputs})
+            report = check(g, input_shapes(g, size=spatial))
             if all(r.output[2 + a] >= 2 for r in report if len(r.output) == 2 + dims):
                 low = n
                 break

@@ -34,6 +34,7 @@ from .dynamic import graph_and_module
 from .errors import LoweringError, ShapeError
 from .files import write_atomic
 from .graph import UNetGraph
+from .inputs import input_shapes
 from .lower import fx_node_names
 from .runtime import CropToInput, InputGuard, PadToValid
 from .types import AXIS_NAMES
@@ -106,22 +107,38 @@ def eject_source(model: UNetGraph | fx.GraphModule, *, class_name: str | None = 
 
 _GUARD_SOURCE = '''
 class InputGuard(nn.Module):
-    """Refuse an input of the wrong rank, channels or spatial size before any layer runs.
+    """Refuse a missing input, or one of the wrong rank, channels, dtype or spatial size,
+    before any layer runs.
 
-    ``axes`` holds per spatial axis ``(word, minimum, step, offsets, form)``: valid sizes
-    are ``minimum + step*k + o`` for ``k >= 0`` and ``o`` in ``offsets``.
+    ``kind`` is ``"dense"`` (N, channels, *spatial), ``"scalar"`` (N,) (a timestep),
+    ``"index"`` (N,) integers (class labels) or ``"sequence"`` (N, L, channels). ``axes``
+    holds per spatial axis ``(word, minimum, step, offsets, form)``: valid sizes are
+    ``minimum + step*k + o`` for ``k >= 0`` and ``o`` in ``offsets``.
     """
 
-    def __init__(self, name: str, channels: int, dims: int, axes: tuple = (), rule: str = "", hint: str = "") -> None:
+    def __init__(
+        self, name: str, channels: int, dims: int, axes: tuple = (), rule: str = "", hint: str = "", kind: str = "dense"
+    ) -> None:
         super().__init__()
         self.name, self.channels, self.dims, self.axes, self.rule, self.hint = name, channels, dims, axes, rule, hint
+        self.kind = kind
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != self.dims + 2 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"input {self.name} expects (N, {self.channels}, ...) with {self.dims} spatial axes, "
-                f"got shape {tuple(x.shape)}"
-            )
+    def forward(self, x: torch.Tensor | None) -> torch.Tensor:
+        expect = {
+            "scalar": "(N,)",
+            "index": "(N,) integer labels",
+            "sequence": f"(N, L, {self.channels})",
+        }.get(self.kind, f"(N, {self.channels}, ...) with {self.dims} spatial axes")
+        if x is None:
+            raise ValueError(f"input {self.name} is missing: it must be a tensor {expect}")
+        rank = {"scalar": 1, "index": 1, "sequence": 3}.get(self.kind, self.dims + 2)
+        channel_axis = {"dense": 1, "sequence": 2}.get(self.kind)
+        if (
+            x.dim() != rank
+            or (self.kind == "index" and x.is_floating_point())
+            or (channel_axis is not None and x.shape[channel_axis] != self.channels)
+        ):
+            raise ValueError(f"input {self.name} expects {expect}, got shape {tuple(x.shape)} of {x.dtype}")
         sizes = x.shape[2:]
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             for n, (_, minimum, step, offsets, _) in zip(sizes, self.axes):
@@ -201,6 +218,8 @@ def _rule_axes(rules: SizeRules) -> tuple:
 
 
 def _guard_ctor(m: InputGuard) -> str:
+    if m.form != "dense":
+        return f"InputGuard({m.name!r}, {m.channels}, 0, kind={m.form!r})"
     if m.rules is None:
         return f"InputGuard({m.name!r}, {m.channels}, {m.dims})"
     axes = "".join(f"        {a!r},\n" for a in _rule_axes(m.rules))
@@ -474,9 +493,7 @@ class _Writer:
         params = sum(p.numel() for p in self.gm.parameters())
         lines = [f'"""{g.name}: {len(g)} blocks, {params:,} parameters.', "", "Shape:"]
         for name in g.inputs:
-            t = g[name].type
-            axes = ", ".join(AXIS_NAMES[t.dims]) if t.dims else ""
-            lines.append(f"    {name}: (B, {t.channels}{', ' + axes if axes else ''})")
+            lines.append(f"    {name}: {g[name].type.pattern().replace('(N', '(B', 1)}")
         with contextlib.suppress(ShapeError):  # no single spatial input: nothing to say about sizes
             lines.append(f"    {valid_sizes(g)}" + (" (other sizes are padded)" if self._padded() else ""))
         for name in g.outputs:
@@ -606,14 +623,16 @@ def _shape_comments(g: UNetGraph, gm: fx.GraphModule) -> dict[str, str]:
     reports = []
     for k in range(2):
         spatial = [s[k] for s in sizes]
-        shapes = {n: (1, g[n].type.channels, *(spatial if g[n].type.dims else ())) for n in g.inputs}
-        reports.append(check(g, shapes))
+        reports.append(check(g, input_shapes(g, size=spatial)))
     axes = AXIS_NAMES[g[x].type.dims]
     padded = gm.meta["unetgraph"].get("pad") == "auto"
     names = fx_node_names(gm)
     out = {}
     for node in g:
         a, b = reports[0][node].output, reports[1][node].output
+        if g[node].type.form != "dense":  # timesteps, labels (B,); a context (B, L, D)
+            out[names[node]] = "(B,)" if len(a) == 1 else f"(B, L, {a[-1]})"
+            continue
         dims = []
         for i, (u, v) in enumerate(zip(a[2:], b[2:])):
             n1, n2 = sizes[i][0], sizes[i][1]

@@ -1,9 +1,10 @@
 """Export a U-Net for deployment: a ``torch.export`` program, ONNX, or an AOTInductor package.
 
 Every artifact is dynamic in batch and spatial size (the checker's rules, see
-:mod:`unetgraph.dynamic`), written atomically, and carries a small JSON document (the
-input names, channels and valid-size rules) so that :func:`load_exported` refuses an invalid size
-with the checker's message before the artifact's own guards see it.
+:mod:`unetgraph.dynamic`), written atomically, and carries the graph it was lowered from as
+a document (the same JSON as ``g.save``), so that :func:`load_exported` checks every input
+(rank, channels, dtype, size) with the checker's message before the artifact's own guards
+see it, and ``loaded.graph`` gives the architecture back.
 
 Loading never executes pickled code: a ``.pt2`` is inspected first and refused if any
 tensor in it is stored as a pickle or its example inputs do not load with
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import logging
 import sys
@@ -28,11 +30,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .check import AxisRule, SizeRules, valid_sizes
-from .dynamic import ServedAxis, check_served, export_shapes, graph_and_module, served_axes, trace_inputs
-from .errors import LoweringError, ShapeError
+from .check import valid_sizes
+from .dynamic import check_served, export_shapes, graph_and_module, served_axes, trace_inputs
+from .errors import LoweringError, ShapeError, UNetGraphError
 from .files import atomic_path, write_atomic
 from .graph import UNetGraph
+from .runtime import InputGuard
+from .serialize import from_dict, to_dict
 
 __all__ = ["export", "load_exported", "ExportedUNet", "OnnxUNet", "FORMATS"]
 
@@ -166,23 +170,14 @@ def _example(
 
 
 def _document(g: UNetGraph, kind: str, batch: bool, max_size: int | None) -> dict[str, Any]:
-    rules = valid_sizes(g)
+    """What an artifact carries: the graph (everything else is derived from it on loading)."""
     return {
         "format": _DOC_FORMAT,
         "version": _DOC_VERSION,
         "kind": kind,
-        "model": g.name,
-        "inputs": [{"name": n, "channels": g[n].type.channels, "dims": g[n].type.dims} for n in g.inputs],
-        "outputs": list(g.outputs),
-        "rules": {
-            "input": rules.input,
-            "axes": [
-                {"axis": r.axis, "minimum": r.minimum, "step": r.step, "offsets": list(r.offsets), "margin": r.margin}
-                for r in rules.axes
-            ],
-        },
-        "served": [a.to_dict() for a in served_axes(g, max_size=max_size)],
         "batch": batch,
+        "max_size": max_size,
+        "graph": to_dict(g),
     }
 
 
@@ -193,7 +188,9 @@ def _export_onnx(
     level = registry.level
     registry.setLevel(logging.ERROR)  # it warns about every missing torchvision op
     try:
-        with steps.step("torch.onnx.export (dynamo)"), torch.no_grad():
+        with steps.step("torch.onnx.export (dynamo)"), torch.no_grad(), warnings.catch_warnings():
+            # every input shares one batch Dim; the exporter notes that it names it once
+            warnings.filterwarnings("ignore", message="# The axis name")
             program = torch.onnx.export(gm, args, dynamic_shapes=shapes, dynamo=True, verbose=False)
     finally:
         registry.setLevel(level)
@@ -206,7 +203,7 @@ def _export_onnx(
 
 
 class _Spec:
-    """The document an artifact carries, validated."""
+    """The document an artifact carries, validated: the graph, and the guards and sizes it implies."""
 
     def __init__(self, text: str, source: str) -> None:
         try:
@@ -214,40 +211,31 @@ class _Spec:
             if data.get("format") != _DOC_FORMAT or data.get("version") != _DOC_VERSION:
                 raise ValueError(f"format {data.get('format')!r} version {data.get('version')!r}")
             self.kind: str = data["kind"]
-            self.name: str = data["model"]
-            self.inputs: list[dict[str, Any]] = data["inputs"]
-            self.outputs: list[str] = data["outputs"]
-            r = data["rules"]
-            self.rules = SizeRules(
-                r["input"],
-                tuple(
-                    AxisRule(a["axis"], int(a["minimum"]), int(a["step"]), tuple(a["offsets"]), a["margin"])
-                    for a in r["axes"]
-                ),
-            )
-            self.served = tuple(ServedAxis.from_dict(a) for a in data["served"])
             self.batch = bool(data["batch"])
-        except (ValueError, KeyError, TypeError) as e:
+            max_size = data["max_size"]
+            self.graph = from_dict(data["graph"])  # plain data: nothing in it runs
+        except (ValueError, KeyError, TypeError, UNetGraphError) as e:
             raise LoweringError(f"{source}: not a unetgraph export ({type(e).__name__}: {e})") from None
-        self.spatial = next(i for i in self.inputs if i["dims"] > 0)["name"]
+        g = self.graph
+        self.name = g.name
+        self.rules = valid_sizes(g)
+        self.served = served_axes(g, max_size=max_size)
+        self.spatial = self.rules.input
+        self.guards = [
+            InputGuard(n, g[n].type.channels, g[n].type.dims, None, form=g[n].type.form, signature=g.inputs)
+            for n in g.inputs
+        ]
 
     def check(self, inputs: Sequence[torch.Tensor]) -> None:
-        if len(inputs) != len(self.inputs):
-            raise ShapeError(
-                f"{self.name} takes {len(self.inputs)} inputs ({', '.join(i['name'] for i in self.inputs)})"
-            )
-        for x, spec in zip(inputs, self.inputs):
-            if x.dim() != spec["dims"] + 2 or x.shape[1] != spec["channels"]:
-                raise ShapeError(
-                    f"input {spec['name']} expects (N, {spec['channels']}, ...) with {spec['dims']} spatial axes, "
-                    f"got shape {tuple(x.shape)}",
-                    node=spec["name"],
-                )
-            if spec["name"] == self.spatial:
+        if len(inputs) > len(self.guards):
+            raise ShapeError(f"{self.name} takes {len(self.guards)} inputs ({', '.join(self.graph.inputs)})")
+        for guard, x in itertools.zip_longest(self.guards, inputs):
+            guard(x)  # rank, channels, dtype; names a missing input
+            if guard.name == self.spatial:
                 check_served(self.spatial, self.rules, self.served, tuple(x.shape[2:]))
 
     def describe(self) -> str:
-        ins = ", ".join(f"{i['name']} (N, {i['channels']}, {i['dims']}D)" for i in self.inputs)
+        ins = ", ".join(f"{g.name} {g._expect()}" for g in self.guards)
         return f"{self.name} [{self.kind}]: {ins}; serves {', '.join(a.describe() for a in self.served)}"
 
 
@@ -267,6 +255,11 @@ class ExportedUNet(nn.Module):
             self.module = run
         else:
             self._run = run
+
+    @property
+    def graph(self) -> UNetGraph:
+        """The architecture the artifact was exported from."""
+        return self.spec.graph
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         self.spec.check(inputs)
@@ -304,6 +297,11 @@ class OnnxUNet:
         options.add_session_config_entry("session.inter_op.allow_spinning", flag)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @property
+    def graph(self) -> UNetGraph:
+        """The architecture the artifact was exported from."""
+        return self.spec.graph
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         self.spec.check(inputs)
