@@ -53,6 +53,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-monai", action="store_true", help="skip the MONAI BasicUNet section")
     p.add_argument("--monai-unet", action="store_true", help="add MONAI UNet (own architecture)")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="sizes for the recompile check")
+    p.add_argument("--only", nargs="+", choices=["classic", "monai", "ddpm", "recompiles"], help="sections to run")
     p.add_argument("--cache", action="store_true", help="allow inductor's caches (warm compile times)")
     return p.parse_args(argv)
 
@@ -73,14 +74,17 @@ def main(argv: list[str] | None = None) -> None:
         f"float32 matmul peak {peak:.0f} GFLOP/s (best sgemm, 1024² and 2048²)"
     )
     print(f"input: batch {ARGS.batch}, {ARGS.size}×{ARGS.size}; {ARGS.repeat} interleaved rounds\n")
+    only = set(ARGS.only or ["classic", "monai", "ddpm", "recompiles"])
     with torch.no_grad():
-        section_classic(peak)
-        if not ARGS.no_monai:
+        if "classic" in only:
+            section_classic(peak)
+        if "monai" in only and not ARGS.no_monai:
             section_monai_basic(peak)
         if ARGS.monai_unet:
             section_monai_unet(peak)
-        section_ddpm(peak)
-        if not ARGS.no_compile:
+        if "ddpm" in only:
+            section_ddpm(peak)
+        if "recompiles" in only and not ARGS.no_compile:
             section_recompiles()
 
 
@@ -117,9 +121,9 @@ def medians(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
 
 
 def flops(model: Callable, *inputs: Any) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+    import unetgraph as ug
 
-    counter = FlopCounterMode(display=False)
+    counter = ug.cost.flop_counter()  # FlopCounterMode, counting attention on the CPU too
     with counter:
         model(*inputs)
     return counter.get_total_flops()
@@ -367,47 +371,57 @@ def section_monai_unet(peak: float) -> None:
 
 
 def section_ddpm(peak: float) -> None:
-    """DDPM preset against diffusers' UNet2DModel, once the preset exists (issue 5)."""
+    """The DDPM CIFAR-10 preset against diffusers' UNet2DModel: same architecture, same weights."""
     import torch
-
-    import unetgraph as ug
-
-    build = getattr(ug.presets, "ddpm_unet", None)
-    if build is None:
-        print("== DDPM vs diffusers UNet2DModel: skipped (ug.presets.ddpm_unet is not available yet)\n")
-        return
     from diffusers import UNet2DModel
 
-    from unetgraph.dynamic import example_inputs
+    import unetgraph as ug
+    from benchmarks.ddpm_vs_diffusers import CONFIG, diffusers_key
 
-    g = build()
-    gm, fast = _ours(g)
-    inputs = example_inputs(g, batch=ARGS.batch)
-    size = inputs[0].shape[-1]
-    peer = UNet2DModel(sample_size=size, in_channels=inputs[0].shape[1], out_channels=inputs[0].shape[1]).eval()
+    class Call(torch.nn.Module):
+        """One argument ``(x, t)`` for every model; diffusers' output unwrapped."""
 
-    class Diffusers(torch.nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, model: torch.nn.Module, sample: bool = False) -> None:
             super().__init__()
-            self.model = peer
+            self.model, self.sample = model, sample
 
-        def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-            t = rest[0].reshape(x.shape[0], -1)[:, 0] if rest else torch.zeros(x.shape[0])
-            return self.model(x, t).sample
+        def forward(self, xt: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            y = self.model(*xt)
+            return y.sample if self.sample else y
 
-    wrapped = Diffusers().eval()
+    peer = UNet2DModel(**CONFIG).eval()
+    g = ug.presets.ddpm_unet(32)  # CONFIG gives attention_head_dim=None: one head, as the paper
+    gm = g.lower().eval()
+    theirs = peer.state_dict()
+    gm.load_state_dict({k: theirs[diffusers_key(k)] for k in gm.state_dict()})
+    fast, _ = ug.optimize(gm)
+    batch = max(2, ARGS.batch)
+    xt = (torch.randn(batch, 3, 32, 32), torch.randint(0, 1000, (batch,)))
+    with torch.no_grad():
+        check_same(Call(peer, True), Call(fast), xt, "optimize()d vs diffusers")
+        work = flops(Call(gm), xt)
     rows = {
-        "diffusers UNet2DModel eager": (wrapped, {"params": params(peer), "flops": flops(wrapped, *inputs)}),
-        "unetgraph eager": (gm, {"params": params(gm), "flops": flops(gm, *inputs)}),
-        "unetgraph optimize()d eager": (fast, {"params": params(fast), "flops": flops(gm, *inputs)}),
+        "diffusers UNet2DModel eager": (Call(peer, True), {"params": params(peer), "flops": work}),
+        "unetgraph eager": (Call(gm), {"params": params(gm), "flops": work}),
+        "unetgraph optimize()d eager": (Call(fast), {"params": params(fast), "flops": work}),
     }
-    rows["diffusers UNet2DModel eager"][1]["note"] = "default UNet2DModel config, weights not transferred: timing only"
-    print(f"== DDPM ({g.name}) vs diffusers UNet2DModel")
-    ms = medians({k: (lambda fn=fn: fn(*inputs)) for k, (fn, _) in rows.items()}, ARGS.repeat)
-    table = Table(f"DDPM {g.name} vs diffusers", "diffusers UNet2DModel eager", peak)
-    for name, (_, info) in rows.items():
-        table.add(name, **info)
-    table.print(ms)
+    if not ARGS.no_compile:
+        _compiled_rows(
+            rows,
+            {"diffusers UNet2DModel compiled": (Call(peer, True), False), "unetgraph compiled": (Call(fast), True)},
+            xt,
+        )
+        for name in ("diffusers UNet2DModel compiled", "unetgraph compiled"):
+            rows[name][1]["flops"] = work
+    run_section(
+        Table(
+            f"DDPM CIFAR-10 ({g.name}), batch {batch} at 32×32, vs diffusers UNet2DModel (same weights)",
+            "diffusers UNet2DModel eager",
+            peak,
+        ),
+        rows,
+        xt,
+    )
 
 
 def section_recompiles() -> None:

@@ -1,8 +1,12 @@
 """The ``unetgraph`` command.
 
-``unetgraph demo`` runs the whole flow on a default U-Net and prints a short report:
-build the graph, check it statically, lower it to a GraphModule, verify the real shapes
-against the checker's, compile it with ``torch.compile(fullgraph=True)`` and compare.
+``unetgraph demo`` runs the whole flow on a default U-Net and prints a short report: build the
+graph, check it statically, draw it, lower it to a GraphModule and verify the real shapes
+against the checker's, optimize it for inference, compile it with
+``torch.compile(fullgraph=True)``, time it, export it and eject it as plain PyTorch.
+
+``unetgraph check|draw|eject SPEC`` work on a saved graph (``.yaml``/``.json``, see
+``g.save``) or a preset (``preset:ddpm_unet``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from .check import check
 from .errors import UNetGraphError
 from .files import write_atomic
+from .graph import UNetGraph
 
 __all__ = ["main"]
 
@@ -39,27 +44,43 @@ def _median_ms(fn: Callable[[], object], repeat: int) -> float:
 
 
 def demo(args: argparse.Namespace) -> int:
+    from torch.fx.passes.shape_prop import ShapeProp
+
     from .build import unet
+    from .eject import eject
+    from .export import export, load_exported
     from .lower import fx_node_names
+    from .passes import optimize
+    from .render import find_dot
 
     torch.manual_seed(0)
     out = Path(args.out)
-    size = args.size
-    shape = (args.batch, 3, size, size)
+    shape = (args.batch, 3, args.size, args.size)
     say = print
     say(f"unetgraph demo: a default U-Net, widths {tuple(args.widths)}, input {shape}\n")
 
     g, t = _timed(lambda: unet(3, 2, widths=tuple(args.widths)))
-    say(f"1. built     {g!r}  [{t * 1e3:.1f} ms]")
+    say(f"1. built      {g!r}  [{t * 1e3:.1f} ms]")
 
     report, t = _timed(lambda: check(g, shape))
-    say(f"2. checked   {shape} → {report.outputs['head']}; valid sizes: {g.valid_sizes()}  [{t * 1e3:.1f} ms]")
+    cost = g.summary(shape)
+    say(
+        f"2. checked    {shape} → {report.outputs['head']}, {cost.flops / 1e9:.1f} GFLOPs; "
+        f"valid sizes: {g.valid_sizes()}  [{t * 1e3:.1f} ms]"
+    )
+
+    try:
+        find_dot()
+        figure = g.save_figure(out / "unet.svg", "blocks", input_shape=shape)
+    except UNetGraphError as e:  # no graphviz: DOT text still works
+        figure = g.save_figure(out / "unet.dot", "blocks", input_shape=shape)
+        say(f"   ({e})")
+    say(f"3. drawn      {figure} (encoder left, decoder right, skips across)")
 
     gm, t = _timed(lambda: g.lower().eval())
-    fx_nodes = len(list(gm.graph.nodes))
-    say(f"3. lowered   GraphModule {type(gm).__name__}: {fx_nodes} fx nodes, graph.lint() clean  [{t * 1e3:.1f} ms]")
-
-    from torch.fx.passes.shape_prop import ShapeProp
+    say(
+        f"4. lowered    GraphModule {type(gm).__name__}: {len(gm.graph.nodes)} fx nodes, lint-clean  [{t * 1e3:.1f} ms]"
+    )
 
     x = torch.randn(*shape)
     with torch.no_grad():
@@ -71,44 +92,136 @@ def demo(args: argparse.Namespace) -> int:
     if mismatch:
         say(f"   MISMATCH between checker and real shapes at {', '.join(mismatch)}")
         return 1
-    say(f"4. ran       eager forward: real shapes equal the checker's at all {len(g)} nodes (ShapeProp)")
+    say(f"5. ran        eager forward: real shapes equal the checker's at all {len(g)} nodes (ShapeProp)")
 
+    fast, opt = optimize(gm, example_inputs=[x])
+    changed = ", ".join(f"{p.name} {len(p.changes)}" for p in opt.passes if p.changes)
+    say(f"6. optimized  {changed}; max |optimized − eager| = {opt.max_abs_diff:.1e}")
+
+    timings = {"eager": lambda: gm(x), "optimized": lambda: fast(x)}
     if args.no_compile:
-        say("5. compiled  skipped (--no-compile)")
+        say("7. compiled   skipped (--no-compile)")
     else:
-        compiled = torch.compile(gm, fullgraph=True, backend=args.backend)
+        compiled = torch.compile(fast, fullgraph=True, backend=args.backend)
         with torch.no_grad():
             y, t = _timed(lambda: compiled(x))
-        diff = (y - eager).abs().max().item()
         say(
-            f"5. compiled  torch.compile(fullgraph=True, backend={args.backend!r}) in {t:.1f} s; "
-            f"max |compiled − eager| = {diff:.1e}"
+            f"7. compiled   torch.compile(optimized, fullgraph=True, backend={args.backend!r}) in {t:.1f} s, "
+            f"one graph; max |compiled − eager| = {(y - eager).abs().max().item():.1e}"
         )
-        with torch.no_grad():
-            e_ms = _median_ms(lambda: gm(x), args.repeat)
-            c_ms = _median_ms(lambda: compiled(x), args.repeat)
-        say(f"6. timed     eager {e_ms:.1f} ms, compiled {c_ms:.1f} ms (median of {args.repeat}) → {e_ms / c_ms:.2f}×")
+        timings["compiled"] = lambda: compiled(x)
+    with torch.no_grad():
+        ms = {k: _median_ms(fn, args.repeat) for k, fn in timings.items()}
+    say(
+        "8. timed      "
+        + ", ".join(f"{k} {v:.1f} ms ({ms['eager'] / v:.2f}×)" for k, v in ms.items())
+        + f"  (median of {args.repeat})"
+    )
 
-    write_atomic(out / "report.txt", str(report) + "\n")
+    artifact = export(fast, out / "unet.pt2", progress=False)
+    loaded = load_exported(artifact)
+    with torch.no_grad():
+        same = (loaded(x) - eager).abs().max().item()
+    ejected = eject(fast, out / "unet_ejected.py")
+    say(
+        f"9. exported   {artifact} (torch.export, dynamic sizes; reloaded: max diff {same:.1e}); "
+        f"ejected {ejected} (plain PyTorch)"
+    )
+
+    write_atomic(out / "report.txt", f"{report}\n\n{cost}\n")
     write_atomic(out / "forward.py", gm.code)
-    say(f"\nwrote {out / 'report.txt'} (the checker's table) and {out / 'forward.py'} (the lowered forward)")
+    g.save(out / "unet.yaml")
+    say(
+        f"\nalso wrote {out / 'report.txt'} (checker and cost tables), {out / 'forward.py'} (the lowered "
+        f"forward), {out / 'unet.yaml'} (the graph as data)"
+    )
+    return 0
+
+
+def _load(spec: str) -> UNetGraph:
+    """A graph from a ``.yaml``/``.json`` document or ``preset:NAME``."""
+    from . import presets
+    from .errors import SpecError
+    from .serialize import load
+
+    if spec.startswith("preset:"):
+        name = spec.removeprefix("preset:")
+        if name not in presets.__all__:
+            raise SpecError(f"unknown preset {name!r}; presets: {', '.join(presets.__all__)}")
+        return getattr(presets, name)()
+    return load(spec)
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    return None if text is None else tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+
+
+def _inputs(g: UNetGraph, shape: tuple[int, ...] | None) -> dict[str, tuple[int, ...]]:
+    from .inputs import input_shapes
+
+    if shape is None:
+        return input_shapes(g)
+    return input_shapes(g, batch=shape[0], size=shape[2:]) if len(g.inputs) > 1 else {g.inputs[0]: shape}
+
+
+def check_command(args: argparse.Namespace) -> int:
+    g = _load(args.spec)
+    shapes = _inputs(g, _shape(args.shape))
+    print(check(g, shapes))
+    print(f"valid sizes: {g.valid_sizes()}")
+    if args.cost:
+        print()
+        print(g.summary(shapes))
+    return 0
+
+
+def draw_command(args: argparse.Namespace) -> int:
+    g = _load(args.spec)
+    shapes = _inputs(g, _shape(args.shape)) if args.shape else None
+    path = g.save_figure(args.output, args.detail, input_shape=shapes)
+    print(f"wrote {path}")
+    return 0
+
+
+def eject_command(args: argparse.Namespace) -> int:
+    from .eject import eject
+
+    path = eject(_load(args.spec), args.output)
+    print(f"wrote {path}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="unetgraph", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="unetgraph", description=__doc__.split("\n\n")[1].replace("\n", " "))
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="build, check, lower, compile and run a default U-Net, with a short report")
+    d = sub.add_parser("demo", help="the whole flow on a default U-Net, with a short report")
     d.add_argument("--size", type=int, default=128, help="input height and width (default 128)")
     d.add_argument("--batch", type=int, default=1)
     d.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     d.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
     d.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     d.add_argument("--repeat", type=int, default=5, help="timing repeats")
-    d.add_argument("--out", default="demo-out", help="folder for the report files (default demo-out)")
+    d.add_argument("--out", default="demo-out", help="folder for the files it writes (default demo-out)")
+    d.set_defaults(run=demo)
+    spec_help = "a saved graph (.yaml/.json) or preset:NAME"
+    c = sub.add_parser("check", help="the checker's table (and the cost model's) for a graph")
+    c.add_argument("spec", help=spec_help)
+    c.add_argument("--shape", help="input shape N,C,H,W (default: the smallest valid size)")
+    c.add_argument("--cost", action="store_true", help="also print params, FLOPs and memory per node")
+    c.set_defaults(run=check_command)
+    r = sub.add_parser("draw", help="draw a graph as a U (.svg, .png, .pdf, .dot)")
+    r.add_argument("spec", help=spec_help)
+    r.add_argument("-o", "--output", default="unet.svg")
+    r.add_argument("--detail", choices=["levels", "blocks", "layers"], default="blocks")
+    r.add_argument("--shape", help="input shape N,C,H,W, to label every output shape")
+    r.set_defaults(run=draw_command)
+    e = sub.add_parser("eject", help="write a graph as a standalone PyTorch file")
+    e.add_argument("spec", help=spec_help)
+    e.add_argument("-o", "--output", default="my_unet.py")
+    e.set_defaults(run=eject_command)
     args = parser.parse_args(argv)
     try:
-        return demo(args)
+        return args.run(args)
     except UNetGraphError as e:
         print(f"unetgraph: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
