@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import time
 
 import torch
 
 import unetgraph as ug
+from unetgraph.util import interleaved_ms
 
 CONFIG = dict(
     sample_size=32,
@@ -64,16 +64,6 @@ def diffusers_key(key: str, depth: int = 4) -> str:
     raise KeyError(key)
 
 
-def median_time(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=8)
@@ -92,8 +82,8 @@ def main() -> None:
     x, t = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 1000, (args.batch,))
     with torch.no_grad():
         diff = (gm(x, t) - ref(x, t).sample).abs().max().item()
-        a = median_time(lambda: gm(x, t), args.repeat)
-        b = median_time(lambda: ref(x, t).sample, args.repeat)
+        ms = interleaved_ms({"ours": lambda: gm(x, t), "diffusers": lambda: ref(x, t).sample}, args.repeat)
+        a, b = ms["ours"] / 1e3, ms["diffusers"] / 1e3
     print(f"build: diffusers {t_ref:.2f} s, unetgraph graph+lower {t_ours:.2f} s")
     print(f"forward batch {args.batch}: unetgraph {a * 1e3:.1f} ms, diffusers {b * 1e3:.1f} ms, ratio {a / b:.2f}")
     print(f"max |difference| {diff:.2e}")

@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import ctypes
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -105,19 +104,6 @@ def matmul_peak() -> float:
             a @ b
             best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
-
-
-def medians(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
-    """Median ms of each function, timed in interleaved rounds so load changes hit all alike."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def flops(model: Callable, *inputs: Any) -> int:
@@ -224,9 +210,11 @@ def params(model: Any) -> int:
 
 def run_section(table: Table, models: dict[str, tuple[Any, dict[str, Any]]], x: Any) -> None:
     """Time every model on x (interleaved), measure memory, then print the table."""
+    from unetgraph.util import interleaved_ms
+
     for name, (fn, info) in models.items():
         table.add(name, memory=peak_memory_mb(lambda fn=fn: fn(x)), **info)
-    ms = medians({name: (lambda fn=fn: fn(x)) for name, (fn, _) in models.items()}, ARGS.repeat)
+    ms = interleaved_ms({name: (lambda fn=fn: fn(x)) for name, (fn, _) in models.items()}, ARGS.repeat)
     table.print(ms)
 
 

@@ -11,21 +11,9 @@ document costs a build plus reading the text. ``lower(weights_from=gm)`` is comp
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable
 
 import unetgraph as ug
-
-
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+from unetgraph.util import median_ms
 
 
 def main() -> None:

@@ -17,39 +17,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
-from typing import Callable
 
 import torch
 
 import unetgraph as ug
 from benchmarks.handwritten import HandWrittenUNet, copy_weights
-
-
-def median_ms(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
-
-
-def alternate_ms(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 3) -> dict[str, float]:
-    """Median times of several functions, run in alternation so drift hits all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+from unetgraph.util import interleaved_ms, median_ms
 
 
 def forward_overhead(size: int, repeat: int, widths: tuple[int, ...]) -> None:
@@ -61,7 +35,7 @@ def forward_overhead(size: int, repeat: int, widths: tuple[int, ...]) -> None:
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         assert torch.equal(gm(x), hand(x))
-        t = alternate_ms({"lowered": lambda: gm(x), "hand-written": lambda: hand(x)}, repeat)
+        t = interleaved_ms({"lowered": lambda: gm(x), "hand-written": lambda: hand(x)}, repeat, warmup=3)
     ratio = t["lowered"] / t["hand-written"]
     print(f"forward, eager, {len(widths)}-level U-Net {widths}, input {tuple(x.shape)}, median of {repeat}:")
     print(f"  hand-written {t['hand-written']:8.2f} ms")
@@ -81,8 +55,10 @@ def machinery(repeat: int) -> None:
         g.check((1, 3, 256, 256))
         g.lower()
 
-    s = median_ms(structure, repeat)
-    both = alternate_ms({"lower": with_init, "hand": lambda: HandWrittenUNet(3, 2, widths)}, max(7, repeat // 3))
+    s = median_ms(structure, repeat, warmup=2)
+    both = interleaved_ms(
+        {"lower": with_init, "hand": lambda: HandWrittenUNet(3, 2, widths)}, max(7, repeat // 3), warmup=3
+    )
     w, h = both["lower"], both["hand"]
     print(f"\nbuild + check + lower, 6-level U-Net {widths}, median:")
     print(f"  structure only (device='meta')   {s:8.1f} ms   (target < 50 ms)")

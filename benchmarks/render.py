@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 from typing import Callable
 
 import unetgraph as ug
+from unetgraph.util import median_ms
 
 
 def deep(nodes: int) -> ug.UNetGraph:
@@ -57,15 +56,6 @@ def long(nodes: int, levels: int = 4) -> ug.UNetGraph:
     return b.build(["head"])
 
 
-def median_s(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=5)
@@ -84,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, make in (("deep", deep), ("long", long)):
         small, big = make(1_000), make(10_000)
         for what, fn in cases:
-            a, b = (median_s(functools.partial(fn, graph), args.repeat) for graph in (small, big))
+            a, b = (median_ms(functools.partial(fn, graph), args.repeat, warmup=0) / 1e3 for graph in (small, big))
             if what.startswith("to_dot"):
                 worst = max(worst, b)
             per = (1e6 * a / len(small), 1e6 * b / len(big))

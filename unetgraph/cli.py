@@ -12,7 +12,6 @@ against the checker's, optimize it for inference, compile it with
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from .check import check
 from .errors import UNetGraphError
 from .files import write_atomic
 from .graph import UNetGraph
+from .util import median_ms
 
 __all__ = ["main"]
 
@@ -32,15 +32,6 @@ def _timed(fn: Callable[[], object]) -> tuple[object, float]:
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
-
-
-def _median_ms(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -111,7 +102,7 @@ def demo(args: argparse.Namespace) -> int:
         )
         timings["compiled"] = lambda: compiled(x)
     with torch.no_grad():
-        ms = {k: _median_ms(fn, args.repeat) for k, fn in timings.items()}
+        ms = {k: median_ms(fn, args.repeat) for k, fn in timings.items()}
     say(
         "8. timed      "
         + ", ".join(f"{k} {v:.1f} ms ({ms['eager'] / v:.2f}×)" for k, v in ms.items())

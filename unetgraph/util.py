@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from typing import Iterator
+import statistics
+import time
+from typing import Callable, Iterator, Mapping
 
-__all__ = ["paused_gc"]
+__all__ = ["paused_gc", "median_ms", "interleaved_ms"]
 
 
 @contextlib.contextmanager
@@ -25,3 +27,23 @@ def paused_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def median_ms(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    return interleaved_ms({"fn": fn}, repeat, warmup)["fn"]
+
+
+def interleaved_ms(fns: Mapping[str, Callable[[], object]], repeat: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each function in milliseconds, timed in interleaved rounds so that
+    a change in the machine's load hits every function alike (how benchmarks compare peers)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}

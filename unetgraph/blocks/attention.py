@@ -15,7 +15,7 @@ from ..errors import ShapeError, SpecError
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups
-from .layers import NORMS, conv_cls, make_norm, norm_notes
+from .layers import NORMS, conv_cls, make_norm, norm_notes, validate_norm_act
 
 __all__ = ["SelfAttention", "CrossAttention", "LinearAttention", "AttentionModule", "LinearAttentionModule"]
 
@@ -76,13 +76,11 @@ class _AttentionSpec(BlockSpec):
     output_scale: float = 1.0
 
     def validate(self) -> None:
+        validate_norm_act(self)
         self._positive_int("heads", optional=True)
         self._positive_int("head_dim", optional=True)
         if self.heads is not None and self.head_dim is not None:
             raise SpecError(f"{self.type_name}: give heads or head_dim, not both (the other follows from channels)")
-        self._choice("norm", [*NORMS, "none"])
-        self._positive_int("groups")
-        self._require(self.eps is None or (isinstance(self.eps, float) and self.eps > 0), "eps", "a positive float")
         self._require(isinstance(self.bias, bool), "bias", "True or False")
         self._require(isinstance(self.residual, bool), "residual", "True or False")
         self._require(
@@ -240,11 +238,9 @@ class LinearAttention(BlockSpec):
     eps: float | None = None
 
     def validate(self) -> None:
+        validate_norm_act(self)
         self._positive_int("heads")
         self._positive_int("head_dim")
-        self._choice("norm", [*NORMS, "none"])
-        self._positive_int("groups")
-        self._require(self.eps is None or (isinstance(self.eps, float) and self.eps > 0), "eps", "a positive float")
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         x = _spatial_input(self, inputs)

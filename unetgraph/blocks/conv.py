@@ -14,7 +14,7 @@ from ..errors import ShapeError, SpecError
 from ..sizes import SizeOp, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .layers import ACTS, NORMS, conv_cls, make_norm, norm_notes
+from .layers import ACTS, NORMS, conv_cls, make_norm, norm_notes, validate_norm_act
 
 __all__ = ["ConvBlock", "Head", "same_padding", "check_groups"]
 
@@ -77,6 +77,7 @@ class ConvBlock(BlockSpec):
     mid_channels: int | None = None
 
     def validate(self) -> None:
+        validate_norm_act(self)
         self._positive_int("channels", optional=True)
         self._positive_int("convs")
         self._positive_int("mid_channels", optional=True)
@@ -84,9 +85,6 @@ class ConvBlock(BlockSpec):
         self._int_or_tuple("stride")
         if not (isinstance(self.padding, str) and self.padding in ("same", "valid")):
             self._int_or_tuple("padding", zero=True)
-        self._choice("norm", [*NORMS, "none"])
-        self._positive_int("groups")
-        self._choice("act", [*ACTS, "none"])
         self._require(
             isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "a probability in [0, 1)"
         )
@@ -219,14 +217,11 @@ class Head(BlockSpec):
     act: str = "none"
 
     def validate(self) -> None:
+        validate_norm_act(self)
         self._positive_int("channels", optional=True)
         self._int_or_tuple("kernel")
         for k in self.kernel if isinstance(self.kernel, tuple) else (self.kernel,):
             same_padding(k, f"{self.type_name}.kernel")
-        self._choice("norm", [*NORMS, "none"])
-        self._positive_int("groups")
-        self._require(self.eps is None or (isinstance(self.eps, float) and self.eps > 0), "eps", "a positive float")
-        self._choice("act", [*ACTS, "none"])
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         x = _spatial_input(self, inputs)

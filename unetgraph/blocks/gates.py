@@ -15,7 +15,7 @@ from ..errors import ShapeError
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups
-from .layers import NORMS, conv_cls, make_norm
+from .layers import NORMS, conv_cls, make_norm, validate_norm_act
 
 __all__ = ["AttentionGate", "SqueezeExcitation", "AttentionGateModule", "SqueezeExcitationModule"]
 
@@ -64,9 +64,8 @@ class AttentionGate(BlockSpec):
     max_inputs = 2
 
     def validate(self) -> None:
+        validate_norm_act(self)
         self._positive_int("channels", optional=True)
-        self._choice("norm", [*NORMS, "none"])
-        self._positive_int("groups")
 
     def _inner(self, x_channels: int) -> int:
         return self.channels or max(1, x_channels // 2)

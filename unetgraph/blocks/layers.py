@@ -6,6 +6,7 @@ Norm and activation tables are plain dicts: add an entry to offer a new ``norm=`
 
 from __future__ import annotations
 
+from dataclasses import fields
 from math import prod
 from typing import Callable, Sequence
 
@@ -14,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ShapeError
-from .base import leaf_module
+from .base import BlockSpec, leaf_module
 
 __all__ = [
+    "validate_norm_act",
     "norm_notes",
     "NORMS",
     "ACTS",
@@ -73,6 +75,21 @@ NORMS: dict[str, tuple[Callable[[int, int, int], nn.Module], int]] = {
     "group": (lambda c, d, g: nn.GroupNorm(g, c), 2),
     "layer": (lambda c, d, g: ChannelLayerNorm(c), 2),
 }
+
+
+def validate_norm_act(spec: BlockSpec) -> None:
+    """Check whichever of the fields ``norm``, ``groups``, ``eps``, ``act`` a spec has, the same way
+    for every block: a known table name (or ``"none"``), positive groups, positive ``eps``."""
+    names = {f.name for f in fields(spec)}
+    if "norm" in names:
+        spec._choice("norm", [*NORMS, "none"])
+    if "groups" in names:
+        spec._positive_int("groups")
+    if "eps" in names:
+        eps = spec.eps  # type: ignore[attr-defined]
+        spec._require(eps is None or (isinstance(eps, float) and eps > 0), "eps", "a positive float")
+    if "act" in names:
+        spec._choice("act", [*ACTS, "none"])
 
 
 def norm_notes(kind: str, groups: int, shape: Sequence[int]) -> list[str]:

@@ -16,7 +16,7 @@ from ..sizes import SizeOp, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups, same_padding
-from .layers import ACTS, NORMS, conv_cls, make_norm, norm_notes
+from .layers import ACTS, NORMS, conv_cls, make_norm, norm_notes, validate_norm_act
 
 __all__ = ["ResBlock", "ResBlockModule"]
 
@@ -118,15 +118,12 @@ class ResBlock(BlockSpec):
     max_cond = 1
 
     def validate(self) -> None:
+        validate_norm_act(self)
         self._positive_int("channels", optional=True)
         self._int_or_tuple("kernel")
         self._int_or_tuple("stride")
         for k in self.kernel if isinstance(self.kernel, tuple) else (self.kernel,):
             same_padding(k, f"{self.type_name}.kernel")
-        self._choice("norm", [*NORMS, "none"])
-        self._positive_int("groups")
-        self._require(self.eps is None or (isinstance(self.eps, float) and self.eps > 0), "eps", "a positive float")
-        self._choice("act", [*ACTS, "none"])
         self._require(
             isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "a probability in [0, 1)"
         )

@@ -16,7 +16,7 @@ from ..sizes import Pad, Scale, SizeOp, Transposed, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups, same_padding
-from .layers import ACTS, NORMS, conv_cls, conv_transpose_cls, make_norm, norm_notes
+from .layers import ACTS, NORMS, conv_cls, conv_transpose_cls, make_norm, norm_notes, validate_norm_act
 
 __all__ = ["Down", "Up", "SpaceToDepth", "DepthToSpace"]
 
@@ -224,9 +224,7 @@ class Up(BlockSpec):
     act: str = "none"
 
     def validate(self) -> None:
-        self._choice("norm", [*NORMS, "none"])
-        self._positive_int("groups")
-        self._choice("act", [*ACTS, "none"])
+        validate_norm_act(self)
         if not self.conv and (self.norm != "none" or self.act != "none"):
             raise SpecError("Up.norm and Up.act follow the convolution; with conv=False there is none")
         self._choice(
