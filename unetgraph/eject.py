@@ -321,6 +321,17 @@ class _Writer:
             lines += _tensor_lines("self", name, t, self.gm)
         for name, child in self.gm.named_children():
             lines += self._module_lines(name, child)
+        # weights an optimize()d module keeps channels-last (the layout picks the conv kernel,
+        # so it matters for equal outputs); load_state_dict then keeps the layout
+        for dims, fmt in ((4, "channels_last"), (5, "channels_last_3d")):
+            layout = getattr(torch, fmt)
+            tensors = [p for p in self.gm.parameters() if p.dim() == dims]
+            if (
+                tensors
+                and all(p.is_contiguous(memory_format=layout) for p in tensors)
+                and not all(p.is_contiguous() for p in tensors)
+            ):
+                lines.append(f"self.to(memory_format=torch.{fmt})  # as the optimized module's weights")
         return lines
 
     def _module_lines(self, path: str, module: nn.Module) -> list[str]:

@@ -29,6 +29,7 @@ from .blocks.base import is_leaf_module
 from .check import SizeRules, check, valid_sizes
 from .errors import LoweringError, ShapeError, UNetGraphError
 from .graph import Node, UNetGraph
+from .inputs import input_shapes
 from .runtime import CropToInput, InputGuard, PadToValid
 from .transfer import transfer_weights
 from .types import Role
@@ -173,12 +174,10 @@ def _rules(g: UNetGraph, pad: str | None, exact: bool) -> SizeRules | None:
 
 def _check_taps(g: UNetGraph, rules: SizeRules) -> None:
     """pad='auto' crops every output like the first: refuse extra outputs (taps) it would crop wrongly."""
-    x = rules.input
     for o in g.outputs[1:]:
         for k in range(2):
             sizes = tuple(r.sizes(2)[k] for r in rules.axes)
-            shapes = {n: (1, g[n].type.channels, *(sizes if n == x else ())) for n in g.inputs}
-            got = check(g, shapes)[o].output[2:]
+            got = check(g, input_shapes(g, size=sizes))[o].output[2:]
             margin = rules.margin or ()
             if len(got) != len(sizes) or any(n - m != 2 * mg for n, m, mg in zip(sizes, got, margin)):
                 raise LoweringError(
