@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from drawing_graphs import VecInput
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
@@ -84,21 +85,6 @@ def test_valid_crop_merge_first():
     assert g.check((1, 1, n, n)).outputs["head"] == (1, 2, n - 188, n - 188)
 
 
-@dataclass(frozen=True)
-class Vector(ug.BlockSpec):
-    """A per-sample vector input (N, channels), e.g. an embedding."""
-
-    channels: int = 4
-    min_inputs = 0
-    max_inputs = 0
-
-    def infer(self, inputs, sources=()):
-        return TensorType(self.channels, ())
-
-    def build(self, inputs, output):
-        return nn.Identity()
-
-
 class _Shift(nn.Module):
     def __init__(self, c_vec, c):
         super().__init__()
@@ -124,10 +110,10 @@ class Shift(ug.BlockSpec):
 @pytest.fixture
 def cond_blocks():
     """Registered for one test only: the registry test in test_blocks builds every registered block alone."""
-    ug.register_block(Vector)
+    ug.register_block(VecInput)
     ug.register_block(Shift)
     yield
-    ug.unregister_block("Vector")
+    ug.unregister_block("VecInput")
     ug.unregister_block("Shift")
 
 
@@ -136,7 +122,7 @@ def test_conditioning_reaches_every_part_that_takes_it(cond_blocks):
     assert (seq.min_inputs, seq.max_inputs, seq.max_cond) == (1, 1, 1)
     b = ug.GraphBuilder("Cond")
     b.input("x", channels=3, dims=2)
-    b.add("t", Vector(channels=4), "input", None, [])
+    b.add("t", VecInput(channels=4), "input", None, [])
     b.add("body", seq, "encoder", 0, ["x", ug.In("t", ug.EdgeKind.COND)])
     g = b.build(["body"])
     assert g["body"].params == 2 * (4 * 3 + 3) + 3 * 3 * 9 + 2 * 3
