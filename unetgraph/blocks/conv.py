@@ -14,7 +14,7 @@ from ..errors import ShapeError, SpecError
 from ..sizes import SizeOp, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .layers import ACTS, NORMS, conv_cls, make_norm, norm_notes, validate_norm_act
+from .layers import ACTS, NORMS, axes_text, conv_cls, conv_label, make_norm, norm_notes, validate_norm_act
 
 __all__ = ["ConvBlock", "Head", "same_padding", "check_groups"]
 
@@ -181,16 +181,8 @@ class ConvBlock(BlockSpec):
         return total
 
     def label(self) -> str:
-        k = "×".join(map(str, self.kernel)) if isinstance(self.kernel, tuple) else f"{self.kernel}"
-        parts = [f"{self.convs}×conv{k}"]
-        if self.padding == "valid":
-            parts.append("valid")
-        if self.stride != 1:
-            parts.append(f"stride {self.stride}")
-        parts += [p for p in (self.norm, self.act) if p != "none"]
-        if self.dropout:
-            parts.append(f"drop {self.dropout:g}")
-        return " ".join(parts)
+        head = f"{self.convs}×conv{axes_text(self.kernel)}"
+        return conv_label(self, head + (" valid" if self.padding == "valid" else ""))
 
 
 @register_block
@@ -258,6 +250,6 @@ class Head(BlockSpec):
         return 2 * x[0] * prod(output[2:]) * output[1] * x[1] * k
 
     def label(self) -> str:
-        k = "×".join(map(str, self.kernel)) if isinstance(self.kernel, tuple) else f"{self.kernel}"
+        k = axes_text(self.kernel)
         pre = "".join(f"{p} → " for p in (self.norm, self.act) if p != "none")
         return f"{pre}conv{k} → {self.channels}" if self.channels else f"{pre}conv{k}"

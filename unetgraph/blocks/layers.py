@@ -18,6 +18,8 @@ from ..errors import ShapeError
 from .base import BlockSpec, leaf_module
 
 __all__ = [
+    "axes_text",
+    "conv_label",
     "validate_norm_act",
     "norm_notes",
     "NORMS",
@@ -75,6 +77,22 @@ NORMS: dict[str, tuple[Callable[[int, int, int], nn.Module], int]] = {
     "group": (lambda c, d, g: nn.GroupNorm(g, c), 2),
     "layer": (lambda c, d, g: ChannelLayerNorm(c), 2),
 }
+
+
+def axes_text(value: int | tuple[int, ...]) -> str:
+    """A per-axis field for labels: ``3`` or ``1×3×3``."""
+    return "×".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def conv_label(spec: BlockSpec, head: str) -> str:
+    """``head`` then the stride, norm, activation and dropout a conv-like spec has, in a few words."""
+    parts = [head]
+    if getattr(spec, "stride", 1) != 1:
+        parts.append(f"stride {spec.stride}")  # type: ignore[attr-defined]
+    parts += [p for p in (getattr(spec, "norm", "none"), getattr(spec, "act", "none")) if p != "none"]
+    if getattr(spec, "dropout", 0):
+        parts.append(f"drop {spec.dropout:g}")  # type: ignore[attr-defined]
+    return " ".join(parts)
 
 
 def validate_norm_act(spec: BlockSpec) -> None:

@@ -16,7 +16,7 @@ from ..sizes import SizeOp, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups, same_padding
-from .layers import ACTS, NORMS, conv_cls, make_norm, norm_notes, validate_norm_act
+from .layers import ACTS, NORMS, axes_text, conv_cls, conv_label, make_norm, norm_notes, validate_norm_act
 
 __all__ = ["ResBlock", "ResBlockModule"]
 
@@ -217,11 +217,4 @@ class ResBlock(BlockSpec):
         return total
 
     def label(self) -> str:
-        k = "×".join(map(str, self.kernel)) if isinstance(self.kernel, tuple) else f"{self.kernel}"
-        parts = [f"res conv{k}"]
-        if self.stride != 1:
-            parts.append(f"stride {self.stride}")
-        parts += [p for p in (self.norm, self.act) if p != "none"]
-        if self.dropout:
-            parts.append(f"drop {self.dropout:g}")
-        return " ".join(parts)
+        return conv_label(self, f"res conv{axes_text(self.kernel)}")

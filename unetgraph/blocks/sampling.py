@@ -16,7 +16,7 @@ from ..sizes import Pad, Scale, SizeOp, Transposed, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups, same_padding
-from .layers import ACTS, NORMS, conv_cls, conv_transpose_cls, make_norm, norm_notes, validate_norm_act
+from .layers import ACTS, NORMS, axes_text, conv_cls, conv_transpose_cls, make_norm, norm_notes, validate_norm_act
 
 __all__ = ["Down", "Up", "SpaceToDepth", "DepthToSpace"]
 
@@ -187,7 +187,7 @@ class Down(BlockSpec):
         return 2 * x[0] * prod(output[2:]) * output[1] * cin * self._conv_kernel(dims)
 
     def label(self) -> str:
-        f = "×".join(map(str, self.factor)) if isinstance(self.factor, tuple) else str(self.factor)
+        f = axes_text(self.factor)
         return f"{self.mode} /{f}"
 
 
@@ -336,5 +336,5 @@ class Up(BlockSpec):
         return 2 * x[0] * positions * cout * x[1] * prod(self._kernel(len(x) - 2))
 
     def label(self) -> str:
-        f = "×".join(map(str, self.factor)) if isinstance(self.factor, tuple) else str(self.factor)
+        f = axes_text(self.factor)
         return f"{self.mode} ×{f}" + ("" if self.conv else " (no conv)")
