@@ -48,7 +48,7 @@ print(ug.export_shapes(g))
 # counts the graphs it compiles: one graph serves all these sizes.
 
 # %%
-compiled = ug.compile(fast, options={"freezing": True})
+compiled = ug.compile(fast)
 with torch.no_grad():
     for size in (32, 48, 96):
         y = compiled(torch.randn(2, 3, size, size))

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch._dynamo
+from torch._dynamo.utils import counters
 
 import unetgraph as ug
 from unetgraph.dynamic import ServedAxis, trace_inputs
@@ -64,16 +65,21 @@ def test_compiled_unet_compiles_once_for_many_sizes_and_refuses_invalid_ones():
     assert compiled.compilations == 1
 
 
-def test_compiled_unet_with_inductor_matches_eager():
+def test_compiled_unet_with_inductor_matches_eager_and_freezes_weights():
     torch._dynamo.reset()
     g = ug.unet(1, 1, widths=(4, 8))
     fast, _ = ug.optimize(g.lower())
-    compiled = ug.compile(fast, options={"freezing": True})
+    compiled = ug.compile(fast)  # eval mode: freezing by default
+    assert compiled.options == {"freezing": True}
+    counters.clear()
     with torch.no_grad():
         for shape in [(2, 1, 8, 12), (2, 1, 20, 8), (2, 1, 16, 16)]:
             x = torch.randn(shape)
             assert torch.allclose(compiled(x), fast(x), atol=1e-5)
     assert compiled.compilations == 1
+    # freezing took effect: inductor prepacked the convolution weights (an options patch seen
+    # only by the backend would not: dynamo reads `freezing` while tracing)
+    assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > 0
 
 
 def test_mark_dynamic_and_refusals():

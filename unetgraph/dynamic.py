@@ -238,6 +238,11 @@ class CompiledUNet(nn.Module):
     how many graphs the backend compiled so far (1 after the first call; more means a
     recompile).
 
+    The inductor ``options`` are applied around every call, not only inside the backend:
+    ``freezing`` is read by dynamo while it traces (to keep the weights as constants), so
+    ``torch.compile(..., options={"freezing": True})`` alone silently compiles unfrozen
+    code on torch 2.13 (no weight prepacking, no conv+activation fusion).
+
     Shape:
         as the lowered module.
     """
@@ -260,6 +265,7 @@ class CompiledUNet(nn.Module):
         self.rules = valid_sizes(graph)
         self.axes = served_axes(graph, max_size=max_size)
         self.batch = batch
+        self.options = dict(options or {}) if backend == "inductor" else {}
         self._count = [0]
         inner = _backend(backend, options)
 
@@ -279,7 +285,12 @@ class CompiledUNet(nn.Module):
         x = inputs[self.position]
         check_served(self.input, self.rules, self.axes, tuple(x.shape[2:]))
         _mark(x, self.axes, self.batch)
-        return self.compiled(*inputs)
+        if not self.options:
+            return self.compiled(*inputs)
+        from torch._inductor import config
+
+        with config.patch(self.options):
+            return self.compiled(*inputs)
 
 
 def _backend(backend: str | Callable, options: dict[str, Any] | None) -> Callable:
@@ -312,7 +323,11 @@ def compile(
     Args:
         model: a graph (lowered, in eval mode) or a lowered GraphModule (e.g. from :func:`ug.optimize`).
         backend: a ``torch.compile`` backend name or callable.
-        options: inductor config patches, e.g. ``{"freezing": True}`` for inference.
+        options: inductor config patches. ``None`` gives ``{"freezing": True}`` for a model
+            in eval mode with the inductor backend: the weights become constants of the
+            compiled code (prepacked, fused with their activations), so compile again after
+            changing them; freezing applies to calls made under ``torch.no_grad()``.
+            Pass ``{}`` to keep the weights live.
         batch: mark the batch axis dynamic too (otherwise each batch size compiles once).
         max_size: the largest spatial size to serve (``None``: unbounded).
         fullgraph: refuse graph breaks (a lowered U-Net has none).
@@ -324,4 +339,6 @@ def compile(
     g, gm = graph_and_module(model)
     if gm.meta["unetgraph"].get("pad") == "auto":
         raise LoweringError("dynamic compile needs a module lowered with pad=None: pad='auto' computes sizes in Python")
+    if options is None and backend == "inductor" and not gm.training:
+        options = {"freezing": True}
     return CompiledUNet(gm, g, backend=backend, options=options, batch=batch, max_size=max_size, fullgraph=fullgraph)

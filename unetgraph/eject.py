@@ -331,7 +331,13 @@ class _Writer:
                 and all(p.is_contiguous(memory_format=layout) for p in tensors)
                 and not all(p.is_contiguous() for p in tensors)
             ):
-                lines.append(f"self.to(memory_format=torch.{fmt})  # as the optimized module's weights")
+                # a weight whose second dim is 1 has the same memory in both layouts; the
+                # channels_last pass leaves its strides (and so the kernel oneDNN picks) alone
+                lines += [
+                    f"for p in self.parameters():  # {fmt}, as the optimized module's weights",
+                    f"    if p.dim() == {dims} and p.shape[1] > 1:",
+                    f"        p.data = p.data.contiguous(memory_format=torch.{fmt})",
+                ]
         return lines
 
     def _module_lines(self, path: str, module: nn.Module) -> list[str]:

@@ -62,9 +62,14 @@ def channels_last(gm: fx.GraphModule, *, force: bool = False) -> PassResult:
             converted = copy_meta(node, gm.graph.call_method("contiguous", (node,), {"memory_format": fmt}))
         node.replace_all_uses_with(converted, delete_user_cb=lambda u, c=converted: u is not c)
         changes.append(f"input {input_name} → {fmt}")
-    for module in convs:
+    # one input channel per group: both layouts are the same memory, and the converted strides
+    # make inductor (freezing with dynamic sizes) assume the wrong output layout: leave those
+    converted = [m for m in convs if m.weight.shape[1] > 1]
+    for module in converted:
         module.to(memory_format=fmt)
-    changes.append(f"{len(convs)} convolution weights → {fmt}")
+    changes.append(f"{len(converted)} convolution weights → {fmt}")
+    if len(converted) < len(convs):
+        changes.append(f"{len(convs) - len(converted)} with one input channel per group left as is (the same memory)")
     output = next(n for n in gm.graph.nodes if n.op == "output")
     done: dict[fx.Node, fx.Node] = {}
 
