@@ -147,6 +147,29 @@ def test_fold_constants_computes_buffer_arithmetic_once():
         assert_close(gm(x), y)
 
 
+def test_fold_constants_folds_frequencies_made_on_the_inputs_device():
+    # diffusers and our Sinusoidal build the frequencies with arange(..., device=t.device)
+    g = ug.diffusion_unet(
+        3,
+        widths=(8, 16),
+        layers_per_block=1,
+        resblock=ug.ResBlock(groups=4),
+        attention_levels=(),
+        mid_attention=False,
+        time_embedding=ug.TimestepEmbedding(dim=8, channels=16),
+    )
+    gm = g.lower().eval()
+    xs = tuple(ug.example_inputs(g, batch=2, size=8).values())
+    with torch.no_grad():
+        y = gm(*xs)
+    assert "torch.arange" in gm.code
+    result = fold_constants(gm)
+    assert len(result.changes) == 1 and "→ buffer time_embedding_" in result.changes[0]
+    assert "torch.arange" not in gm.code and "device(type=" not in gm.code  # no device written in
+    with torch.no_grad():
+        assert_close(gm(*xs), y)
+
+
 def test_fold_constants_never_folds_random_ops():
     root = nn.Module()
     root.w = nn.Parameter(torch.ones(3))

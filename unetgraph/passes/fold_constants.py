@@ -39,38 +39,52 @@ _RANDOM_METHODS = frozenset({"bernoulli", "bernoulli_", "normal_", "uniform_", "
 def fold_constants(gm: fx.GraphModule) -> PassResult:
     """Replace every computation that depends only on parameters, buffers and literals by its value.
 
-    Diffusion U-Nets compute the sinusoidal frequencies of their time embedding from a
-    buffer on every call (``exp(-log(10000) * arange / half)``); weight reparametrisations
-    compute a weight from parameters. For inference those values never change, so each
-    maximal such subgraph is evaluated once here; where it meets the rest of the graph its
-    value becomes a buffer (``<node>_folded``, read by a ``get_attr``) or, for plain Python
-    values such as sizes, a literal argument. Random ops and modules in training mode are
-    never folded. Run it on a model in eval mode whose weights are final: the folded
-    values do not follow later changes to the parameters they came from.
+    Diffusion U-Nets compute the sinusoidal frequencies of their time embedding on every
+    call (``exp(-log(10000) * arange(half, device=t.device) / half)``); weight
+    reparametrisations compute a weight from parameters. For inference those values never
+    change, so each maximal such subgraph is evaluated once here; where it meets the rest
+    of the graph its value becomes a buffer (``<node>_folded``, read by a ``get_attr``) or,
+    for plain Python values such as sizes, a literal argument. An input's ``.device`` counts
+    as the module's device (inputs must be there anyway, and a folded buffer follows
+    ``module.to(...)``); a Python value made from it is kept, so no device is written into
+    the graph. Random ops and modules in training mode are never folded. Run it on a model
+    in eval mode whose weights are final: the folded values do not follow later changes to
+    the parameters they came from.
 
     Returns:
         A :class:`PassResult` listing each folded node.
     """
+    device = _device(gm)
     const: set[fx.Node] = set()
+    devices: set[fx.Node] = set()  # `x.device` reads: the module's device (see above)
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             const.add(node)
+        elif device is not None and _reads_device(node):
+            const.add(node)
+            devices.add(node)
         elif node.op in ("call_function", "call_method", "call_module") and _foldable(gm, node):
             if all(i in const for i in node.all_input_nodes):
                 const.add(node)
-    frontier = [n for n in gm.graph.nodes if n in const and n.op != "get_attr" and any(u not in const for u in n.users)]
+    frontier = [
+        n
+        for n in gm.graph.nodes
+        if n in const and n.op != "get_attr" and n not in devices and any(u not in const for u in n.users)
+    ]
     if not frontier:
         return PassResult("fold_constants", (), ("nothing depends only on parameters, buffers and literals",))
     interpreter = fx.Interpreter(gm)
-    needed = _ancestors(frontier)
+    needed = _ancestors(frontier, devices)
     with torch.no_grad():
         for node in gm.graph.nodes:
             if node in needed:
-                interpreter.env[node] = interpreter.run_node(node)
+                interpreter.env[node] = device if node in devices else interpreter.run_node(node)
     changes, notes = [], []
     for node in frontier:
         value = interpreter.env[node]
-        if isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor) and _ancestors([node], devices) & devices:
+            notes.append(f"{node.name} kept: a {type(value).__name__} from a device would pin the module to {device}")
+        elif isinstance(value, torch.Tensor):
             name = _free_name(gm, f"{node.name}_folded")
             gm.register_buffer(name, value.detach().clone())
             with gm.graph.inserting_before(node):
@@ -107,15 +121,27 @@ def _foldable(gm: fx.GraphModule, node: fx.Node) -> bool:
     return not any(m.training for m in module.modules()) and not isinstance(module, nn.modules.dropout._DropoutNd)
 
 
-def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
+def _ancestors(nodes: list[fx.Node], stops: set[fx.Node]) -> set[fx.Node]:
+    """``nodes`` and what they are computed from, not looking past ``stops``."""
     seen: set[fx.Node] = set()
     stack = list(nodes)
     while stack:
         n = stack.pop()
         if n not in seen:
             seen.add(n)
-            stack.extend(n.all_input_nodes)
+            if n not in stops:
+                stack.extend(n.all_input_nodes)
     return seen
+
+
+def _device(gm: fx.GraphModule) -> torch.device | None:
+    """The one device of every parameter and buffer (None when there are none or several)."""
+    found = {t.device for t in (*gm.parameters(), *gm.buffers())}
+    return found.pop() if len(found) == 1 else None
+
+
+def _reads_device(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target is getattr and node.args[1:] == ("device",)
 
 
 def _free_name(gm: fx.GraphModule, base: str) -> str:
