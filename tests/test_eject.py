@@ -84,6 +84,13 @@ CASES = {
         1, 2, widths=(8, 16, 32), gate=ug.AttentionGate(), deep_supervision=1
     ),
     "nested": lambda: ug.presets.unet_plus_plus(deep_supervision=True),
+    # optimize(dtype=...): weights in bfloat16, norms (ChannelLayerNorm, GroupNorm) in float32
+    "bfloat16_layernorm": lambda: ug.optimize(CASES["layernorm_bilinear_add"]().lower().eval(), dtype=torch.bfloat16)[
+        0
+    ],
+    "bfloat16_diffusion": lambda: ug.optimize(
+        CASES["diffusion_class_conditional"]().lower().eval(), dtype=torch.bfloat16
+    )[0],
 }
 
 

@@ -168,6 +168,12 @@ def test_conditioned_diffusion_unet_round_trip(tmp_path, suffix):
         with torch.no_grad():
             assert torch.allclose(torch.as_tensor(loaded(*xs)), gm(*xs), atol=1e-5)
     x, t, y = ug.example_inputs(g, batch=2, size=8).values()
+    with torch.no_grad():  # a scheduler's int64 timesteps are cast to the traced dtype
+        assert torch.allclose(torch.as_tensor(loaded(x, t.round().long(), y)), gm(x, t.round(), y), atol=1e-5)
+    with pytest.raises(
+        ug.ShapeError, match=r"input x is torch\.float64; this artifact was exported for torch\.float32"
+    ):
+        loaded(x.double(), t, y)
     with pytest.raises(ug.ShapeError, match=r"input y is missing: the model is called as forward\(x, t, y\)"):
         loaded(x, t)
     with pytest.raises(ug.ShapeError, match=r"input y expects \(N,\) integer class labels"):

@@ -29,6 +29,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .blocks.layers import NORM_TYPES
 from .check import SizeRules, check, valid_sizes
 from .dynamic import graph_and_module
 from .errors import LoweringError, ShapeError
@@ -321,6 +322,7 @@ class _Writer:
             lines += _tensor_lines("self", name, t, self.gm)
         for name, child in self.gm.named_children():
             lines += self._module_lines(name, child)
+        lines += self._precision_lines()
         # weights an optimize()d module keeps channels-last (the layout picks the conv kernel,
         # so it matters for equal outputs); load_state_dict then keeps the layout
         for dims, fmt in ((4, "channels_last"), (5, "channels_last_3d")):
@@ -339,6 +341,21 @@ class _Writer:
                     f"        p.data = p.data.contiguous(memory_format=torch.{fmt})",
                 ]
         return lines
+
+    def _precision_lines(self) -> list[str]:
+        """A reduced-precision module (``optimize(dtype=...)``): weights in that dtype, norms' in float32."""
+        low = {p.dtype for p in self.gm.parameters() if p.is_floating_point()} - {torch.get_default_dtype()}
+        if len(low) != 1:
+            return []
+        (dtype,) = low
+        used = {type(m) for m in self.gm.modules()}
+        norms = ", ".join(_class_name(c) for c in NORM_TYPES if c.__module__.startswith("torch.nn") or c in used)
+        return [
+            f"for m in self.modules():  # {dtype} weights, as the optimized module's; norms keep float32",
+            f"    if not isinstance(m, ({norms})):",
+            "        for p in m.parameters(recurse=False):",
+            f"            p.data = p.data.to({dtype})",
+        ]
 
     def _module_lines(self, path: str, module: nn.Module) -> list[str]:
         attr = f"self.{path}"
@@ -567,11 +584,23 @@ def _index(idx: Any, arg: Callable[[Any], str]) -> str:
 # -- constructors of torch.nn layers -----------------------------------------------------------
 
 
+def _class_name(cls: type) -> str:
+    """How the ejected file names a layer class: ``nn.GroupNorm``, ``nn.modules.batchnorm._NormBase``,
+    or a class it defines itself."""
+    if not cls.__module__.startswith("torch.nn"):
+        return cls.__name__
+    if getattr(nn, cls.__name__, None) is cls:
+        return f"nn.{cls.__name__}"
+    return f"nn.{cls.__module__.removeprefix('torch.nn.')}.{cls.__name__}"
+
+
 def _torch_ctor(module: nn.Module, path: str) -> str:
     name = f"nn.{type(module).__name__}"
+    floating = next((t.dtype for t in module.state_dict().values() if t.is_floating_point()), None)
     for compact in (True, False):
         expr = _signature_ctor(module, name, path, compact=compact)
-        if _same_layer(eval(expr, {"nn": nn, "torch": torch}), module):  # our own generated text
+        fresh = eval(expr, {"nn": nn, "torch": torch})  # our own generated text
+        if _same_layer(fresh if floating is None else fresh.to(floating), module):  # dtype: one self.to()
             return expr
     raise LoweringError(
         f"{path}: cannot rebuild {type(module).__name__} from its attributes "

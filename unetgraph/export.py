@@ -131,8 +131,13 @@ def _export(
     steps = _Progress(progress, path)
     args = _example(g, example_inputs, batch, max_size)
     shapes = export_shapes(g, batch=batch, max_size=max_size)
-    doc = json.dumps(_document(g, fmt, batch, max_size), indent=1)
+    doc = json.dumps(_document(g, fmt, batch, max_size, dict(zip(g.inputs, args))), indent=1)
     if fmt == "onnx":
+        if any(p.dtype == torch.bfloat16 for p in gm.parameters()):
+            raise LoweringError(
+                "ONNX's Conv takes no bfloat16 (onnxruntime refuses the model): export the float32 module, "
+                "or one optimized with dtype=torch.float16"
+            )
         _export_onnx(gm, args, shapes, doc, path, steps)
         return path
     with steps.step("torch.export"), torch.no_grad():
@@ -169,14 +174,18 @@ def _example(
     return args
 
 
-def _document(g: UNetGraph, kind: str, batch: bool, max_size: int | None) -> dict[str, Any]:
-    """What an artifact carries: the graph (everything else is derived from it on loading)."""
+def _document(
+    g: UNetGraph, kind: str, batch: bool, max_size: int | None, args: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """What an artifact carries: the graph (everything else is derived from it on loading) and
+    the dtype each input was traced with (an artifact is specialised to it)."""
     return {
         "format": _DOC_FORMAT,
         "version": _DOC_VERSION,
         "kind": kind,
         "batch": batch,
         "max_size": max_size,
+        "dtypes": {name: str(x.dtype).removeprefix("torch.") for name, x in args.items()},
         "graph": to_dict(g),
     }
 
@@ -202,6 +211,14 @@ def _export_onnx(
 # -- loading ----------------------------------------------------------------------------
 
 
+def _dtype(name: Any) -> torch.dtype:
+    """A dtype from its name in a document (only a ``torch.dtype`` attribute is accepted)."""
+    value = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return value
+
+
 class _Spec:
     """The document an artifact carries, validated: the graph, and the guards and sizes it implies."""
 
@@ -213,6 +230,7 @@ class _Spec:
             self.kind: str = data["kind"]
             self.batch = bool(data["batch"])
             max_size = data["max_size"]
+            self.dtypes = {name: _dtype(text) for name, text in data.get("dtypes", {}).items()}
             self.graph = from_dict(data["graph"])  # plain data: nothing in it runs
         except (ValueError, KeyError, TypeError, UNetGraphError) as e:
             raise LoweringError(f"{source}: not a unetgraph export ({type(e).__name__}: {e})") from None
@@ -226,13 +244,27 @@ class _Spec:
             for n in g.inputs
         ]
 
-    def check(self, inputs: Sequence[torch.Tensor]) -> None:
+    def prepare(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Check ``inputs`` in the checker's words; timesteps of another dtype (``int64`` from a
+        scheduler) are cast to the traced one, any other dtype mismatch is refused."""
         if len(inputs) > len(self.guards):
             raise ShapeError(f"{self.name} takes {len(self.guards)} inputs ({', '.join(self.graph.inputs)})")
+        ready = []
         for guard, x in itertools.zip_longest(self.guards, inputs):
             guard(x)  # rank, channels, dtype; names a missing input
             if guard.name == self.spatial:
                 check_served(self.spatial, self.rules, self.served, tuple(x.shape[2:]))
+            want = self.dtypes.get(guard.name, x.dtype)
+            if x.dtype != want:
+                if guard.form not in ("scalar", "index"):
+                    raise ShapeError(
+                        f"input {guard.name} is {x.dtype}; this artifact was exported for {want}: "
+                        f"pass {guard.name}.to({want})",
+                        node=guard.name,
+                    )
+                x = x.to(want)
+            ready.append(x)
+        return tuple(ready)
 
     def describe(self) -> str:
         ins = ", ".join(f"{g.name} {g._expect()}" for g in self.guards)
@@ -262,7 +294,7 @@ class ExportedUNet(nn.Module):
         return self.spec.graph
 
     def forward(self, *inputs: torch.Tensor) -> Any:
-        self.spec.check(inputs)
+        inputs = self.spec.prepare(inputs)
         run = self.module if hasattr(self, "module") else self._run
         return run(*inputs)
 
@@ -304,7 +336,7 @@ class OnnxUNet:
         return self.spec.graph
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        self.spec.check(inputs)
+        inputs = self.spec.prepare(inputs)
         feeds = {n: x.detach().cpu().numpy() for n, x in zip(self.input_names, inputs)}
         outs = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
         return outs[0] if len(outs) == 1 else dict(zip(self.spec.outputs, outs))

@@ -27,6 +27,7 @@ __all__ = [
     "conv_cls",
     "conv_transpose_cls",
     "make_norm",
+    "NORM_TYPES",
     "ChannelLayerNorm",
     "Concat",
     "Add",
@@ -55,6 +56,10 @@ class ChannelLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.layer_norm(x.movedim(1, -1), self.weight.shape, self.weight, self.bias, self.eps)
         return y.movedim(-1, 1)
+
+
+# every normalization layer a block makes: they take low-precision inputs with float32 weights
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, ChannelLayerNorm)
 
 
 def _batch(channels: int, dims: int, groups: int) -> nn.Module:

@@ -10,6 +10,7 @@ from .drop_identities import drop_identities
 from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
 from .pipeline import Optimized, OptimizeReport, optimize
+from .reduced_precision import reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "fold_constants",
     "channels_last",
     "remove_dead_nodes",
+    "reduced_precision",
 ]

@@ -10,11 +10,13 @@ import torch
 import torch.fx as fx
 
 from ..errors import LoweringError
+from ..inputs import example_inputs as _example_inputs
 from .base import PassResult
 from .channels_last import channels_last as _channels_last
 from .drop_identities import drop_identities
 from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
+from .reduced_precision import DTYPES, reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
 
 __all__ = ["optimize", "Optimized", "OptimizeReport"]
@@ -67,9 +69,10 @@ def optimize(
     *,
     for_inference: bool = True,
     channels_last: bool | None = None,
+    dtype: torch.dtype | None = None,
     inplace: bool = False,
     example_inputs: Sequence[torch.Tensor] | None = None,
-    atol: float = 1e-4,
+    atol: float | None = None,
 ) -> Optimized:
     """Run the passes that suit ``gm``'s use and report what each changed.
 
@@ -85,10 +88,15 @@ def optimize(
         for_inference: see above.
         channels_last: ``None`` lets the pass decide (wide enough convolutions), ``True``
             forces it, ``False`` skips it.
+        dtype: ``torch.bfloat16`` or ``torch.float16`` runs the model in that precision
+            (:func:`~unetgraph.passes.reduced_precision`; inference only): about 2× faster
+            convolutions where the hardware has the units, about 3 significant digits.
         inplace: rewrite ``gm`` itself instead of a deep copy.
         example_inputs: when given, the optimized module is run against the original on
             them and :class:`~unetgraph.errors.LoweringError` is raised if any output
-            differs by more than ``atol``; the report records the largest difference.
+            differs by more than ``atol`` (times the output's largest magnitude when that
+            exceeds 1); the report records the largest difference.
+        atol: default ``1e-4``, or ``5e-2`` with a reduced-precision ``dtype``.
 
     Returns:
         ``Optimized(module, report)``.
@@ -102,6 +110,14 @@ def optimize(
     """
     if not isinstance(gm, fx.GraphModule):
         raise LoweringError(f"optimize expects a torch.fx.GraphModule (from g.lower()), got {type(gm).__name__}")
+    if dtype is not None and dtype not in DTYPES:
+        raise LoweringError(f"optimize: dtype must be None, torch.bfloat16 or torch.float16, got {dtype}")
+    if dtype is not None and not for_inference:
+        raise LoweringError(
+            "optimize: dtype is for inference; for training keep float32 weights and wrap the step in torch.autocast"
+        )
+    if atol is None:
+        atol = 1e-4 if dtype is None else 5e-2
     reference = None
     if example_inputs is not None:
         reference = copy.deepcopy(gm).train(gm.training if not for_inference else False)
@@ -113,11 +129,24 @@ def optimize(
     else:
         steps = [drop_identities, remove_dead_nodes]
     results = [step(out) for step in steps]
+    if dtype is not None:
+        results.append(reduced_precision(out, _run_inputs(out, example_inputs), dtype))
     if channels_last is not False:
         results.append(_channels_last(out, force=bool(channels_last)))
     diff = _compare(reference, out, example_inputs, atol) if reference is not None else None
     report = OptimizeReport(tuple(results), (nodes_before, _count(out)[0]), (params_before, _count(out)[1]), diff)
     return Optimized(out, report)
+
+
+def _run_inputs(gm: fx.GraphModule, given: Sequence[torch.Tensor] | None) -> Sequence[torch.Tensor]:
+    """Inputs to run ``gm`` once on: the caller's, else small ones the graph describes."""
+    if given is not None:
+        return given
+    info = gm.meta.get("unetgraph")
+    if info is None:
+        raise LoweringError("optimize(dtype=...) needs example_inputs for a module not made by unetgraph.lower")
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    return [x.to(device) for x in _example_inputs(info["graph"], batch=2).values()]
 
 
 def _count(gm: fx.GraphModule) -> tuple[int, int]:
@@ -131,6 +160,11 @@ def _compare(
         want, got = reference(*example_inputs), out(*example_inputs)
     pairs = list(zip(want.values(), got.values())) if isinstance(want, dict) else [(want, got)]
     diff = max((a - b).abs().max().item() for a, b in pairs)
-    if not diff <= atol:
-        raise LoweringError(f"optimize changed the outputs by up to {diff:.3g} (> atol {atol:g}) on the example inputs")
+    scale = max([1.0] + [a.abs().max().item() for a, _ in pairs])
+    if not diff <= atol * scale:
+        raise LoweringError(
+            f"optimize changed the outputs by up to {diff:.3g} (> atol {atol:g}"
+            + (f" × output scale {scale:.3g}" if scale > 1 else "")
+            + ") on the example inputs"
+        )
     return diff
