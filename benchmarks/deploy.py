@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks.deploy --size 64 --repeat 5     # quicker
     .venv/bin/python -m benchmarks.deploy --no-compile             # eager only (seconds)
     .venv/bin/python -m benchmarks.deploy --aoti --onnx            # add AOTInductor and onnxruntime rows
+    .venv/bin/python -m benchmarks.deploy --bf16                   # add optimize(dtype=torch.bfloat16) rows
     .venv/bin/python -m benchmarks.deploy --widths 64 128 256 512 1024   # the classic preset (padded)
 
 Sections (each model is built at the same architecture and weights as ours; outputs are
@@ -54,6 +55,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="sizes for the recompile check")
     p.add_argument("--only", nargs="+", choices=["classic", "monai", "ddpm", "recompiles"], help="sections to run")
     p.add_argument("--cache", action="store_true", help="allow inductor's caches (warm compile times)")
+    p.add_argument("--bf16", action="store_true", help="add optimize(dtype=torch.bfloat16) rows")
     return p.parse_args(argv)
 
 
@@ -69,10 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     if ARGS.threads:
         torch.set_num_threads(ARGS.threads)
     torch.manual_seed(0)
-    peak = matmul_peak()
+    sgemm, peak = matmul_peak(), conv_peak()
     print(
         f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"float32 matmul peak {peak:.0f} GFLOP/s (best sgemm, 1024² and 2048²)"
+        f"float32 peaks: matmul {sgemm:.0f} GFLOP/s (best sgemm, 1024² and 2048²), "
+        f"3×3 convolution {peak:.0f} GFLOP/s (oneDNN, channels-last; the '% peak' column)"
     )
     print(f"input: batch {ARGS.batch}, {ARGS.size}×{ARGS.size}; {ARGS.repeat} interleaved rounds\n")
     only = set(ARGS.only or ["classic", "monai", "ddpm", "recompiles"])
@@ -105,6 +108,24 @@ def matmul_peak() -> float:
             t = time.perf_counter()
             a @ b
             best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def conv_peak() -> float:
+    """The best float32 3×3 convolution rate (GFLOP/s, oneDNN, channels-last, batch 1) over the
+    layer shapes of a 64…512 U-Net at 128²: the ceiling of a convolution-bound float32 network
+    here (it can beat sgemm: on AMD CPUs MKL's sgemm does not use every vector unit)."""
+    import torch
+
+    from unetgraph.util import median_ms
+
+    best = 0.0
+    with torch.no_grad():
+        for c, s in ((64, 128), (128, 64), (256, 32), (512, 16)):
+            x = torch.randn(1, c, s, s).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(c, c, 3, 3).contiguous(memory_format=torch.channels_last)
+            ms = median_ms(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1), 9)
+            best = max(best, 2 * c * c * 9 * s * s / (ms / 1e3) / 1e9)
     return best
 
 
@@ -178,8 +199,9 @@ def graph_breaks(model: Any, x: Any) -> int:
 
 
 class Table:
-    def __init__(self, title: str, baseline: str, peak: float) -> None:
-        self.title, self.baseline, self.peak = title, baseline, peak
+    def __init__(self, title: str, baseline: str, peak: float, work: float | None = None) -> None:
+        """``work``: the network's FLOPs, to print the float32 floor (work at the convolution peak)."""
+        self.title, self.baseline, self.peak, self.work = title, baseline, peak, work
         self.rows: list[dict[str, Any]] = []
 
     def add(self, name: str, **values: Any) -> None:
@@ -188,7 +210,7 @@ class Table:
     def print(self, ms: dict[str, float]) -> None:
         base = ms[self.baseline]
         print(f"== {self.title}")
-        head = f"{'model':<34} {'params':>10} {'GFLOP':>7} {'ms':>9} {'speed-up':>9} {'GFLOP/s':>8} {'% peak':>7}"
+        head = f"{'model':<40} {'params':>10} {'GFLOP':>7} {'ms':>9} {'speed-up':>9} {'GFLOP/s':>8} {'% peak':>7}"
         print(head + f" {'peak MB':>8} {'compile s':>10} {'graphs':>7} {'breaks':>7}")
         for r in self.rows:
             t = ms[r["name"]]
@@ -197,13 +219,19 @@ class Table:
             mem = "" if r.get("memory") is None else f"{r['memory']:.0f}"
             comp = "" if r.get("compile") is None else f"{r['compile']:.1f}"
             print(
-                f"{r['name']:<34} {r.get('params', 0):>10,} {gflop:>7.2f} {t:>9.1f} {base / t:>8.2f}× "
+                f"{r['name']:<40} {r.get('params', 0):>10,} {gflop:>7.2f} {t:>9.1f} {base / t:>8.2f}× "
                 f"{rate:>8.1f} {100 * rate / self.peak:>6.1f}% {mem:>8} {comp:>10} "
                 f"{r.get('graphs', ''):>7} {r.get('breaks', ''):>7}"
             )
         for r in self.rows:
             if r.get("note"):
                 print(f"  note: {r['name']}: {r['note']}")
+        if self.work:
+            floor = self.work / (self.peak * 1e9) * 1e3
+            print(
+                f"  float32 floor: {self.work / 1e9:.2f} GFLOP at the convolution peak = {floor:.1f} ms, "
+                f"so no float32 model can be more than {base / floor:.2f}× faster than {self.baseline}"
+            )
         print()
 
 
@@ -283,10 +311,12 @@ def section_classic(peak: float) -> None:
         "unetgraph eager": (gm, {"params": params(gm), "flops": work}),
         "unetgraph optimize()d eager": (fast, {"params": params(fast), "flops": work}),
     }
+    low = _bfloat16(gm, x, rows, work) if ARGS.bf16 else None
     if not ARGS.no_compile:
-        _compiled_rows(
-            rows, {"hand-written compiled": (hand, False), "unetgraph optimize()d compiled": (fast, True)}, x
-        )
+        compiled = {"hand-written compiled": (hand, False), "unetgraph optimize()d compiled": (fast, True)}
+        if low is not None:
+            compiled["unetgraph optimize(dtype=bf16) compiled"] = (low, True)
+        _compiled_rows(rows, compiled, x)
         torch._dynamo.reset()
         dynamic = ug.compile(fast)  # eval mode: freezing by default
         t = time.perf_counter()
@@ -310,8 +340,23 @@ def section_classic(peak: float) -> None:
     if ARGS.onnx:
         path = ug.export(fast, tmp / "unet.onnx", progress=False)
         rows["unetgraph ONNX (onnxruntime)"] = (ug.load_exported(path), {"params": params(fast), "flops": work})
-    table = Table(f"{len(widths)}-level BN U-Net {widths} vs hand-written (same weights)", "hand-written eager", peak)
-    run_section(table, rows, x)
+    title = f"{len(widths)}-level BN U-Net {widths} vs hand-written (same weights)"
+    run_section(Table(title, "hand-written eager", peak, work), rows, x)
+
+
+def _bfloat16(gm: Any, x: Any, rows: dict, work: float) -> Any:
+    """Add an ``optimize(dtype=torch.bfloat16)`` row (its error against float32 in the note)."""
+    import torch
+
+    import unetgraph as ug
+
+    low, _ = ug.optimize(gm, dtype=torch.bfloat16)
+    want = gm(*x) if isinstance(x, tuple) else gm(x)
+    got = low(*x) if isinstance(x, tuple) else low(x)
+    error = (want - got).abs().max().item() / want.abs().max().item()
+    note = f"bfloat16 weights and activations, float32 norms and outputs; max error {error:.1e} of the output's range"
+    rows["unetgraph optimize(dtype=bf16) eager"] = (low, {"params": params(low), "flops": work, "note": note})
+    return low
 
 
 def section_monai_basic(peak: float) -> None:
@@ -338,7 +383,7 @@ def section_monai_basic(peak: float) -> None:
         )
         for name in list(rows):
             rows[name][1].setdefault("flops", work)
-    table = Table(f"MONAI BasicUNet features={f} vs the same graph (same weights)", "MONAI BasicUNet eager", peak)
+    table = Table(f"MONAI BasicUNet features={f} vs the same graph (same weights)", "MONAI BasicUNet eager", peak, work)
     run_section(table, rows, x)
 
 
@@ -396,13 +441,19 @@ def section_ddpm(peak: float) -> None:
         "unetgraph eager": (Call(gm), {"params": params(gm), "flops": work}),
         "unetgraph optimize()d eager": (Call(fast), {"params": params(fast), "flops": work}),
     }
+    low = _bfloat16(gm, xt, rows, work) if ARGS.bf16 else None
+    if low is not None:
+        name = "unetgraph optimize(dtype=bf16) eager"
+        rows[name] = (Call(low), rows[name][1])
     if not ARGS.no_compile:
-        _compiled_rows(
-            rows,
-            {"diffusers UNet2DModel compiled": (Call(peer, True), False), "unetgraph compiled": (Call(fast), True)},
-            xt,
-        )
-        for name in ("diffusers UNet2DModel compiled", "unetgraph compiled"):
+        compiled = {
+            "diffusers UNet2DModel compiled": (Call(peer, True), False),
+            "unetgraph compiled": (Call(fast), True),
+        }
+        if low is not None:
+            compiled["unetgraph optimize(dtype=bf16) compiled"] = (Call(low), True)
+        _compiled_rows(rows, compiled, xt)
+        for name in compiled:
             rows[name][1]["flops"] = work
     run_section(
         Table(

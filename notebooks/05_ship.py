@@ -33,6 +33,18 @@ print(report["fold_batchnorm"].changes[:3])
 print(report["channels_last"])
 
 # %% [markdown]
+# Every default pass keeps the outputs equal within float32 rounding. `dtype=torch.bfloat16`
+# opts into reduced precision for inference: convolutions, linear layers and attention compute
+# in bfloat16 (about twice as fast on CPUs with AVX512-BF16 or AMX, and on CUDA tensor cores),
+# norms keep float32, and casts sit exactly where dtypes meet. The report lists them and the
+# price in accuracy.
+
+# %%
+fast16, report16 = ug.optimize(gm, dtype=torch.bfloat16, example_inputs=[x])
+print(report16["reduced_precision"])
+print(f"max |Δ| against float32: {report16.max_abs_diff:.1e}")
+
+# %% [markdown]
 # ## One compile for every valid size
 #
 # The checker knows which sizes fit; `ug.served_axes` turns that into the sizes one dynamic
@@ -45,7 +57,8 @@ print(ug.export_shapes(g))
 
 # %% [markdown]
 # `ug.compile` checks each input with the checker's rules, marks its spatial axes dynamic and
-# counts the graphs it compiles: one graph serves all these sizes.
+# counts the graphs it compiles: one graph serves all these sizes. For a model in eval mode it
+# freezes the weights into the compiled code (prepacked for oneDNN, fused with activations).
 
 # %%
 compiled = ug.compile(fast)

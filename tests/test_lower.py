@@ -132,6 +132,19 @@ class TestGuardAndPad:
         with pytest.raises(ug.ShapeError, match="got shape"):
             gm(torch.randn(3, 32, 32))
 
+    def test_guard_refuses_another_dtype_or_device_in_words(self):
+        gm = ug.unet(3, 2, widths=(8, 16)).lower()
+        with pytest.raises(
+            ug.ShapeError,
+            match=r"input x is torch\.float64 but the model computes in torch\.float32: pass x\.to\(torch\.float32\)",
+        ):
+            gm(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+        with pytest.raises(ug.ShapeError, match=r"input x is on meta but the model is on cpu: move the input \(x\.to"):
+            gm(torch.randn(1, 3, 8, 8, device="meta"))
+        assert not any("like" in k for k in gm.state_dict())  # not part of the weights
+        gm.double()  # the guard follows the module
+        assert gm(torch.randn(1, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
+
     def test_no_guard_gives_torch_error(self):
         gm = ug.unet(3, 2, widths=(8, 16, 32)).lower(guard=False)
         assert "x_guard" not in [n.name for n in gm.graph.nodes]

@@ -123,6 +123,7 @@ class InputGuard(nn.Module):
         super().__init__()
         self.name, self.channels, self.dims, self.axes, self.rule, self.hint = name, channels, dims, axes, rule, hint
         self.kind = kind
+        self.register_buffer("like", torch.empty(0), persistent=False)  # follows .to(): the inputs' device, dtype
 
     def forward(self, x: torch.Tensor | None) -> torch.Tensor:
         expect = {
@@ -140,6 +141,10 @@ class InputGuard(nn.Module):
             or (channel_axis is not None and x.shape[channel_axis] != self.channels)
         ):
             raise ValueError(f"input {self.name} expects {expect}, got shape {tuple(x.shape)} of {x.dtype}")
+        if x.device != self.like.device:
+            raise ValueError(f"input {self.name} is on {x.device} but the model is on {self.like.device}")
+        if self.kind in ("dense", "sequence") and x.dtype != self.like.dtype:
+            raise ValueError(f"input {self.name} is {x.dtype} but the model computes in {self.like.dtype}")
         sizes = x.shape[2:]
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             for n, (_, minimum, step, offsets, _) in zip(sizes, self.axes):

@@ -240,7 +240,9 @@ class _Spec:
         self.served = served_axes(g, max_size=max_size)
         self.spatial = self.rules.input
         self.guards = [
-            InputGuard(n, g[n].type.channels, g[n].type.dims, None, form=g[n].type.form, signature=g.inputs)
+            InputGuard(
+                n, g[n].type.channels, g[n].type.dims, None, form=g[n].type.form, signature=g.inputs, match_module=False
+            )
             for n in g.inputs
         ]
 

@@ -100,13 +100,10 @@ def lower(
             hint = " (lower with pad='auto' to accept any size)" if pad is None else ""
             t = node.type
             size_rules = rules if pad is None and name == main else None
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                check = InputGuard(name, t.channels, t.dims, size_rules, hint, form=t.form, signature=g.inputs)
             env[name] = _call(
-                graph,
-                root,
-                f"{name}_guard",
-                InputGuard(name, t.channels, t.dims, size_rules, hint, form=t.form, signature=g.inputs),
-                (env[name],),
-                node,
+                graph, root, f"{name}_guard", check if dtype is None else check.to(dtype), (env[name],), node
             )
     if pad == "auto":
         env[main] = _call(graph, root, f"{main}_pad", PadToValid(rules, pad_mode), (env[main],), g[main])

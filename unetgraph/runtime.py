@@ -58,6 +58,10 @@ class InputGuard(nn.Module):
         form: the input's :class:`~unetgraph.types.TensorType` form: ``"dense"``,
             ``"scalar"`` ``(N,)``, ``"index"`` ``(N,)`` integers, ``"sequence"`` ``(N, L, D)``.
         signature: the lowered module's arguments, named when an input is missing.
+        match_module: also refuse an input on another device than the module, or a dense or
+            sequence input of another dtype: a buffer of the guard (``like``, not in the
+            state_dict) follows ``module.to(...)`` and says which. Off for guards that stand
+            alone (a loaded artifact's).
     """
 
     def __init__(
@@ -69,10 +73,12 @@ class InputGuard(nn.Module):
         hint: str = "",
         form: str = "dense",
         signature: tuple[str, ...] = (),
+        match_module: bool = True,
     ) -> None:
         super().__init__()
         self.name, self.channels, self.dims, self.rules, self.hint = name, channels, dims, rules, hint
-        self.form, self.signature = form, tuple(signature) or (name,)
+        self.form, self.signature, self.match_module = form, tuple(signature) or (name,), match_module
+        self.register_buffer("like", torch.empty(0), persistent=False)
 
     def _expect(self) -> str:
         if self.form in ("scalar", "index"):
@@ -96,6 +102,8 @@ class InputGuard(nn.Module):
                 f"input {self.name} expects {self._expect()}, got shape {tuple(x.shape)} of {x.dtype}",
                 node=self.name,
             )
+        if self.match_module:
+            self._match(x)
         if self.rules is not None:
             sizes = x.shape[2:]
             if _compiling():
@@ -106,6 +114,22 @@ class InputGuard(nn.Module):
             else:
                 check_input_size(self.name, self.rules, tuple(sizes), self.hint)
         return x
+
+    def _match(self, x: torch.Tensor) -> None:
+        """The device and dtype torch would otherwise refuse deep inside the first layer."""
+        like = self.like
+        if x.device != like.device:
+            raise ShapeError(
+                f"input {self.name} is on {x.device} but the model is on {like.device}: "
+                f"move the input ({self.name}.to({str(like.device)!r})) or the model (model.to({str(x.device)!r}))",
+                node=self.name,
+            )
+        if self.form in ("dense", "sequence") and x.dtype != like.dtype:
+            raise ShapeError(
+                f"input {self.name} is {x.dtype} but the model computes in {like.dtype}: "
+                f"pass {self.name}.to({like.dtype})",
+                node=self.name,
+            )
 
     def extra_repr(self) -> str:
         return f"{self.name}: {self._expect()}{'; ' + str(self.rules) if self.rules else ''}"

@@ -77,7 +77,8 @@ def reduced_precision(
     gm.recompile()
     del outputs
     changes = (
-        f"{len(low)} weights → {dtype} ({len(floats) - len(low)} of normalization layers keep {original})",
+        f"{len(low)} weights → {dtype}"
+        + (f" ({len(floats) - len(low)} of normalization layers keep {original})" if len(low) < len(floats) else ""),
         *(f"{cast.args[0].name} → {dtype} before {', '.join(u.name for u in cast.users)}" for cast in casts.made),
         f"{len(back)} output{'s' if len(back) != 1 else ''} → {original}",
     )
