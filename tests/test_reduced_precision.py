@@ -120,3 +120,15 @@ def test_bfloat16_module_compiles_with_freezing_for_several_sizes():
             assert y.dtype == torch.float32
             assert _relative_error(fast(x), y) < 2e-2  # inductor may fuse in another order
     assert compiled.compilations == 1
+
+
+def test_float16_module_round_trips_through_onnx(tmp_path):
+    torch.manual_seed(0)
+    g = ug.unet(3, 2, widths=(8, 16))
+    fast, _ = ug.optimize(g.lower().eval(), dtype=torch.float16)
+    x = torch.randn(2, 3, 16, 24)
+    loaded = ug.load_exported(ug.export(fast, tmp_path / "u16.onnx", progress=False))
+    with torch.no_grad():
+        want = fast(x)
+    got = torch.as_tensor(loaded(x))
+    assert got.dtype == torch.float32 and _relative_error(want, got) < 1e-2
