@@ -1,5 +1,7 @@
 """optimize(dtype=...): bfloat16/float16 inference with explicit casts, on every preset and every way out."""
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 from deploy_helpers import randomize_norms
@@ -132,3 +134,37 @@ def test_float16_module_round_trips_through_onnx(tmp_path):
         want = fast(x)
     got = torch.as_tensor(loaded(x))
     assert got.dtype == torch.float32 and _relative_error(want, got) < 1e-2
+
+
+class _Doubled(nn.Module):
+    """A weight reparametrised from a parameter: fold_constants turns it into a float32 buffer."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(channels, channels, 3, 3) * 0.1)
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, self.w * 2.0, padding=1)
+
+
+@dataclass(frozen=True)
+class DoubledConv(ug.BlockSpec):
+    def infer(self, inputs, sources=()):
+        return inputs[0]
+
+    def build(self, inputs, output):
+        return _Doubled(inputs[0].channels)
+
+
+def test_a_functional_convolution_with_folded_float32_weights_gets_its_input_cast():
+    torch.manual_seed(0)
+    g = ug.unet(3, 2, widths=(8, 16), bottleneck_block=DoubledConv())
+    gm = g.lower().eval()
+    x = torch.randn(2, 3, 8, 8)
+    fast, report = ug.optimize(gm, dtype=torch.bfloat16, example_inputs=[x])
+    assert any("folded" in c for c in report["fold_constants"].changes)
+    casts = report["reduced_precision"].changes
+    # the conv runs in float32 with its folded weights, the next layer in bfloat16 again
+    assert "down1 → torch.float32 before mid" in casts and "mid → torch.bfloat16 before up0" in casts, casts
+    with torch.no_grad():
+        assert _relative_error(gm(x), fast(x)) < 5e-2

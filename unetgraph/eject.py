@@ -605,7 +605,8 @@ def _torch_ctor(module: nn.Module, path: str) -> str:
     for compact in (True, False):
         expr = _signature_ctor(module, name, path, compact=compact)
         fresh = eval(expr, {"nn": nn, "torch": torch})  # our own generated text
-        if _same_layer(fresh if floating is None else fresh.to(floating), module):  # dtype: one self.to()
+        # the dtype is not a constructor argument: _precision_lines converts the weights
+        if _same_layer(fresh if floating is None else fresh.to(floating), module):
             return expr
     raise LoweringError(
         f"{path}: cannot rebuild {type(module).__name__} from its attributes "

@@ -64,12 +64,12 @@ def channels_last(gm: fx.GraphModule, *, force: bool = False) -> PassResult:
         changes.append(f"input {input_name} → {fmt}")
     # one input channel per group: both layouts are the same memory, and the converted strides
     # make inductor (freezing with dynamic sizes) assume the wrong output layout: leave those
-    converted = [m for m in convs if m.weight.shape[1] > 1]
-    for module in converted:
+    wide = [m for m in convs if m.weight.shape[1] > 1]
+    for module in wide:
         module.to(memory_format=fmt)
-    changes.append(f"{len(converted)} convolution weights → {fmt}")
-    if len(converted) < len(convs):
-        changes.append(f"{len(convs) - len(converted)} with one input channel per group left as is (the same memory)")
+    changes.append(f"{len(wide)} convolution weights → {fmt}")
+    if len(wide) < len(convs):
+        changes.append(f"{len(convs) - len(wide)} with one input channel per group left as is (the same memory)")
     output = next(n for n in gm.graph.nodes if n.op == "output")
     done: dict[fx.Node, fx.Node] = {}
 

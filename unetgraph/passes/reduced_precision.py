@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from ..blocks.layers import NORM_TYPES
 from ..errors import LoweringError
@@ -23,7 +24,8 @@ def reduced_precision(
 
     Unlike the other passes this one changes values (bfloat16 keeps about 3 significant
     digits), so it runs only when asked for. A cast is placed wherever a tensor of another
-    floating dtype reaches a layer with ``dtype`` weights, found by running ``gm`` once on
+    floating dtype reaches a layer's weights (a submodule's, or those a functional
+    convolution or linear layer is given), found by running ``gm`` once on
     ``example_inputs``: the image input before the first layer, the float32 sinusoidal
     timestep encoding before its MLP, a float32 context before cross-attention. Floating
     outputs are cast back to the original dtype, so callers see the usual dtype. The casts
@@ -57,7 +59,7 @@ def reduced_precision(
         p.data = p.data.to(dtype)
     casts = _Casts(gm)
     with torch.no_grad():
-        outputs = casts.run(*example_inputs)
+        casts.run(*example_inputs)
     graph = gm.graph
     output = next(n for n in graph.nodes if n.op == "output")
     back: dict[fx.Node, fx.Node] = {}
@@ -75,19 +77,46 @@ def reduced_precision(
         node.meta.pop("_ug_dtype", None)
     graph.lint()
     gm.recompile()
-    del outputs
     changes = (
         f"{len(low)} weights → {dtype}"
         + (f" ({len(floats) - len(low)} of normalization layers keep {original})" if len(low) < len(floats) else ""),
-        *(f"{cast.args[0].name} → {dtype} before {', '.join(u.name for u in cast.users)}" for cast in casts.made),
+        *(
+            f"{cast.args[0].name} → {cast.args[1]} before {', '.join(u.name for u in cast.users)}"
+            for cast in casts.made
+        ),
         f"{len(back)} output{'s' if len(back) != 1 else ''} → {original}",
     )
     return PassResult(name, changes)
 
 
+# functional layers: a floating input meeting weights (args[1]) of another dtype is cast to theirs
+_WEIGHTED = frozenset(
+    {
+        torch.nn.functional.linear,
+        torch.nn.functional.conv1d,
+        torch.nn.functional.conv2d,
+        torch.nn.functional.conv3d,
+        torch.nn.functional.conv_transpose1d,
+        torch.nn.functional.conv_transpose2d,
+        torch.nn.functional.conv_transpose3d,
+    }
+)
+
+
+def _weights_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of a module's first floating weight outside its normalization layers."""
+    for m in module.modules():
+        if not isinstance(m, NORM_TYPES):
+            for p in m.parameters(recurse=False):
+                if p.is_floating_point():
+                    return p.dtype
+    return None
+
+
 class _Casts(fx.Interpreter):
     """Runs the module once and inserts a cast wherever a floating tensor of another dtype
-    reaches a submodule with floating weights (recording each value's dtype in node.meta)."""
+    reaches weights (a submodule's, or a functional layer's ``args[1]``), recording each
+    value's dtype in node.meta."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm, garbage_collect_values=False)
@@ -95,20 +124,23 @@ class _Casts(fx.Interpreter):
         self._cache: dict[tuple[fx.Node, torch.dtype], fx.Node] = {}
 
     def run_node(self, n: fx.Node) -> Any:
+        want, inputs = None, []
         if n.op == "call_module":
-            module = self.module.get_submodule(n.target)
-            want = next((t.dtype for t in module.parameters() if t.is_floating_point()), None)
-            if want is not None and not isinstance(module, NORM_TYPES):
-                for arg in list(n.all_input_nodes):
-                    value = self.env[arg]
-                    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != want:
-                        n.replace_input_with(arg, self._cast(arg, want, n))
+            want, inputs = _weights_dtype(self.module.get_submodule(n.target)), list(n.all_input_nodes)
+        elif n.op == "call_function" and n.target in _WEIGHTED and len(n.args) > 1:
+            weight = self.env.get(n.args[1]) if isinstance(n.args[1], fx.Node) else None
+            if isinstance(weight, torch.Tensor) and isinstance(n.args[0], fx.Node):
+                want, inputs = weight.dtype, [n.args[0]]
+        for arg in inputs if want is not None else ():
+            value = self.env[arg]
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != want:
+                n.replace_input_with(arg, self._cast(arg, want))
         result = super().run_node(n)
         if isinstance(result, torch.Tensor):
             n.meta["_ug_dtype"] = result.dtype
         return result
 
-    def _cast(self, arg: fx.Node, dtype: torch.dtype, before: fx.Node) -> fx.Node:
+    def _cast(self, arg: fx.Node, dtype: torch.dtype) -> fx.Node:
         key = (arg, dtype)
         if key not in self._cache:
             with self.module.graph.inserting_after(arg):
