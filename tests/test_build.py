@@ -1,6 +1,7 @@
 """ug.unet(...): options, per-level parts, bad arguments."""
 
 import pytest
+import torch
 
 import unetgraph as ug
 
@@ -82,3 +83,21 @@ class TestBadArguments:
             match=r"unknown block 'ResidualBlok' \(did you mean 'ResBlock'\?\); known blocks: .*ConvBlock",
         ):
             ug.unet(3, 2, block="ResidualBlok")
+
+
+def test_diffusion_unet_without_self_attention_keeps_cross_attention():
+    common = dict(widths=(8, 16), layers_per_block=1, resblock=ug.ResBlock(groups=4), attention=None)
+    g = ug.diffusion_unet(3, **common, time_embedding=ug.TimestepEmbedding(dim=8, channels=16))
+    assert not any(name.endswith("attn") for name in g)
+    g = ug.diffusion_unet(
+        3,
+        **common,
+        time_embedding=ug.TimestepEmbedding(dim=8, channels=16),
+        context_channels=6,
+        cross_attention=ug.CrossAttention(heads=2, groups=4),
+    )
+    assert not any(name.endswith("_attn") for name in g)
+    assert {"enc1_0_xattn", "mid_xattn", "dec1_0_xattn"} <= set(g)
+    x, t, context = ug.example_inputs(g, batch=2, size=8).values()
+    with torch.no_grad():
+        assert g.lower()(x, t, context).shape == x.shape

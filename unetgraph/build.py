@@ -151,7 +151,7 @@ def diffusion_unet(
     mid_attention: bool = True,
     dims: int = 2,
     resblock: ResBlock = ResBlock(),
-    attention: BlockSpec = SelfAttention(),
+    attention: BlockSpec | None = SelfAttention(),
     time_embedding: TimestepEmbedding | None = TimestepEmbedding(),
     num_classes: int | None = None,
     context_channels: int | None = None,
@@ -188,7 +188,8 @@ def diffusion_unet(
         dims: spatial dimensions.
         resblock: the template of every residual block (norm, groups, eps, act, dropout,
             ``cond``: ``"add"`` or ``"scale_shift"``); channels are set per level.
-        attention: the template of the attention blocks (``SelfAttention`` or ``LinearAttention``).
+        attention: the template of the attention blocks (``SelfAttention`` or ``LinearAttention``);
+            ``None`` for no self-attention (cross-attention to a context stays).
         time_embedding: the timestep embedding; its ``dim`` (if ``None``) becomes
             ``widths[0]``, and its ``channels`` default to ``4 * dim``. ``None`` builds an unconditioned model
             without a ``t`` input.
@@ -249,7 +250,7 @@ def diffusion_unet(
 
     def attend(base: str, src: str, role: Role, level: int) -> str:
         """``{base}_attn`` after ``src``, then ``{base}_xattn`` to the context if there is one."""
-        h = b.add(f"{base}_attn", attention, role, level, [src])
+        h = src if attention is None else b.add(f"{base}_attn", attention, role, level, [src])
         if context_channels is not None:
             h = b.add(f"{base}_xattn", cross_attention, role, level, [h, In("context", EdgeKind.COND)])
         return h
