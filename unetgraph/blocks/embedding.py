@@ -49,7 +49,9 @@ class Sinusoidal(nn.Module):
         half = self.dim // 2
         exponent = -math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
         freqs = torch.exp(exponent / (half - self.shift))
-        args = t[:, None].float() * freqs[None, :] * self.scale
+        args = t[:, None].float() * freqs[None, :]
+        if self.scale != 1:  # a Python constant: decided when the graph is traced
+            args = args * self.scale
         sin, cos = torch.sin(args), torch.cos(args)
         emb = torch.cat([cos, sin] if self.flip else [sin, cos], dim=-1)
         if self.dim % 2:
