@@ -56,9 +56,28 @@ class _Sinusoidal(nn.Module):
 
 
 @dataclass(frozen=True)
-class SinusoidalScale(ug.BlockSpec):
+class KeepsType(ug.BlockSpec):
+    """A test block whose output type is its input's; a subclass builds the module."""
+
     def infer(self, inputs, sources=()):
         return inputs[0]
 
+
+@dataclass(frozen=True)
+class SinusoidalScale(KeepsType):
     def build(self, inputs, output):
         return _Sinusoidal(inputs[0].channels)
+
+
+def small_diffusion(**changes) -> ug.UNetGraph:
+    """A small class-conditional DDPM-style graph, ``forward(x, t, y)``, quick to lower and run;
+    ``changes`` override ``ug.diffusion_unet``'s arguments."""
+    args = dict(
+        widths=(8, 16),
+        layers_per_block=1,
+        resblock=ug.ResBlock(groups=4),
+        attention=ug.SelfAttention(groups=4),
+        time_embedding=ug.TimestepEmbedding(dim=8, channels=16),
+        num_classes=5,
+    )
+    return ug.diffusion_unet(3, **{**args, **changes})

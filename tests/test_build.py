@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from deploy_helpers import small_diffusion
 
 import unetgraph as ug
 
@@ -86,15 +87,10 @@ class TestBadArguments:
 
 
 def test_diffusion_unet_without_self_attention_keeps_cross_attention():
-    common = dict(widths=(8, 16), layers_per_block=1, resblock=ug.ResBlock(groups=4), attention=None)
-    g = ug.diffusion_unet(3, **common, time_embedding=ug.TimestepEmbedding(dim=8, channels=16))
+    g = small_diffusion(attention=None)
     assert not any(name.endswith("attn") for name in g)
-    g = ug.diffusion_unet(
-        3,
-        **common,
-        time_embedding=ug.TimestepEmbedding(dim=8, channels=16),
-        context_channels=6,
-        cross_attention=ug.CrossAttention(heads=2, groups=4),
+    g = small_diffusion(
+        attention=None, num_classes=None, context_channels=6, cross_attention=ug.CrossAttention(heads=2, groups=4)
     )
     assert not any(name.endswith("_attn") for name in g)
     assert {"enc1_0_xattn", "mid_xattn", "dec1_0_xattn"} <= set(g)

@@ -11,6 +11,7 @@ from drawing_graphs import cond_blocks, cond_unet, unet_pp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from preset_cases import PRESET_CASES, inputs_for
+from random_graphs import unet_arguments
 
 import unetgraph as ug
 
@@ -63,28 +64,8 @@ def test_classic_unet_at_the_paper_tile():
 
 @st.composite
 def graphs(draw):
-    dims = draw(st.sampled_from([1, 2, 3]))
-    depth = draw(st.integers(1, 5 if dims < 3 else 3))
-    widths = tuple(draw(st.lists(st.integers(1, 6), min_size=depth, max_size=depth)))
-    valid = draw(st.booleans())
-    block = ug.ConvBlock(
-        convs=draw(st.integers(1, 3)),
-        kernel=draw(st.sampled_from([1, 3])),
-        padding="valid" if valid else "same",
-        stride=1,
-        norm=draw(st.sampled_from(["none", "batch", "group", "layer"])),
-        groups=1,
-        act=draw(st.sampled_from(["relu", "silu"])),
-        bias=draw(st.sampled_from([None, True, False])),
-    )
-    down = draw(st.sampled_from([ug.Down("maxpool"), ug.Down("avgpool"), ug.Down("conv"), ug.Down("conv", kernel=3)]))
-    up = draw(st.sampled_from([ug.Up("transpose"), ug.Up("nearest"), ug.Up("linear", kernel=1)]))
-    merge = ug.Merge(draw(st.sampled_from(["concat", "add"])), crop=valid)
-    head = ug.Head(kernel=draw(st.sampled_from([1, 3])))
     try:
-        g = ug.unet(
-            draw(st.integers(1, 3)), 2, widths, dims=dims, block=block, down=down, up=up, merge=merge, head=head
-        )
+        g = ug.unet(draw(st.integers(1, 3)), 2, **draw(unet_arguments()))
         rules = g.valid_sizes()
     except ug.UNetGraphError:  # refused with a typed error: not a graph to count
         assume(False)

@@ -2,8 +2,9 @@
 an exact save → load, lowering that predicts real shapes) or raise a typed error and change nothing."""
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from random_graphs import unet_arguments
 from torch.fx.passes.shape_prop import ShapeProp
 
 import unetgraph as ug
@@ -12,26 +13,11 @@ from unetgraph import EdgeKind, Role
 
 @st.composite
 def graphs(draw):
-    dims = draw(st.sampled_from([1, 2]))
-    depth = draw(st.integers(1, 4))
-    widths = tuple(draw(st.lists(st.sampled_from([2, 4, 6]), min_size=depth, max_size=depth)))
-    valid = draw(st.booleans())
-    block = ug.ConvBlock(
-        convs=draw(st.integers(1, 2)),
-        padding="valid" if valid else "same",
-        norm=draw(st.sampled_from(["none", "batch", "group", "layer"])),
-        groups=1,
-    )
-    return ug.unet(
-        2,
-        draw(st.integers(1, 3)),
-        widths=widths,
-        dims=dims,
-        block=block,
-        down=draw(st.sampled_from(["maxpool", "avgpool", "conv"])),
-        up=draw(st.sampled_from(["transpose", "nearest"])),
-        merge=ug.Merge(draw(st.sampled_from(["concat", "add"])), crop=valid),
-    )
+    kwargs = draw(unet_arguments(dims=(1, 2), max_depth=4, width=st.sampled_from([2, 4, 6])))
+    try:
+        return ug.unet(2, draw(st.integers(1, 3)), **kwargs)
+    except ug.UNetGraphError:  # refused with a typed error: not a graph to edit
+        assume(False)
 
 
 BLOCKS = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo.utils
-from deploy_helpers import randomize_norms
+from deploy_helpers import randomize_norms, small_diffusion
 
 import unetgraph as ug
 
@@ -151,15 +151,7 @@ def test_load_never_unpickles(small, tmp_path):
 def test_conditioned_diffusion_unet_round_trip(tmp_path, suffix):
     """(x, t, y) inputs: the artifact carries the graph, checks every input, serves several sizes."""
     torch.manual_seed(0)
-    g = ug.diffusion_unet(
-        3,
-        widths=(8, 16),
-        layers_per_block=1,
-        resblock=ug.ResBlock(groups=4),
-        attention=ug.SelfAttention(groups=4),
-        time_embedding=ug.TimestepEmbedding(dim=8, channels=16),
-        num_classes=5,
-    )
+    g = small_diffusion()
     gm = g.lower().eval()
     loaded = ug.load_exported(ug.export(gm, tmp_path / f"ddpm{suffix}", progress=False))
     assert loaded.graph == g  # the architecture comes back with the artifact

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.fx as fx
-from deploy_helpers import SinusoidalScale, assert_close, randomize_norms
+from deploy_helpers import SinusoidalScale, assert_close, randomize_norms, small_diffusion
 from preset_cases import PRESET_CASES, inputs_for
 from torch import nn
 
@@ -149,15 +149,7 @@ def test_fold_constants_computes_buffer_arithmetic_once():
 
 def test_fold_constants_folds_frequencies_made_on_the_inputs_device():
     # diffusers and our Sinusoidal build the frequencies with arange(..., device=t.device)
-    g = ug.diffusion_unet(
-        3,
-        widths=(8, 16),
-        layers_per_block=1,
-        resblock=ug.ResBlock(groups=4),
-        attention_levels=(),
-        mid_attention=False,
-        time_embedding=ug.TimestepEmbedding(dim=8, channels=16),
-    )
+    g = small_diffusion(attention=None, num_classes=None)
     gm = g.lower().eval()
     xs = tuple(ug.example_inputs(g, batch=2, size=8).values())
     with torch.no_grad():

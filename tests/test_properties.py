@@ -6,6 +6,7 @@ import math
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from random_graphs import unet_arguments
 from torch.fx.passes.shape_prop import ShapeProp
 
 import unetgraph as ug
@@ -13,40 +14,9 @@ import unetgraph as ug
 
 @st.composite
 def configs(draw):
-    dims = draw(st.sampled_from([1, 2, 3]))
-    depth = draw(st.integers(1, 6 if dims < 3 else 3))
-    widths = tuple(draw(st.lists(st.integers(1, 4), min_size=depth, max_size=depth)))
-    valid = draw(st.booleans())
-    merge = draw(st.sampled_from(["concat", "add"]))
-    block = ug.ConvBlock(
-        convs=draw(st.integers(1, 2)),
-        kernel=draw(st.sampled_from([1, 3])),
-        padding="valid" if valid else "same",
-        norm=draw(st.sampled_from(["none", "batch", "group", "layer"])),
-        groups=1,
-        act=draw(st.sampled_from(["relu", "silu"])),
-    )
-    down = draw(
-        st.sampled_from(
-            [
-                ug.Down("maxpool"),
-                ug.Down("avgpool"),
-                ug.Down("conv"),
-                ug.Down("conv", kernel=3, padding=1),
-                ug.Down("maxpool", factor=3),
-            ]
-        )
-    )
-    up = draw(
-        st.sampled_from([ug.Up("transpose"), ug.Up("nearest"), ug.Up("linear", kernel=1), ug.Up("transpose", kernel=3)])
-    )
-    if merge == "add":  # add needs equal channels: keep the up's channels equal to the skip's
-        up = up.with_(conv=True) if up.mode != "transpose" else up
-    factor = down.factor
-    up = up.with_(factor=factor, kernel=max(factor, up.kernel or 0) if up.mode == "transpose" else up.kernel)
-    g_args = dict(widths=widths, dims=dims, block=block, down=down, up=up, merge=ug.Merge(merge, crop=valid))
-    max_side = {1: 200, 2: 40, 3: 14}[dims]
-    size = tuple(draw(st.lists(st.integers(1, max_side), min_size=dims, max_size=dims)))
+    g_args = draw(unet_arguments(width=st.integers(1, 4)))
+    max_side = {1: 200, 2: 40, 3: 14}[g_args["dims"]]
+    size = tuple(draw(st.lists(st.integers(1, max_side), min_size=g_args["dims"], max_size=g_args["dims"])))
     return g_args, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *size)
 
 

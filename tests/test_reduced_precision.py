@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from deploy_helpers import randomize_norms
+from deploy_helpers import KeepsType, randomize_norms, small_diffusion
 from preset_cases import PRESET_CASES, inputs_for
 from torch import nn
 
@@ -41,15 +41,7 @@ def test_bfloat16_on_every_preset_stays_close_and_returns_float32(case):
 
 def test_casts_sit_where_dtypes_meet_and_the_timestep_encoding_stays_float32():
     torch.manual_seed(0)
-    g = ug.diffusion_unet(
-        3,
-        widths=(8, 16),
-        layers_per_block=1,
-        resblock=ug.ResBlock(groups=4),
-        attention=ug.SelfAttention(groups=4),
-        time_embedding=ug.TimestepEmbedding(dim=8, channels=16),
-        num_classes=5,
-    )
+    g = small_diffusion()
     gm = g.lower().eval()
     x, t, y = ug.example_inputs(g, batch=2, size=8).values()
     t = torch.tensor([999.0, 3.0])  # large angles: bfloat16 frequencies would be off by radians
@@ -148,12 +140,26 @@ class _Doubled(nn.Module):
 
 
 @dataclass(frozen=True)
-class DoubledConv(ug.BlockSpec):
-    def infer(self, inputs, sources=()):
-        return inputs[0]
-
+class DoubledConv(KeepsType):
     def build(self, inputs, output):
         return _Doubled(inputs[0].channels)
+
+
+class _Spectral(nn.Module):
+    """A scaled FFT round trip: torch's FFT takes no bfloat16."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(channels, 1, 1))
+
+    def forward(self, x):
+        return torch.fft.ifft2(torch.fft.fft2(x * self.w)).real
+
+
+@dataclass(frozen=True)
+class SpectralBlock(KeepsType):
+    def build(self, inputs, output):
+        return _Spectral(inputs[0].channels)
 
 
 def test_a_functional_convolution_with_folded_float32_weights_gets_its_input_cast():
@@ -168,3 +174,12 @@ def test_a_functional_convolution_with_folded_float32_weights_gets_its_input_cas
     assert "down1 → torch.float32 before mid" in casts and "mid → torch.bfloat16 before up0" in casts, casts
     with torch.no_grad():
         assert _relative_error(gm(x), fast(x)) < 5e-2
+
+
+def test_a_layer_that_cannot_run_in_bfloat16_is_named():
+    g = ug.unet(1, 1, widths=(4, 8), bottleneck_block=SpectralBlock())
+    with pytest.raises(
+        ug.LoweringError, match=r"reduced_precision: mid_\w+ failed with reduced-precision weights"
+    ) as e:
+        ug.optimize(g.lower().eval(), dtype=torch.bfloat16)
+    assert e.value.node == "mid"

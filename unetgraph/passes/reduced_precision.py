@@ -35,6 +35,10 @@ def reduced_precision(
     and buffers keep their dtype: folded constants such as the timestep frequencies would
     lose the angle's precision in bfloat16 (``t * f`` for ``t`` near 1000).
 
+    Raises:
+        LoweringError: a layer does not run in ``dtype`` (named, with torch's reason); ``gm`` is
+            then half converted, so run the pass on a copy (:func:`optimize` does).
+
     Where it pays off: CPUs with AVX512-BF16 or AMX (oneDNN runs bfloat16 convolutions at
     about twice the float32 rate; measured about 2.4× on the 4-level U-Net, see
     ``benchmarks/``) and CUDA tensor cores (float16 or bfloat16). Elsewhere it can be slower.
@@ -82,7 +86,7 @@ def reduced_precision(
         + (f" ({len(floats) - len(low)} of normalization layers keep {original})" if len(low) < len(floats) else ""),
         *(
             f"{cast.args[0].name} → {cast.args[1]} before {', '.join(u.name for u in cast.users)}"
-            for cast in casts.made
+            for cast in casts.casts.values()
         ),
         f"{len(back)} output{'s' if len(back) != 1 else ''} → {original}",
     )
@@ -120,8 +124,7 @@ class _Casts(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm, garbage_collect_values=False)
-        self.made: list[fx.Node] = []
-        self._cache: dict[tuple[fx.Node, torch.dtype], fx.Node] = {}
+        self.casts: dict[tuple[fx.Node, torch.dtype], fx.Node] = {}  # (value, dtype) → its cast
 
     def run_node(self, n: fx.Node) -> Any:
         want, inputs = None, []
@@ -135,17 +138,24 @@ class _Casts(fx.Interpreter):
             value = self.env[arg]
             if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != want:
                 n.replace_input_with(arg, self._cast(arg, want))
-        result = super().run_node(n)
+        try:
+            result = super().run_node(n)
+        except Exception as e:  # a layer that does not run in the reduced dtype
+            where = n.meta.get("custom", {}).get("unet_node")
+            raise LoweringError(
+                f"reduced_precision: {n.name} failed with reduced-precision weights "
+                f"({type(e).__name__}: {e}); keep this model in float32 or replace the layer",
+                node=where,
+            ) from e
         if isinstance(result, torch.Tensor):
             n.meta["_ug_dtype"] = result.dtype
         return result
 
     def _cast(self, arg: fx.Node, dtype: torch.dtype) -> fx.Node:
         key = (arg, dtype)
-        if key not in self._cache:
+        if key not in self.casts:
             with self.module.graph.inserting_after(arg):
                 cast = copy_meta(arg, self.module.graph.call_method("to", (arg, dtype)))
             self.env[cast] = self.env[arg].to(dtype)
-            self._cache[key] = cast
-            self.made.append(cast)
-        return self._cache[key]
+            self.casts[key] = cast
+        return self.casts[key]
