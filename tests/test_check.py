@@ -137,7 +137,7 @@ class TestNormsWithTooFewValues:
     def test_refusal_matches_torch(self, norm, shape):
         block = ug.ConvBlock(convs=1, kernel=1, norm=norm, groups=1 if shape[1] == 1 else 2)
         g = ug.unet(shape[1], 1, widths=(shape[1],), block=block)
-        gm = g.lower().eval()
+        gm = g.lower(guard=False).eval()  # the guard's size rules hold at every batch (stricter)
         try:
             with torch.no_grad():
                 gm(torch.randn(*shape))
@@ -163,3 +163,25 @@ class TestNormsWithTooFewValues:
         with pytest.raises(ValueError):  # what torch would have raised, from deep inside forward
             g.lower(guard=False).eval()(torch.randn(1, 32, 1, 1))
         assert g.check((2, 32, 1, 1)).notes  # runs, but each group is constant: noted
+
+
+def test_valid_sizes_respect_norm_limits_that_count_every_axis():
+    # valid 1D convolutions with factor-3 pooling: the per-axis minimum leaves the bottleneck's
+    # InstanceNorm a single position, which check (and torch) refuse
+    block = ug.ConvBlock(padding="valid", convs=1, norm="instance")
+    g = ug.unet(
+        2,
+        1,
+        widths=(2, 2),
+        dims=1,
+        block=block,
+        down=ug.Down("maxpool", factor=3),
+        merge=ug.Merge(crop=True),
+        up=ug.Up("nearest", factor=3),
+    )
+    rules = ug.valid_sizes(g, exact=False)
+    assert rules.axes[0].minimum == 14
+    for n in rules.axes[0].sizes(6):
+        g.check((1, 2, n))  # every listed size passes
+    with pytest.raises(ug.ShapeError, match="InstanceNorm needs more than one position"):
+        g.check((1, 2, 11))  # the old minimum

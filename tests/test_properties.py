@@ -41,7 +41,7 @@ def test_checker_predicts_or_refuses(config):
             raise AssertionError(f"checker refused {shape} but the model ran") from None
         return
     assume(math.prod(report[n].output[0] * math.prod(report[n].output[1:]) for n in ["head"]) > 0)
-    gm = g.lower().eval()
+    gm = g.lower(guard=False).eval()  # the guard's sizes hold at batch 1: stricter
     x = torch.randn(*shape)
     with torch.no_grad():
         ShapeProp(gm).propagate(x)

@@ -9,7 +9,8 @@ and odd sizes too.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from math import lcm
 from typing import Iterator, Mapping, Sequence
 
@@ -25,6 +26,7 @@ Shape = tuple[int, ...]
 
 _AXIS_WORDS = {"L": "length", "D": "depth", "H": "height", "W": "width"}
 _SCAN_LIMIT = 1 << 14
+_FITTING: ContextVar[bool] = ContextVar("fitting", default=False)  # valid_sizes is running check
 
 
 @dataclass(frozen=True)
@@ -199,9 +201,16 @@ def check(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]
             message names the node, the edges and the sizes, and says which input sizes fit.
     """
     inputs = _input_shapes(g, input_shape)
+    rows = [Row(n, Role.INPUT, g[n].level, g[n].block.label(), (), inputs[n], 0) for n in g.inputs]
+    _propagate(g, _plan(g), inputs, rows)
+    return CheckReport(g, inputs, rows)
+
+
+def _propagate(g: UNetGraph, plan: Sequence[_Step], inputs: Mapping[str, Shape], rows: list[Row] | None) -> None:
+    """Walk ``plan`` from ``inputs``, raising where a node cannot take what reaches it; append
+    each node's :class:`Row` to ``rows`` when given (``None``: only the verdict)."""
     shapes = dict(inputs)
-    rows = [Row(n, Role.INPUT, g[n].level, g[n].block.label(), (), shapes[n], 0) for n in g.inputs]
-    for step in _plan(g):
+    for step in plan:
         node = step.node
         ins = tuple(shapes[e.src] for e in step.edges)
         batch = ins[0][0]
@@ -239,8 +248,9 @@ def check(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]
         except ShapeError as e:
             raise e.at(node.name, node.block.label()) from None
         shapes[node.name] = out
-        rows.append(Row(node.name, node.role, node.level, node.block.label(), ins, out, node.params, "; ".join(notes)))
-    return CheckReport(g, inputs, rows)
+        if rows is not None:
+            label, params = node.block.label(), node.params
+            rows.append(Row(node.name, node.role, node.level, label, ins, out, params, "; ".join(notes)))
 
 
 def _input_shapes(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]) -> dict[str, Shape]:
@@ -289,6 +299,8 @@ def _input_shapes(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequen
 
 def _hint(g: UNetGraph, shapes: Mapping[str, Shape], too_small: bool = False) -> str:
     """``": input height 70 is not a multiple of 16"``, or nothing when the sizes can't explain it."""
+    if _FITTING.get():
+        return ""
     try:
         rules = valid_sizes(g)
     except ShapeError:
@@ -420,7 +432,10 @@ def valid_sizes(g: UNetGraph, *, exact: bool = True) -> SizeRules:
     down-sampling drops trailing positions (so tiles line up, as the original U-Net asks).
     ``exact=False`` gives every size :func:`check` accepts (they differ only where merges
     crop). The rule is found by evaluating the size ops along each axis: the smallest
-    fitting size, then the pattern that repeats with the graph's total stride.
+    fitting size, then the pattern that repeats with the graph's total stride. Limits that
+    count all axes at once (an InstanceNorm needs more than one position, a GroupNorm more
+    than one value per group) then raise the minimum until the smallest sizes pass
+    :func:`check` at batch 1, so a valid size fits every batch size.
 
     Raises:
         ShapeError: the graph has several spatial inputs, or no size up to 16384 fits.
@@ -442,7 +457,49 @@ def valid_sizes(g: UNetGraph, *, exact: bool = True) -> SizeRules:
             if t.dims == dims:
                 step = lcm(step, t.scale[axis].denominator)
         rules.append(_axis_rule(plan, x, out, axis, step, AXIS_NAMES[dims][axis], g[out].type.dims == dims, exact))
-    return SizeRules(x, tuple(rules))
+    return SizeRules(x, _fit_whole_shape(g, plan, tuple(rules)))
+
+
+def input_shapes_at(
+    g: UNetGraph, spatial: Sequence[int], *, batch: int = 1, context_length: int = 8
+) -> dict[str, tuple[int, ...]]:
+    """The shape of every input of ``g`` with its image inputs at ``spatial`` (not checked):
+    timesteps and labels ``(N,)``, contexts ``(N, L, D)``, vectors ``(N, D)``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in g.inputs:
+        t = g[name].type
+        if t.form in ("scalar", "index"):
+            shapes[name] = (batch,)
+        elif t.form == "sequence":
+            shapes[name] = (batch, context_length, t.channels)
+        else:
+            shapes[name] = (batch, t.channels, *(spatial if t.dims else ()))
+    return shapes
+
+
+def _fit_whole_shape(g: UNetGraph, plan: Sequence[_Step], rules: tuple[AxisRule, ...]) -> tuple[AxisRule, ...]:
+    """Raise every axis' minimum until the smallest sizes pass :func:`check` together at batch 1.
+
+    The per-axis scan cannot see limits that count the positions of all axes at once (an
+    InstanceNorm needs more than one, a GroupNorm more than one value per group)."""
+    token = _FITTING.set(True)
+    try:
+        for _ in range(64):
+            try:
+                _propagate(g, plan, input_shapes_at(g, [r.minimum for r in rules]), None)
+                return rules
+            except ShapeError as e:
+                failure = e
+            rules = tuple(_from_next(r) for r in rules)
+        raise ShapeError(f"no input size fits graph {g.name}: {failure}") from failure
+    finally:
+        _FITTING.reset(token)
+
+
+def _from_next(r: AxisRule) -> AxisRule:
+    """The same sizes, starting at the next one."""
+    first = r.next(r.minimum + 1)
+    return replace(r, minimum=first, offsets=tuple(sorted((r.minimum + o - first) % r.step for o in r.offsets)))
 
 
 def _run_axis(plan: Sequence[_Step], x: str, axis: int, n: int, exact: bool) -> dict[str, int] | None:

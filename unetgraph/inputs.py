@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .check import valid_sizes
+from .check import input_shapes_at, valid_sizes
 from .errors import ShapeError
 from .graph import UNetGraph
 
@@ -32,25 +32,16 @@ def input_shapes(
     Raises:
         ShapeError: ``size`` does not fit the graph (the message says which sizes do).
     """
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name in g.inputs:
-        t = g[name].type
-        if t.form in ("scalar", "index"):
-            shapes[name] = (batch,)
-        elif t.form == "sequence":
-            shapes[name] = (batch, context_length, t.channels)
-        elif t.dims == 0:
-            shapes[name] = (batch, t.channels)
+    spatial: tuple[int, ...] = ()
+    if any(g[name].type.dims for name in g.inputs):
+        rules = valid_sizes(g, exact=False)
+        if size is None:
+            spatial = tuple(r.minimum for r in rules.axes)
         else:
-            rules = valid_sizes(g, exact=False)
-            if size is None:
-                spatial = tuple(r.minimum for r in rules.axes)
-            else:
-                spatial = (size,) * t.dims if isinstance(size, int) else tuple(size)
-                if not rules.contains(spatial):
-                    raise ShapeError(f"size {spatial} does not fit {g.name}: {rules.explain(spatial)}; {rules}")
-            shapes[name] = (batch, t.channels, *spatial)
-    return shapes
+            spatial = (size,) * len(rules.axes) if isinstance(size, int) else tuple(size)
+            if not rules.contains(spatial):
+                raise ShapeError(f"size {spatial} does not fit {g.name}: {rules.explain(spatial)}; {rules}")
+    return input_shapes_at(g, spatial, batch=batch, context_length=context_length)
 
 
 def example_inputs(
