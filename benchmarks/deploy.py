@@ -244,6 +244,21 @@ def params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def row(model: Any, work: int | None = None, of: Any = None, **info: Any) -> tuple[Any, dict[str, Any]]:
+    """A table row: the callable and what the table prints beside its time (parameters counted
+    on ``of`` for an artifact that holds none as a module)."""
+    return model, {"params": params(model if of is None else of), "flops": work, **info}
+
+
+def eager_rows(peer_name: str, peer: Any, gm: Any, fast: Any, work: int) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """The rows every section starts with: the peer, our lowered module, and it optimize()d."""
+    return {
+        peer_name: row(peer, work),
+        "unetgraph eager": row(gm, work),
+        "unetgraph optimize()d eager": row(fast, work),
+    }
+
+
 def run_section(table: Table, models: dict[str, tuple[Any, dict[str, Any]]], x: Any) -> None:
     """Time every model on x (interleaved), measure memory, then print the table."""
     from unetgraph.util import interleaved_ms
@@ -311,11 +326,7 @@ def section_classic(peak: float) -> None:
     check_same(gm, hand, x, "hand-written vs ours")
     check_same(gm, fast, x, "optimize()")
     work = flops(hand, x)
-    rows: dict[str, tuple[Any, dict[str, Any]]] = {
-        "hand-written eager": (hand, {"params": params(hand), "flops": work}),
-        "unetgraph eager": (gm, {"params": params(gm), "flops": work}),
-        "unetgraph optimize()d eager": (fast, {"params": params(fast), "flops": work}),
-    }
+    rows = eager_rows("hand-written eager", hand, gm, fast, work)
     low = _bfloat16(gm, x, rows, work) if ARGS.bf16 else None
     if not ARGS.no_compile:
         compiled = {"hand-written compiled": (hand, False), "unetgraph optimize()d compiled": (fast, True)}
@@ -326,9 +337,9 @@ def section_classic(peak: float) -> None:
         dynamic = ug.compile(fast)  # eval mode: freezing by default
         t = time.perf_counter()
         dynamic(x)
-        rows["unetgraph ug.compile (dynamic sizes)"] = (
-            dynamic,
-            {"params": params(fast), "compile": time.perf_counter() - t, "graphs": dynamic.compilations, "breaks": 0},
+        seconds = time.perf_counter() - t
+        rows["unetgraph ug.compile (dynamic sizes)"] = row(
+            dynamic, work, fast, compile=seconds, graphs=dynamic.compilations, breaks=0
         )
         for name in list(rows):
             rows[name][1].setdefault("flops", work)
@@ -340,11 +351,10 @@ def section_classic(peak: float) -> None:
         seconds = time.perf_counter() - t
         aoti = ug.load_exported(path)
         note = "one artifact for every served size; compile = export + AOTInductor build"
-        info = {"params": params(fast), "flops": work, "compile": seconds, "graphs": 1, "note": note}
-        rows["unetgraph AOTInductor package"] = (aoti, info)
+        rows["unetgraph AOTInductor package"] = row(aoti, work, fast, compile=seconds, graphs=1, note=note)
     if ARGS.onnx:
         path = ug.export(fast, tmp / "unet.onnx", progress=False)
-        rows["unetgraph ONNX (onnxruntime)"] = (ug.load_exported(path), {"params": params(fast), "flops": work})
+        rows["unetgraph ONNX (onnxruntime)"] = row(ug.load_exported(path), work, fast)
     title = f"{len(widths)}-level BN U-Net {widths} vs hand-written (same weights)"
     run_section(Table(title, "hand-written eager", peak, work), rows, x)
 
@@ -360,7 +370,7 @@ def _bfloat16(gm: Any, x: Any, rows: dict, work: float) -> Any:
     got = low(*x) if isinstance(x, tuple) else low(x)
     error = (want - got).abs().max().item() / want.abs().max().item()
     note = f"bfloat16 weights and activations, float32 norms and outputs; max error {error:.1e} of the output's range"
-    rows["unetgraph optimize(dtype=bf16) eager"] = (low, {"params": params(low), "flops": work, "note": note})
+    rows["unetgraph optimize(dtype=bf16) eager"] = row(low, work, note=note)
     return low
 
 
@@ -377,11 +387,7 @@ def section_monai_basic(peak: float) -> None:
     x = torch.randn(ARGS.batch, 3, ARGS.size, ARGS.size)
     check_same(gm, monai, x, "MONAI BasicUNet vs ours")
     work = flops(monai, x)
-    rows: dict[str, tuple[Any, dict[str, Any]]] = {
-        "MONAI BasicUNet eager": (monai, {"params": params(monai), "flops": work}),
-        "unetgraph eager": (gm, {"params": params(gm), "flops": work}),
-        "unetgraph optimize()d eager": (fast, {"params": params(fast), "flops": work}),
-    }
+    rows = eager_rows("MONAI BasicUNet eager", monai, gm, fast, work)
     if not ARGS.no_compile:
         _compiled_rows(
             rows, {"MONAI BasicUNet compiled": (monai, False), "unetgraph optimize()d compiled": (fast, True)}, x
@@ -400,9 +406,7 @@ def section_monai_unet(peak: float) -> None:
     model = UNet(2, 3, 2, channels=widths, strides=(2,) * (len(widths) - 1), num_res_units=2, norm="batch").eval()
     x = torch.randn(ARGS.batch, 3, ARGS.size, ARGS.size)
     work = flops(model, x)
-    rows: dict[str, tuple[Any, dict[str, Any]]] = {
-        "MONAI UNet eager": (model, {"params": params(model), "flops": work})
-    }
+    rows: dict[str, tuple[Any, dict[str, Any]]] = {"MONAI UNet eager": row(model, work)}
     if not ARGS.no_compile:
         _compiled_rows(rows, {"MONAI UNet compiled": (model, False)}, x)
         rows["MONAI UNet compiled"][1]["flops"] = work
@@ -441,11 +445,7 @@ def section_ddpm(peak: float) -> None:
     with torch.no_grad():
         check_same(Call(peer, True), Call(fast), xt, "optimize()d vs diffusers")
         work = flops(Call(gm), xt)
-    rows = {
-        "diffusers UNet2DModel eager": (Call(peer, True), {"params": params(peer), "flops": work}),
-        "unetgraph eager": (Call(gm), {"params": params(gm), "flops": work}),
-        "unetgraph optimize()d eager": (Call(fast), {"params": params(fast), "flops": work}),
-    }
+    rows = eager_rows("diffusers UNet2DModel eager", Call(peer, True), Call(gm), Call(fast), work)
     low = _bfloat16(gm, xt, rows, work) if ARGS.bf16 else None
     if low is not None:
         name = "unetgraph optimize(dtype=bf16) eager"
