@@ -21,9 +21,9 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
-"${PIP[@]}" install -c constraints.txt "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+"${PIP[@]}" install -c constraints.txt "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import torch" || { echo "setup: torch failed to install" >&2; exit 1; }
 "${PIP[@]}" install -c constraints.txt -e ".[dev]" 2>&1 | grep -vE "is ignored|BuildBackendWarning|^ *$|!!|\*\*\*|Please be careful|name as your package|with strategy" || true
-.venv/bin/python -c "import unetgraph, diffusers, monai, onnxruntime, graphviz" \
+.venv/bin/python -c "import unetgraph, diffusers, monai, onnxruntime, graphviz, timm, torchvision, segmentation_models_pytorch, safetensors" \
     || { echo "setup: the package or a dev dependency failed to install" >&2; exit 1; }
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
