@@ -99,7 +99,7 @@ def test_ejected_file_reproduces_outputs_in_a_fresh_process(case, tmp_path):
     ) + ("class ChannelLayerNorm(nn.Module)" in text)
     compile(text, str(path), "exec")
     xs = second_size_inputs(g, batch=2)
-    if gm.meta["unetgraph"]["pad"] == "auto":
+    if ug.lowered_record(gm).pad == "auto":
         xs = (xs[0][..., 1:, :-3],)  # an invalid size: padded up and cropped back
     y, info = run_fresh(tmp_path, path, g.name, gm, xs)
     assert info["imported"] == []

@@ -14,6 +14,7 @@ ORDER = [
     "sizes",
     "blocks",
     "graph",
+    "record",
     "serialize",
     "diff",
     "build",

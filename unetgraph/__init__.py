@@ -55,6 +55,7 @@ from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
 from .inputs import example_inputs, input_shapes
 from .lower import fx_node_names, lower
 from .passes import Optimized, OptimizeReport, PassResult, optimize
+from .record import LoweredRecord, lowered_record
 from .serialize import SCHEMA_VERSION, dumps, load, loads, save
 from .transfer import TransferReport, transfer_report, transfer_weights
 from .types import EdgeKind, Role, TensorType
@@ -107,6 +108,8 @@ __all__ = [
     "NodeCost",
     "lower",
     "fx_node_names",
+    "lowered_record",
+    "LoweredRecord",
     "save",
     "load",
     "dumps",

@@ -32,6 +32,7 @@ from .errors import LoweringError, ShapeError
 from .graph import UNetGraph
 from .inputs import example_inputs, input_shapes
 from .lower import lower
+from .record import find_record, lowered_record
 from .runtime import check_input_size
 from .types import AXIS_NAMES
 
@@ -85,8 +86,9 @@ def graph_and_module(model: UNetGraph | fx.GraphModule, **lower_options: Any) ->
     """``(graph, module)`` for a graph (lowered with ``lower_options``, in eval mode) or a lowered module."""
     if isinstance(model, UNetGraph):
         return model, lower(model, **lower_options).eval()
-    if isinstance(model, fx.GraphModule) and "unetgraph" in getattr(model, "meta", {}):
-        return model.meta["unetgraph"]["graph"], model
+    record = find_record(model) if isinstance(model, fx.GraphModule) else None
+    if record is not None:
+        return record.graph, model
     raise LoweringError(f"expected a UNetGraph or a GraphModule made by unetgraph.lower, got {type(model).__name__}")
 
 
@@ -337,7 +339,7 @@ def compile(
             Python from the size, so each size is its own graph; compile the ``pad=None`` one).
     """
     g, gm = graph_and_module(model)
-    if gm.meta["unetgraph"].get("pad") == "auto":
+    if lowered_record(gm).pad == "auto":
         raise LoweringError("dynamic compile needs a module lowered with pad=None: pad='auto' computes sizes in Python")
     if options is None and backend == "inductor" and not gm.training:
         options = {"freezing": True}

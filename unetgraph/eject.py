@@ -37,6 +37,7 @@ from .files import write_atomic
 from .graph import UNetGraph
 from .inputs import input_shapes
 from .lower import fx_node_names
+from .record import lowered_record
 from .runtime import CropToInput, InputGuard, PadToValid
 from .types import AXIS_NAMES
 
@@ -540,7 +541,7 @@ class _Writer:
         return "\n".join(lines) + '\n"""'
 
     def _padded(self) -> bool:
-        return self.gm.meta["unetgraph"].get("pad") == "auto"
+        return lowered_record(self.gm).pad == "auto"
 
 
 def _own_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -677,7 +678,7 @@ def _shape_comments(g: UNetGraph, gm: fx.GraphModule) -> dict[str, str]:
         spatial = [s[k] for s in sizes]
         reports.append(check(g, input_shapes(g, size=spatial)))
     axes = AXIS_NAMES[g[x].type.dims]
-    padded = gm.meta["unetgraph"].get("pad") == "auto"
+    padded = lowered_record(gm).pad == "auto"
     names = fx_node_names(gm)
     out = {}
     for node in g:

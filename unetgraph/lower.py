@@ -30,6 +30,7 @@ from .check import SizeRules, check, valid_sizes
 from .errors import LoweringError, ShapeError, UNetGraphError
 from .graph import Node, UNetGraph
 from .inputs import input_shapes
+from .record import LoweredRecord, attach_record, lowered_record
 from .runtime import CropToInput, InputGuard, PadToValid
 from .transfer import transfer_weights
 from .types import Role
@@ -70,8 +71,8 @@ def lower(
     Returns:
         A GraphModule whose ``forward`` takes the graph's inputs in order and returns the
         output tensor (a dict of tensors by node name when there are several outputs).
-        ``gm.meta["unetgraph"]`` holds the graph, the fx name of each graph node and, with
-        ``weights_from``, the transfer report (``ug.transfer_report(gm)``).
+        ``ug.lowered_record(gm)`` holds the graph, the fx name of each graph node, the options and,
+        with ``weights_from``, the transfer report (``ug.transfer_report(gm)``).
 
     Raises:
         LoweringError: a block cannot be lowered, or ``pad="auto"`` cannot align the output.
@@ -133,7 +134,7 @@ def lower(
     graph.output(next(iter(outputs.values())) if len(outputs) == 1 else outputs)
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name=g.name)
-    gm.meta["unetgraph"] = {"graph": g, "pad": pad, "nodes": {n: env[n].name for n in g}}
+    attach_record(gm, LoweredRecord(g, {n: env[n].name for n in g}, pad))
     if weights_from is not None:
         transfer_weights(gm, weights_from)
     return gm
@@ -141,10 +142,7 @@ def lower(
 
 def fx_node_names(gm: fx.GraphModule) -> dict[str, str]:
     """Graph node name → name of the fx node holding its output, for a lowered module."""
-    try:
-        return dict(gm.meta["unetgraph"]["nodes"])
-    except (AttributeError, KeyError):
-        raise LoweringError("this GraphModule was not made by unetgraph.lower") from None
+    return dict(lowered_record(gm, "this GraphModule").nodes)
 
 
 def _rules(g: UNetGraph, pad: str | None, exact: bool) -> SizeRules | None:

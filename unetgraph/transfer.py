@@ -28,6 +28,7 @@ from torch import nn
 
 from .errors import LoweringError
 from .graph import UNetGraph
+from .record import attach_record, find_record
 
 __all__ = ["TensorTransfer", "TransferReport", "transfer_weights", "transfer_report"]
 
@@ -154,7 +155,7 @@ def transfer_weights(
             changed nodes (e.g. after a dropout change), and leaves the rest.
 
     Returns:
-        The :class:`TransferReport`, also kept in ``module.meta["unetgraph"]["transfer"]``.
+        The :class:`TransferReport`, also kept in the module's record (``ug.transfer_report(module)``).
 
     Raises:
         LoweringError: ``module`` was not lowered by unetgraph, lives on the meta device,
@@ -162,9 +163,10 @@ def transfer_weights(
     """
     if match not in ("spec", "shape"):
         raise LoweringError(f"match: expected 'spec' or 'shape', got {match!r}")
-    new_graph = _graph_of(module)
-    if new_graph is None:
-        raise LoweringError("transfer_weights: the target was not lowered by unetgraph (no meta['unetgraph'])")
+    record = find_record(module)
+    if record is None:
+        raise LoweringError("transfer_weights: the target was not lowered by unetgraph")
+    new_graph = record.graph
     source = getattr(source, "_orig_mod", source)  # torch.compile's wrapper
     if isinstance(source, nn.Module):
         source_graph = source_graph or _graph_of(source)
@@ -181,20 +183,19 @@ def transfer_weights(
     with torch.no_grad():
         module.load_state_dict(load, strict=False)
     report = TransferReport(entries)
-    module.meta["unetgraph"]["transfer"] = report
+    attach_record(module, record.with_(transfer=report))
     return report
 
 
 def transfer_report(module: nn.Module) -> TransferReport | None:
     """The report of the weights ``module`` was lowered with (``lower(weights_from=...)``), or ``None``."""
-    meta = getattr(module, "meta", None)
-    return meta.get("unetgraph", {}).get("transfer") if isinstance(meta, dict) else None
+    record = find_record(module)
+    return None if record is None else record.transfer
 
 
 def _graph_of(module: Any) -> UNetGraph | None:
-    meta = getattr(module, "meta", None)
-    graph = meta.get("unetgraph", {}).get("graph") if isinstance(meta, dict) else None
-    return graph if isinstance(graph, UNetGraph) else None
+    record = find_record(module)
+    return None if record is None else record.graph
 
 
 def _node_of(key: str) -> str:

@@ -14,6 +14,8 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
+from ..record import attach_record, find_record
+
 __all__ = ["PassResult", "replace_node", "copy_meta", "module_users", "drop_module", "is_module"]
 
 
@@ -55,11 +57,10 @@ def replace_node(gm: fx.GraphModule, old: fx.Node, new: Any) -> None:
     """
     if isinstance(new, fx.Node):
         old.replace_all_uses_with(new)
-        names = gm.meta.get("unetgraph", {}).get("nodes")
-        if names is not None:
-            for key, value in names.items():
-                if value == old.name:
-                    names[key] = new.name
+        record = find_record(gm)
+        if record is not None and old.name in record.nodes.values():
+            nodes = {k: new.name if v == old.name else v for k, v in record.nodes.items()}
+            attach_record(gm, record.with_(nodes=nodes))
     else:
         for user in list(old.users):
             user.args = fx.node.map_arg(user.args, lambda a: new if a is old else a)

@@ -6,6 +6,7 @@ import torch
 import torch.fx as fx
 from torch.nn.modules.conv import _ConvNd
 
+from ..record import find_record
 from ..runtime import InputGuard
 from .base import PassResult, copy_meta
 
@@ -31,10 +32,10 @@ def channels_last(gm: fx.GraphModule, *, force: bool = False) -> PassResult:
     Needs a module made by :func:`unetgraph.lower` (it reads the inputs' ranks from the graph).
     """
     name = "channels_last"
-    info = gm.meta.get("unetgraph")
+    info = find_record(gm)
     if info is None:
         return PassResult(name, (), ("not a module made by unetgraph.lower: the inputs' ranks are unknown",))
-    g = info["graph"]
+    g = info.graph
     if any(
         n.op == "call_method" and n.target == "contiguous" and n.kwargs.get("memory_format") for n in gm.graph.nodes
     ):

@@ -11,6 +11,7 @@ import torch.fx as fx
 
 from ..errors import LoweringError
 from ..inputs import example_inputs as _example_inputs
+from ..record import find_record
 from .base import PassResult
 from .channels_last import channels_last as _channels_last
 from .drop_identities import drop_identities
@@ -142,11 +143,11 @@ def _run_inputs(gm: fx.GraphModule, given: Sequence[torch.Tensor] | None) -> Seq
     """Inputs to run ``gm`` once on: the caller's, else small ones the graph describes."""
     if given is not None:
         return given
-    info = gm.meta.get("unetgraph")
+    info = find_record(gm)
     if info is None:
         raise LoweringError("optimize(dtype=...) needs example_inputs for a module not made by unetgraph.lower")
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
-    return [x.to(device) for x in _example_inputs(info["graph"], batch=2).values()]
+    return [x.to(device) for x in _example_inputs(info.graph, batch=2).values()]
 
 
 def _count(gm: fx.GraphModule) -> tuple[int, int]:
