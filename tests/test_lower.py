@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 import unetgraph as ug
