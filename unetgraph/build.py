@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Callable, Sequence, Union
 
 from .blocks import (
+    Affine,
     BlockSpec,
     ClassEmbedding,
     ConvBlock,
@@ -220,7 +221,8 @@ def diffusion_unet(
         decoder_attention_levels: levels whose decoder blocks are followed by attention
             (``None``: ``attention_levels``).
         mid_layers: the middle block is ``mid_res0`` then ``mid_layers`` × (attention,
-            ``mid_res{j}``); ``0`` keeps one residual block, ``None`` drops the middle block.
+            ``mid_res{j}``); ``0`` keeps one residual block, ``None`` leaves an identity node ``mid``
+            (diffusers' ``mid_block_type=None``).
         mid_resblock: the template of the middle residual blocks (``None``: ``resblock``).
         class_embedding: the class embedding (``None``: ``ClassEmbedding(num_classes)`` when
             ``num_classes`` is given); a ``TimestepEmbedding`` here encodes a real-valued label
@@ -340,7 +342,9 @@ def diffusion_unet(
             h = b.add(f"down{i + 1}", down_i, Role.DOWN, i + 1, conditioned(down_i, h))
             skips.append([h])
     last = depth - 1
-    if mid_layers is not None:
+    if mid_layers is None:  # an identity: the decoder's first merge takes it and the skip of the same tensor
+        h = b.add("mid", Affine(), Role.BOTTLENECK, last, [h])
+    else:
         h = b.add("mid_res0", mid_resblock.with_(channels=widths[-1]), Role.BOTTLENECK, last, [h, *cond])
         for j in range(mid_layers):
             if mid_attention is not False:

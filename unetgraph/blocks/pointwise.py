@@ -29,14 +29,20 @@ class AffineModule(nn.Module):
         self.scale, self.shift = scale, shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
+        if self.scale != 1:  # Python constants: decided when the graph is traced
+            x = x * self.scale
+        if self.shift != 0:
+            x = x + self.shift
+        return x
 
 
 @register_block
 @dataclass(frozen=True)
 class Affine(BlockSpec):
     """A fixed elementwise affine map ``x · scale + shift``, e.g. images in [0, 1] to [-1, 1]
-    (``scale=2, shift=-1``: diffusers' ``center_input_sample``).
+    (``scale=2, shift=-1``: diffusers' ``center_input_sample``). ``Affine()`` is the identity: a
+    node that computes nothing (lowering gives it no layer), where a graph needs a node
+    between two others (the middle of a U-Net without a middle block).
 
     Shape:
         ``(N, C, *S) → (N, C, *S)``.
@@ -63,6 +69,8 @@ class Affine(BlockSpec):
         return 0
 
     def label(self) -> str:
+        if self.scale == 1 and self.shift == 0:
+            return "identity"
         return f"x·{self.scale:g} {'+' if self.shift >= 0 else '−'} {abs(self.shift):g}"
 
 

@@ -596,8 +596,11 @@ def _condition_config(
             per_level["only"].append(False)
 
     def once(values: list[Any], default: Any) -> Any:
-        filled = [default if v is None else v for v in values]
-        return filled[0] if len(set(filled)) == 1 else tuple(filled)
+        """One value if the levels that have attention agree, else one per level (the others: ``default``)."""
+        known = {v for v in values if v is not None}
+        if len(known) <= 1:
+            return known.pop() if known else default
+        return tuple(default if v is None else v for v in values)
 
     stem = _block(graph, "conv_in", ConvBlock, kind)
     fourier = time.encoding == "fourier"
