@@ -37,7 +37,6 @@ from preset_cases import COVERED, PRESET_CASES  # noqa: E402
 from torch.fx.passes.shape_prop import ShapeProp  # noqa: E402
 
 
-
 def ddpm_config(widths, down_types, up_types, **extra):
     return dict(
         in_channels=3,

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import ShapeError, SpecError
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .conv import _spatial_input, check_groups
+from .conv import _spatial_input, check_groups, cond_input
 from .layers import NORMS, conv_cls, make_norm, norm_notes, validate_norm_act
 
 __all__ = [
@@ -26,6 +26,9 @@ __all__ = [
     "multihead",
     "heads_for",
 ]
+
+
+_CONTEXT = "a context, a sequence (N, L, D)"
 
 
 def multihead(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -214,11 +217,7 @@ class CrossAttention(_AttentionSpec):
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         x = self._query(inputs)
-        if len(inputs) < 2:
-            raise ShapeError("CrossAttention needs a context: add a cond edge from an Input(kind='context')")
-        if inputs[1].form != "sequence":
-            name = sources[1] if len(sources) > 1 else "the cond input"
-            raise ShapeError(f"CrossAttention's context must be a sequence (N, L, D), got {inputs[1]} from {name}")
+        cond_input(self, inputs, sources, "sequence", _CONTEXT, "add a cond edge from an Input(kind='context')")
         return x
 
 

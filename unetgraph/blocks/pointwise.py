@@ -9,10 +9,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import ShapeError
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .conv import _spatial_input
+from .conv import _spatial_input, cond_input
 
 __all__ = ["Affine", "ScaleBy", "AffineModule", "ScaleByModule"]
 
@@ -111,11 +110,7 @@ class ScaleBy(BlockSpec):
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         x = _spatial_input(self, inputs[:1])
-        if len(inputs) < 2:
-            raise ShapeError("ScaleBy needs the scalar on a cond edge, e.g. from an Input(kind='timestep')")
-        if inputs[1].form != "scalar":
-            name = sources[1] if len(sources) > 1 else "the cond input"
-            raise ShapeError(f"ScaleBy needs a per-sample scalar (N,) from {name}, got {inputs[1]}")
+        cond_input(self, inputs, sources, "scalar", "a per-sample scalar (N,)", "add a cond edge from e.g. t")
         return x
 
     def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:

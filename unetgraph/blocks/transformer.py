@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ShapeError, SpecError
+from ..errors import SpecError
 from ..types import TensorType
-from .attention import heads_for, multihead
+from .attention import _CONTEXT, heads_for, multihead
 from .base import BlockSpec, register_block
-from .conv import _spatial_input, check_groups
+from .conv import _spatial_input, check_groups, cond_input
 from .layers import conv_cls, norm_notes, validate_norm_act
 
 __all__ = ["Transformer", "TransformerModule", "TransformerLayer", "SequenceAttention", "FeedForward"]
@@ -198,11 +198,11 @@ class Transformer(BlockSpec):
         x = _spatial_input(self, inputs[:1])
         heads_for(self.heads, self.head_dim, x.channels)
         check_groups("group", self.groups, x.channels)
-        if len(inputs) > 1 and inputs[1].form != "sequence":
-            name = sources[1] if len(sources) > 1 else "the cond input"
-            raise ShapeError(f"Transformer's context must be a sequence (N, L, D), got {inputs[1]} from {name}")
-        if self.only_cross_attention and len(inputs) < 2:
-            raise ShapeError("Transformer.only_cross_attention needs a context: add a cond edge from a context input")
+        if len(inputs) > 1 or self.only_cross_attention:
+            why = "only_cross_attention" if self.only_cross_attention else "cross-attention"
+            cond_input(
+                self, inputs, sources, "sequence", _CONTEXT, f"{why} needs a cond edge from an Input(kind='context')"
+            )
         return x
 
     def _context(self, inputs: Sequence[TensorType]) -> int | None:
@@ -268,6 +268,8 @@ class Transformer(BlockSpec):
         return 2 * (2 * n * positions * c * c) + self.layers * layer
 
     def label(self) -> str:
-        heads = f"head_dim {self.head_dim}" if self.head_dim else f"{self.heads or 1} head{'s' * ((self.heads or 1) > 1)}"
+        heads = (
+            f"head_dim {self.head_dim}" if self.head_dim else f"{self.heads or 1} head{'s' * ((self.heads or 1) > 1)}"
+        )
         layers = f"{self.layers} layers, " if self.layers > 1 else ""
         return f"transformer ({layers}{heads})"

@@ -48,9 +48,15 @@ KINDS = ("UNet2DModel", "UNet2DConditionModel")
 _ACTS = {"silu": "silu", "swish": "silu", "relu": "relu", "gelu": "gelu"}
 _ACT_BACK = {"silu": "silu", "relu": "relu", "gelu": "gelu"}
 # block types each model kind can be rebuilt from, per position
-_DOWN = {"UNet2DModel": ("DownBlock2D", "AttnDownBlock2D"), "UNet2DConditionModel": ("DownBlock2D", "CrossAttnDownBlock2D")}
+_DOWN = {
+    "UNet2DModel": ("DownBlock2D", "AttnDownBlock2D"),
+    "UNet2DConditionModel": ("DownBlock2D", "CrossAttnDownBlock2D"),
+}
 _UP = {"UNet2DModel": ("UpBlock2D", "AttnUpBlock2D"), "UNet2DConditionModel": ("UpBlock2D", "CrossAttnUpBlock2D")}
-_MID = {"UNet2DModel": (None, "UNetMidBlock2D"), "UNet2DConditionModel": (None, "UNetMidBlock2D", "UNetMidBlock2DCrossAttn")}
+_MID = {
+    "UNet2DModel": (None, "UNetMidBlock2D"),
+    "UNet2DConditionModel": (None, "UNetMidBlock2D", "UNetMidBlock2DCrossAttn"),
+}
 
 
 # -- configuration -> graph -----------------------------------------------------------------------
@@ -134,7 +140,11 @@ def graph_from_diffusers_config(config: Mapping[str, Any], kind: str = "UNet2DMo
     eps = float(c["norm_eps"])
     shift = c.allow("resnet_time_scale_shift", "default", "scale_shift")
     resblock = ResBlock(
-        groups=groups, eps=eps, act=act, dropout=float(c["dropout"]), cond="add" if shift == "default" else "scale_shift"
+        groups=groups,
+        eps=eps,
+        act=act,
+        dropout=float(c["dropout"]),
+        cond="add" if shift == "default" else "scale_shift",
     )
     c.allow("time_embedding_type", "positional", "fourier")
     encoder_attention = [i for i, t in enumerate(down_types) if t != "DownBlock2D"]
@@ -259,12 +269,14 @@ def _condition_parts(
     heads = c.per_level("attention_head_dim", depth)  # diffusers' name for the number of heads
     layers = c.per_level("transformer_layers_per_block", depth)
     only_cross = c.per_level("only_cross_attention", depth)
-    for i, n in enumerate(layers):
+    for n in layers:
         if not isinstance(n, int) or n < 1:
             raise c.refuse("transformer_layers_per_block", "expected a positive count per level (not per layer)")
     for i in sorted(set(levels)) + ([depth - 1] if mid_type == "UNetMidBlock2DCrossAttn" else []):
         if widths[i] % heads[i]:
-            raise c.refuse("attention_head_dim", f"{heads[i]} heads do not divide the {widths[i]} channels of level {i}")
+            raise c.refuse(
+                "attention_head_dim", f"{heads[i]} heads do not divide the {widths[i]} channels of level {i}"
+            )
     kernel_in, kernel_out = c["conv_in_kernel"], c["conv_out_kernel"]
     for field, k in (("conv_in_kernel", kernel_in), ("conv_out_kernel", kernel_out)):
         if not isinstance(k, int) or k % 2 == 0:
@@ -353,7 +365,7 @@ def diffusers_keys(graph: UNetGraph, keys: Iterable[str]) -> dict[str, str]:
     it). Keys of nodes without a diffusers counterpart (buffers that passes add) are left out.
     """
     out = {}
-    names = set(list(graph))
+    names = set(graph)
     for key in keys:
         node, _, rest = key.partition(".")
         if node not in names:
@@ -491,7 +503,7 @@ def config_from_graph(graph: UNetGraph) -> tuple[str, dict[str, Any]]:
     """The diffusers model kind and configuration that describe ``graph``, in canonical form:
     fields that do not change the model keep diffusers' defaults. Whether the graph really is
     that model is for the caller to check (:func:`to_diffusers` rebuilds and compares)."""
-    names = set(list(graph))
+    names = set(graph)
     kind = "UNet2DConditionModel" if "context" in graph.inputs else "UNet2DModel"
     depth = 0
     while f"enc{depth}_0" in names:
@@ -516,9 +528,7 @@ def config_from_graph(graph: UNetGraph) -> tuple[str, dict[str, Any]]:
         out_channels=graph["head"].type.channels,
         center_input_sample="preprocess" in names,
         down_block_types=tuple(attn_down if f"enc{i}_0_attn" in names else "DownBlock2D" for i in range(depth)),
-        up_block_types=tuple(
-            attn_up if f"dec{depth - 1 - k}_0_attn" in names else "UpBlock2D" for k in range(depth)
-        ),
+        up_block_types=tuple(attn_up if f"dec{depth - 1 - k}_0_attn" in names else "UpBlock2D" for k in range(depth)),
         block_out_channels=tuple(widths),
         layers_per_block=layers,
         dropout=float(res.dropout),
@@ -573,11 +583,9 @@ def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-def _condition_config(
-    graph: UNetGraph, depth: int, time: TimestepEmbedding, head: Head, kind: str
-) -> dict[str, Any]:
-    names = set(list(graph))
-    context = graph[[n for n in graph.inputs if n == "context"][0]].type.channels
+def _condition_config(graph: UNetGraph, depth: int, time: TimestepEmbedding, head: Head, kind: str) -> dict[str, Any]:
+    names = set(graph)
+    context = graph["context"].type.channels
     per_level: dict[str, list[Any]] = {"heads": [], "layers": [], "only": []}
     linear = False
     for i in range(depth):
