@@ -285,7 +285,7 @@ class TestDiffusionBlocksRefuse:
         b.input("context", channels=3, kind="context")
         with pytest.raises(ug.ShapeError, match=r"needs a per-sample scalar \(N,\) on its cond edge, got sequence"):
             b.add("s", ug.ScaleBy(), "head", 0, ["x", ug.In("context", "cond")])
-        with pytest.raises(ug.SpecError, match="ScaleBy.op: expected one of 'divide', 'multiply', got 'add'"):
+        with pytest.raises(ug.SpecError, match=r"ScaleBy\.op: expected one of 'divide', 'multiply', got 'add'"):
             ug.ScaleBy("add")
 
     def test_transformer_context_rules(self):
@@ -302,15 +302,15 @@ class TestDiffusionBlocksRefuse:
             b.add("tr", ug.Transformer(heads=3, groups=2), "encoder", 0, ["x"])
         with pytest.raises(ug.SpecError, match="give heads or head_dim, not both"):
             ug.Transformer(heads=2, head_dim=4)
-        with pytest.raises(ug.SpecError, match="Transformer.ff: expected one of 'geglu', 'gelu'"):
+        with pytest.raises(ug.SpecError, match=r"Transformer\.ff: expected one of 'geglu', 'gelu'"):
             ug.Transformer(ff="swiglu")
 
     def test_resampling_resblock_and_fourier_embedding_fields(self):
         with pytest.raises(ug.SpecError, match=r"resample='avgpool' and stride=2: give one of them"):
             ug.ResBlock(resample="avgpool", stride=2)
-        with pytest.raises(ug.SpecError, match="ResBlock.resample: expected one of 'none', 'avgpool', 'nearest'"):
+        with pytest.raises(ug.SpecError, match=r"ResBlock\.resample: expected one of 'none', 'avgpool', 'nearest'"):
             ug.ResBlock(resample="bilinear")
-        with pytest.raises(ug.SpecError, match="TimestepEmbedding.dim: expected an even width for fourier, got 7"):
+        with pytest.raises(ug.SpecError, match=r"TimestepEmbedding\.dim: expected an even width for fourier, got 7"):
             ug.TimestepEmbedding(dim=7, encoding="fourier")
         # the resampled block's sizes: pooled (floor) or doubled, shortcut included
         g = ug.GraphBuilder()
