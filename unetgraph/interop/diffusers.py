@@ -471,8 +471,10 @@ def to_diffusers(
     changes = diff(expected, graph)
     node = next((n for n, s in changes.status.items() if s != "same"), None)
     if node is not None:
-        what = changes.nodes[node].describe()
-        raise SpecError(f"{node}: {what}: the graph no longer fits diffusers' {kind} layout", node=node)
+        d = changes.nodes[node]
+        raise SpecError(
+            f"{node}: {d.status} ({d.describe()}): the graph no longer fits diffusers' {kind} layout", node=node
+        )
     edge = next((d for d in changes.edges.values() if d.status != "same"), None)
     if edge is not None:
         raise SpecError(f"edge {edge.name}: {edge.describe()}: the graph no longer fits diffusers' {kind} layout")
