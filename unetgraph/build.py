@@ -260,7 +260,10 @@ def diffusion_unet(
     if mid_layers is not None:
         _positive("mid_layers", mid_layers, zero=True)
     mid_resblock = resblock if mid_resblock is None else mid_resblock
-    checks = [("resblock", resblock, ResBlock), ("mid_resblock", mid_resblock, ResBlock)]
+    checks: list[tuple[str, BlockSpec, type[BlockSpec]]] = [
+        ("resblock", resblock, ResBlock),
+        ("mid_resblock", mid_resblock, ResBlock),
+    ]
     if cross_attention is not None:
         checks.append(("cross_attention", cross_attention, CrossAttention))
     for arg, spec, cls in checks:
@@ -348,8 +351,8 @@ def diffusion_unet(
         h = b.add("mid_res0", mid_resblock.with_(channels=widths[-1]), Role.BOTTLENECK, last, [h, *cond])
         for j in range(mid_layers):
             if mid_attention is not False:
-                spec = attention_at(last) if mid_attention is True else mid_attention
-                h = attend("mid" if j == 0 else f"mid{j}", h, Role.BOTTLENECK, last, spec)
+                mid_spec = attention_at(last) if mid_attention is True else mid_attention
+                h = attend("mid" if j == 0 else f"mid{j}", h, Role.BOTTLENECK, last, mid_spec)
             res = mid_resblock.with_(channels=widths[-1])
             h = b.add(f"mid_res{j + 1}", res, Role.BOTTLENECK, last, [h, *cond])
     for i in reversed(range(depth)):

@@ -167,7 +167,7 @@ class TimestepEmbedding(BlockSpec):
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         c = output.channels
-        frequencies = self.dim // 2 if self.encoding == "fourier" else 0
+        frequencies = (self.dim or 0) // 2 if self.encoding == "fourier" else 0
         return frequencies + ((self.dim * c + c + c * c + c) if self.mlp else 0)
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:

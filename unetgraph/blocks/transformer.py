@@ -228,6 +228,8 @@ class Transformer(BlockSpec):
             for _ in range(self.layers)
         ]
         norm = nn.GroupNorm(self.groups, c, eps=1e-6 if self.eps is None else self.eps)
+        proj_in: nn.Module
+        proj_out: nn.Module
         if self.linear_projection:
             proj_in, proj_out = nn.Linear(c, c), nn.Linear(c, c)
         else:

@@ -408,7 +408,7 @@ def from_diffusers(model: nn.Module) -> tuple[UNetGraph, fx.GraphModule]:
             blocks cannot reproduce exactly (the message names the field and its value).
     """
     kind = _kind_of(model)
-    graph = graph_from_diffusers_config(model.config, kind)
+    graph = graph_from_diffusers_config(model.config, kind)  # type: ignore[arg-type]
     theirs = model.state_dict()
     first = next(iter(theirs.values()), None)
     dtype = first.dtype if first is not None else torch.float32
@@ -544,7 +544,7 @@ def config_from_graph(graph: UNetGraph) -> tuple[str, dict[str, Any]]:
         config["mid_block_type"] = None
     mid = graph["mid_res0"].block if "mid_res0" in names else None
     config["mid_block_scale_factor"] = float(mid.output_scale) if isinstance(mid, ResBlock) else 1
-    convs = [graph[f"down{i}"].block for i in range(1, depth) if isinstance(graph[f"down{i}"].block, Down)]
+    convs = [b for i in range(1, depth) if isinstance(b := graph[f"down{i}"].block, Down)]
     config["downsample_padding"] = (0 if convs[0].pad_end else convs[0].padding) if convs else 1
     fourier = time.encoding == "fourier"
     if not fourier:
