@@ -214,6 +214,25 @@ REFUSED = [  # (model kind, configuration change, what the error says)
 ]
 
 
+def test_imported_models_eject_to_plain_pytorch(tmp_path):
+    """ug.eject writes the imported model as one standalone nn.Module with the same state-dict keys."""
+    import importlib.util
+
+    config = {**COND_BASE, **COND["linear-two-layers-only-cross"]}
+    model = randomised(UNet2DConditionModel(**config))
+    g, gm = from_diffusers(model)
+    path = ug.eject(g, tmp_path / "sd_unet.py")
+    spec = importlib.util.spec_from_file_location("sd_unet", path)
+    source = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(source)
+    assert "import unetgraph" not in path.read_text()
+    net = source.UNet2DConditionModel()
+    net.load_state_dict(gm.state_dict())  # the same keys
+    ours, theirs = inputs_for(model, config)
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(*ours), model(**theirs).sample, atol=1e-5)
+
+
 class TestRefused:
     @pytest.mark.parametrize("kind, change, message", REFUSED)
     def test_configurations_that_do_not_map_name_the_field_and_value(self, kind, change, message):

@@ -101,7 +101,8 @@ class TransformerModule(nn.Module):
     convolutions on the map, or linear layers on the sequence (``linear=True``).
 
     Submodule names follow diffusers' ``Transformer2DModel`` (``norm, proj_in,
-    transformer_blocks, proj_out``), so its weights map one to one.
+    transformer_blocks, proj_out``; the layers are ``layer0``, ``layer1``, … rather than bare
+    numbers), so its weights map one to one.
 
     Shape:
         ``x: (N, C, *S)`` [+ ``context: (N, L, D)``] → ``(N, C, *S)``.
@@ -112,7 +113,9 @@ class TransformerModule(nn.Module):
     ) -> None:
         super().__init__()
         self.norm, self.proj_in = norm, proj_in
-        self.transformer_blocks = nn.ModuleList(layers)
+        self.transformer_blocks = nn.Module()  # children layer0, layer1, …: submodule names are never bare numbers
+        for i, layer in enumerate(layers):
+            self.transformer_blocks.add_module(f"layer{i}", layer)
         self.proj_out = proj_out
         self.linear = linear
 
@@ -123,7 +126,7 @@ class TransformerModule(nn.Module):
         seq = h.flatten(2).transpose(1, 2)  # (N, positions, C)
         if self.linear:
             seq = self.proj_in(seq)
-        for layer in self.transformer_blocks:
+        for layer in self.transformer_blocks.children():
             seq = layer(seq, context)
         if self.linear:
             seq = self.proj_out(seq)

@@ -326,7 +326,12 @@ def _block_rules(block: BlockSpec) -> list[tuple[str, str]]:
     if isinstance(block, SelfAttention):
         return [(r"^norm\.", "group_norm."), (r"to_out\.", "to_out.0.")]
     if isinstance(block, Transformer):
-        return [(r"to_out\.", "to_out.0."), (r"\.ff\.proj\.", ".ff.net.0.proj."), (r"\.ff\.out\.", ".ff.net.2.")]
+        return [
+            (r"^transformer_blocks\.layer(\d+)\.", r"transformer_blocks.\1."),
+            (r"to_out\.", "to_out.0."),
+            (r"\.ff\.proj\.", ".ff.net.0.proj."),
+            (r"\.ff\.out\.", ".ff.net.2."),
+        ]
     if isinstance(block, TimestepEmbedding):
         return [(r"^linear(\d)\.", r"linear_\1.")]
     if isinstance(block, (Down, Up)):
@@ -485,7 +490,8 @@ def to_diffusers(
     _check_one_to_one(kind, keys, theirs, ours, [n for n, _ in module.named_parameters()])
     peer.load_state_dict({v: ours[k] for k, v in keys.items()})
     first = next(iter(ours.values()), None)
-    if first is not None:
+    current = next(iter(theirs.values()), None)
+    if first is not None and current is not None and (first.device, first.dtype) != (current.device, current.dtype):
         peer.to(device=first.device, dtype=first.dtype)
     peer.train(module.training)
     return peer
