@@ -181,8 +181,9 @@ def test_optimized_module_goes_back_and_keys_map_one_to_one():
     keys = diffusers_keys(g, gm.state_dict())
     assert sorted(keys.values()) == sorted(model.state_dict())
     fast, _ = ug.optimize(gm)
-    back = to_diffusers(fast)  # a lowered module carries its graph
-    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    for module in (fast, torch.compile(gm, backend="eager")):  # a lowered module carries its graph
+        back = to_diffusers(module)
+        assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 U2, COND_KIND = "UNet2DModel", "UNet2DConditionModel"
@@ -239,6 +240,14 @@ class TestRefused:
         config = {**(BASE if kind == "UNet2DModel" else COND_BASE), **change}
         with pytest.raises(ug.SpecError, match=message):
             graph_from_diffusers_config(config, kind)
+
+    def test_a_malformed_configuration_is_a_spec_error(self):
+        with pytest.raises(ug.SpecError, match=r"block_out_channels=\('wide', 'wider'\): expected a sequence of pos"):
+            graph_from_diffusers_config({**BASE, "block_out_channels": ("wide", "wider")})
+        with pytest.raises(ug.SpecError, match="UNet2DModel config cannot be read: TypeError"):
+            graph_from_diffusers_config({**BASE, "down_block_types": 5})
+        with pytest.raises(ug.SpecError, match="diffusers model 'UNet3DModel' is not supported"):
+            graph_from_diffusers_config(BASE, "UNet3DModel")
 
     def test_a_real_model_with_skip_blocks_is_refused_by_name(self):
         model = UNet2DModel(

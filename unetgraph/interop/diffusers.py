@@ -18,7 +18,6 @@ import inspect
 import re
 from typing import Any, Iterable, Mapping
 
-import torch
 from torch import fx, nn
 
 from ..blocks import (
@@ -37,7 +36,7 @@ from ..blocks import (
 )
 from ..build import diffusion_unet
 from ..diff import diff
-from ..errors import SpecError
+from ..errors import SpecError, UNetGraphError
 from ..graph import UNetGraph
 from ..record import find_record
 
@@ -123,7 +122,19 @@ def graph_from_diffusers_config(config: Mapping[str, Any], kind: str = "UNet2DMo
         SpecError: a field whose value the blocks cannot reproduce exactly, naming it and the value.
     """
     c = _Config(kind, config)
-    widths = tuple(c["block_out_channels"])
+    try:
+        return _graph(c, kind)
+    except UNetGraphError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError) as e:  # a field of the wrong type, e.g. a string for a tuple
+        raise SpecError(f"{kind} config cannot be read: {type(e).__name__}: {e}") from e
+
+
+def _graph(c: _Config, kind: str) -> UNetGraph:
+    widths = c["block_out_channels"]
+    if not isinstance(widths, (list, tuple)) or not widths or not all(_count(w) for w in widths):
+        raise c.refuse("block_out_channels", "expected a sequence of positive channel counts")
+    widths = tuple(widths)
     depth = len(widths)
     for field in ("down_block_types", "up_block_types"):
         if len(c[field]) != depth:
@@ -164,6 +175,10 @@ def graph_from_diffusers_config(config: Mapping[str, Any], kind: str = "UNet2DMo
     else:
         options.update(_condition_parts(c, widths, resblock, mid_type, encoder_attention + decoder_attention))
     return diffusion_unet(c["in_channels"], c["out_channels"], widths, **options)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _block_type(c: _Config, field: str, i: int, allowed: tuple[str, ...]) -> str:
@@ -403,7 +418,9 @@ def _kind_of(model: Any) -> str:
 
 def from_diffusers(model: nn.Module) -> tuple[UNetGraph, fx.GraphModule]:
     """The graph of a diffusers ``UNet2DModel`` or ``UNet2DConditionModel`` and its lowered module
-    with the model's weights, on the model's device and dtype, in its train/eval mode.
+    with the model's weights, on the model's device, in its train/eval mode, in float32 (a
+    half-precision model's weights are upcast; ``ug.optimize(gm, dtype=torch.bfloat16)`` gives
+    reduced precision with the casts in the right places).
 
     The module computes what the model computes (``gm(x, t)``, ``gm(x, t, y)`` with class
     labels, ``gm(x, t, context)`` with ``encoder_hidden_states``) and returns the sample tensor.
@@ -415,12 +432,11 @@ def from_diffusers(model: nn.Module) -> tuple[UNetGraph, fx.GraphModule]:
     kind = _kind_of(model)
     graph = graph_from_diffusers_config(model.config, kind)  # type: ignore[arg-type]
     theirs = model.state_dict()
-    first = next(iter(theirs.values()), None)
-    dtype = first.dtype if first is not None else torch.float32
-    gm = graph.lower(dtype=dtype)
+    gm = graph.lower()
     keys = diffusers_keys(graph, gm.state_dict())
     _check_one_to_one(kind, keys, theirs, gm.state_dict(), [n for n, _ in gm.named_parameters()])
-    gm.load_state_dict({ours: theirs[k] for ours, k in keys.items()}, strict=False)
+    gm.load_state_dict({ours: theirs[k] for ours, k in keys.items()}, strict=False)  # copied, as float32
+    first = next(iter(theirs.values()), None)
     if first is not None:
         gm.to(first.device)
     gm.train(model.training)
@@ -470,7 +486,7 @@ def to_diffusers(
         record = find_record(model)
         if record is None:
             raise SpecError(f"to_diffusers takes a module made by unetgraph.lower, got a {type(model).__name__}")
-        graph, module = record.graph, model
+        graph, module = record.graph, getattr(model, "_orig_mod", model)  # torch.compile's wrapper: its module
     kind, config = config_from_graph(graph)
     expected = graph_from_diffusers_config(config, kind)
     changes = diff(expected, graph)
