@@ -175,6 +175,17 @@ def test_imported_graph_is_an_ordinary_diffusion_unet():
         gm(torch.randn(1, 3, 9, 8), torch.tensor([4]))
 
 
+def test_imported_graphs_are_plain_data():
+    """An imported graph saves and loads like any graph (every new block serializes) and draws."""
+    for kind, config in (("UNet2DModel", {**BASE, **UNET2D["fourier"]}), ("UNet2DConditionModel", COND_BASE)):
+        g = graph_from_diffusers_config(config, kind)
+        assert ug.loads(ug.dumps(g)) == g
+        assert "time_embedding" in g.to_dot("blocks")
+    g = graph_from_diffusers_config({**BASE, "mid_block_type": None})
+    assert g["mid"].block == ug.Affine() and g["mid"].block.label() == "identity"
+    assert [e.src for e in g.in_edges("merge1_0")] == ["mid", "enc1_0_attn"]
+
+
 def test_optimized_module_goes_back_and_keys_map_one_to_one():
     model = randomised(UNet2DModel(**BASE))
     g, gm = from_diffusers(model)
