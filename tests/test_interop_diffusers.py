@@ -175,6 +175,16 @@ def test_imported_graph_is_an_ordinary_diffusion_unet():
         gm(torch.randn(1, 3, 9, 8), torch.tensor([4]))
 
 
+def test_importing_unetgraph_does_not_import_diffusers():
+    """diffusers is an optional dependency: only calling ug.interop imports it."""
+    import subprocess
+    import sys
+
+    code = "import sys, unetgraph as ug; ug.interop.from_diffusers; print('diffusers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_imported_graphs_are_plain_data():
     """An imported graph saves and loads like any graph (every new block serializes) and draws."""
     for kind, config in (("UNet2DModel", {**BASE, **UNET2D["fourier"]}), ("UNet2DConditionModel", COND_BASE)):
