@@ -61,6 +61,9 @@ COND_BASE = dict(
 )
 COND = {
     "sd-style": dict(),
+    "only-cross-where-attention-is": dict(
+        only_cross_attention=True, mid_block_type="UNetMidBlock2D", attention_head_dim=2
+    ),
     "linear-two-layers-only-cross": dict(
         use_linear_projection=True,
         transformer_layers_per_block=2,

@@ -621,11 +621,11 @@ def _condition_config(graph: UNetGraph, depth: int, time: TimestepEmbedding, hea
             linear = t.linear_projection
             per_level["heads"].append(t.heads or 1)
             per_level["layers"].append(t.layers)
-            per_level["only"].append(t.only_cross_attention if node != "mid_attn" else False)
+            per_level["only"].append(t.only_cross_attention if node != "mid_attn" else None)  # the middle's is fixed
         else:
             per_level["heads"].append(None)
             per_level["layers"].append(None)
-            per_level["only"].append(False)
+            per_level["only"].append(None)
 
     def once(values: list[Any], default: Any) -> Any:
         """One value if the levels that have attention agree, else one per level (the others: ``default``)."""
