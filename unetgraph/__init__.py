@@ -6,11 +6,13 @@
 (1, 2, 64, 64)
 """
 
-from . import dynamic, passes, presets, render
+from . import dynamic, interop, passes, presets, render
 from .blocks import (
     ACTS,
     NORMS,
+    ActKind,
     AttentionGate,
+    BasicResBlock,
     BlockSpec,
     ClassEmbedding,
     ConvBlock,
@@ -20,7 +22,9 @@ from .blocks import (
     Input,
     LinearAttention,
     Merge,
+    NormKind,
     ResBlock,
+    ResidualUnit,
     SelfAttention,
     Sequence,
     SqueezeExcitation,
@@ -83,6 +87,8 @@ __all__ = [
     "Input",
     "Sequence",
     "ResBlock",
+    "ResidualUnit",
+    "BasicResBlock",
     "SelfAttention",
     "CrossAttention",
     "LinearAttention",
@@ -92,6 +98,8 @@ __all__ = [
     "SqueezeExcitation",
     "NORMS",
     "ACTS",
+    "NormKind",
+    "ActKind",
     "register_block",
     "unregister_block",
     "get_block",
@@ -132,6 +140,7 @@ __all__ = [
     "LoweringError",
     "RenderError",
     "presets",
+    "interop",
     "render",
     "passes",
     "optimize",

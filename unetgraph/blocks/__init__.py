@@ -16,9 +16,10 @@ from .conv import ConvBlock, Head
 from .embedding import ClassEmbedding, TimestepEmbedding
 from .gates import AttentionGate, SqueezeExcitation
 from .io import Input
-from .layers import ACTS, NORMS
+from .layers import ACTS, NORMS, ActKind, NormKind
 from .merge import Merge
 from .resblock import ResBlock
+from .residual import BasicResBlock, ResidualUnit
 from .sampling import Down, Up
 from .sequence import Sequence
 
@@ -40,6 +41,8 @@ __all__ = [
     "Input",
     "Sequence",
     "ResBlock",
+    "ResidualUnit",
+    "BasicResBlock",
     "SelfAttention",
     "CrossAttention",
     "LinearAttention",
@@ -49,4 +52,6 @@ __all__ = [
     "SqueezeExcitation",
     "NORMS",
     "ACTS",
+    "NormKind",
+    "ActKind",
 ]

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import ShapeError
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .layers import ACTS
+from .layers import ACTS, act_params, make_act
 
 __all__ = ["TimestepEmbedding", "ClassEmbedding", "Sinusoidal"]
 
@@ -116,14 +116,14 @@ class TimestepEmbedding(BlockSpec):
         layers = OrderedDict(
             encode=encode,
             linear1=nn.Linear(self.dim, output.channels),
-            act=ACTS[self.act](),
+            act=make_act(self.act, output.channels),
             linear2=nn.Linear(output.channels, output.channels),
         )
         return nn.Sequential(layers)
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         c = output.channels
-        return (self.dim * c + c + c * c + c) if self.mlp else 0
+        return (self.dim * c + c + c * c + c + act_params(self.act, c)) if self.mlp else 0
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         n, c = output
