@@ -106,7 +106,9 @@ def unet(
     elif isinstance(decoder_widths, (str, bytes)) or not isinstance(decoder_widths, Sequence):
         raise SpecError(f"decoder_widths: expected {depth - 1} channel counts, got {decoder_widths!r}")
     if len(decoder_widths) != depth - 1:
-        raise SpecError(f"decoder_widths: expected {depth - 1} channel counts (one per decoder level), got {len(decoder_widths)}")
+        raise SpecError(
+            f"decoder_widths: expected {depth - 1} channel counts (one per decoder level), got {len(decoder_widths)}"
+        )
     for i, w in enumerate(decoder_widths):
         _positive(f"decoder_widths[{i}]", w)
     most = max(0, depth - 2)
@@ -146,7 +148,9 @@ def unet(
             skip = b.add(f"gate{i}", gate, Role.MERGE, i, [skip, h])
         pair = [skip, h] if skip_first else [h, skip]
         h = b.add(f"merge{i}", _part(merge, i, Merge, "merge"), Role.MERGE, i, pair)
-        h = b.add(f"dec{i}", _block(decoder_block or block, i, decoder_widths[i], "decoder_block"), Role.DECODER, i, [h])
+        h = b.add(
+            f"dec{i}", _block(decoder_block or block, i, decoder_widths[i], "decoder_block"), Role.DECODER, i, [h]
+        )
     head = _head(head, out_channels)
     outputs = [b.add("head", head, Role.HEAD, 0, [h])]
     outputs += [b.add(f"head{i}", head, Role.HEAD, i, [f"dec{i}"]) for i in range(1, deep_supervision + 1)]

@@ -145,9 +145,15 @@ NORMS: dict[str, Any] = {
     "batch_noaffine": NormKind(partial(_batch, affine=False), 0, "batch", True, _BATCH_OPTIONS[:2]),
     # affine by default (torch's and MONAI's default is instance(affine=False))
     "instance": NormKind(
-        _instance, 2, "instance", False, (("eps", 1e-5), ("momentum", 0.1), ("affine", True), ("track_running_stats", False))
+        _instance,
+        2,
+        "instance",
+        False,
+        (("eps", 1e-5), ("momentum", 0.1), ("affine", True), ("track_running_stats", False)),
     ),
-    "group": NormKind(lambda c, d, g, **o: nn.GroupNorm(g, c, **o), 2, "group", False, (("eps", 1e-5), ("affine", True))),
+    "group": NormKind(
+        lambda c, d, g, **o: nn.GroupNorm(g, c, **o), 2, "group", False, (("eps", 1e-5), ("affine", True))
+    ),
     "layer": NormKind(lambda c, d, g, **o: ChannelLayerNorm(c, **o), 2, "layer", False, (("eps", 1e-6),)),
 }
 
@@ -160,7 +166,9 @@ def _prelu(channels: int, channelwise: bool, init: float) -> nn.Module:
 ACTS: dict[str, Any] = {
     "relu": ActKind(lambda c: nn.ReLU()),
     "leaky_relu": ActKind(lambda c, **o: nn.LeakyReLU(**o), (("negative_slope", 0.01),)),
-    "prelu": ActKind(_prelu, (("channelwise", False), ("init", 0.25)), lambda c, channelwise, init: c if channelwise else 1),
+    "prelu": ActKind(
+        _prelu, (("channelwise", False), ("init", 0.25)), lambda c, channelwise, init: c if channelwise else 1
+    ),
     "silu": ActKind(lambda c: nn.SiLU()),
     "gelu": ActKind(lambda c: nn.GELU()),
     "elu": ActKind(lambda c, **o: nn.ELU(**o), (("alpha", 1.0),)),
@@ -238,7 +246,9 @@ def _canonical(
         name, pairs = parse_layer(value)
         given = dict(pairs)
     else:
-        raise SpecError(f"expected a {what} name, 'name(option=value, ...)' or (name, {{option: value}}), got {value!r}")
+        raise SpecError(
+            f"expected a {what} name, 'name(option=value, ...)' or (name, {{option: value}}), got {value!r}"
+        )
     if name == "none" and not given:
         return "none"
     if name not in table:
@@ -276,7 +286,9 @@ def _norm_entry(entry: Any) -> NormKind:
         make, per_channel = entry
         probe = make(8, 2, 4)
     except (TypeError, ValueError) as e:
-        raise SpecError(f"a NORMS entry must be a ug.NormKind or a (make, per_channel) pair, got {entry!r} ({e})") from None
+        raise SpecError(
+            f"a NORMS entry must be a ug.NormKind or a (make, per_channel) pair, got {entry!r} ({e})"
+        ) from None
     for cls, stats in (
         (nn.modules.batchnorm._BatchNorm, "batch"),
         (nn.modules.instancenorm._InstanceNorm, "instance"),
@@ -423,7 +435,9 @@ def norm_notes(norm: str, groups: int, shape: Sequence[int]) -> list[str]:
     if kind.stats == "batch" and n * positions == 1:
         who = "batch norm" if name.startswith("batch") else f"norm {name!r} (statistics per channel over the batch)"
         if not running:
-            raise ShapeError(f"{who} without running statistics needs more than one value per channel, gets {tuple(shape)}")
+            raise ShapeError(
+                f"{who} without running statistics needs more than one value per channel, gets {tuple(shape)}"
+            )
         return [f"{who} sees one value per channel at {tuple(shape)}: it raises in training mode"]
     return []
 

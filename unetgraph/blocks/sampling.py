@@ -341,7 +341,9 @@ class Up(BlockSpec):
         if self.norm == "none" and self.act == "none" and not self.dropout:
             return self._resample(x, output)
         layers = OrderedDict(_flatten_children(self._resample(x, output)))
-        layers.update(post_conv_layers(self.order, self.norm, self.act, self.dropout, output.channels, dims, self.groups))
+        layers.update(
+            post_conv_layers(self.order, self.norm, self.act, self.dropout, output.channels, dims, self.groups)
+        )
         if self.dropout and "D" not in self.order:
             layers["dropout"] = nn.Dropout(self.dropout)
         return nn.Sequential(layers)

@@ -17,9 +17,8 @@ model and copies the weights back by the same map.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Iterator, Sequence, Union
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import fx, nn
@@ -66,9 +65,7 @@ def _norm_of(layer: nn.Module | None, field: str) -> tuple[str, int]:
         name, groups = "group", int(layer.num_groups)
         options = {"eps": float(layer.eps), "affine": bool(layer.affine)}
     else:
-        raise SpecError(
-            f"{field}: {kind.__name__} is not supported; unetgraph imports batch, instance and group norms"
-        )
+        raise SpecError(f"{field}: {kind.__name__} is not supported; unetgraph imports batch, instance and group norms")
     if options["affine"] and getattr(layer, "bias", None) is None:
         raise SpecError(f"{field}: {kind.__name__} with a scale but no shift (bias=False) is not supported")
     return canonical_norm((name, options)), groups
@@ -78,15 +75,18 @@ def _act_of(layer: nn.Module | None, field: str, channels: int) -> str:
     """The activation name for a layer MONAI built (``None``: no activation)."""
     if layer is None:
         return "none"
-    kind, plain = type(layer), {
-        nn.ReLU: "relu",
-        nn.SiLU: "silu",
-        nn.SELU: "selu",
-        nn.ReLU6: "relu6",
-        nn.Tanh: "tanh",
-        nn.Sigmoid: "sigmoid",
-        nn.Mish: "mish",
-    }
+    kind, plain = (
+        type(layer),
+        {
+            nn.ReLU: "relu",
+            nn.SiLU: "silu",
+            nn.SELU: "selu",
+            nn.ReLU6: "relu6",
+            nn.Tanh: "tanh",
+            nn.Sigmoid: "sigmoid",
+            nn.Mish: "mish",
+        },
+    )
     if kind in plain:
         return plain[kind]
     if kind is nn.LeakyReLU:
@@ -141,7 +141,20 @@ def _act_to_monai(act: str, node: str) -> tuple[str, dict[str, Any]] | None:
     options = dict(given)
     if name == "prelu" and options.pop("channelwise", False):
         raise GraphError(f"{node}: act {act!r} (a slope per channel) has no MONAI configuration", node=node)
-    if name not in ("relu", "leaky_relu", "prelu", "silu", "gelu", "elu", "celu", "selu", "relu6", "tanh", "sigmoid", "mish"):
+    if name not in (
+        "relu",
+        "leaky_relu",
+        "prelu",
+        "silu",
+        "gelu",
+        "elu",
+        "celu",
+        "selu",
+        "relu6",
+        "tanh",
+        "sigmoid",
+        "mish",
+    ):
         raise GraphError(f"{node}: act {act!r} has no MONAI counterpart", node=node)
     return _ACT_TO_MONAI.get(name, name), options
 
@@ -296,7 +309,13 @@ class _BasicUNet:
 
     def block(self) -> ConvBlock:
         return ConvBlock(
-            convs=2, norm=self.norm, groups=self.groups, act=self.act, dropout=self.dropout, bias=self.bias, order=self.order
+            convs=2,
+            norm=self.norm,
+            groups=self.groups,
+            act=self.act,
+            dropout=self.dropout,
+            bias=self.bias,
+            order=self.order,
         )
 
     def graph(self) -> tuple[UNetGraph, Pairs]:
@@ -416,7 +435,12 @@ class _UNet:
         common = dict(norm=self.norm, groups=self.groups, act=self.act, dropout=self.dropout, order=self.adn_ordering)
         if self.num_res_units > 0:
             return ResidualUnit(
-                channels=channels, kernel=self.kernel_size, stride=stride, subunits=self.num_res_units, bias=self.bias, **common
+                channels=channels,
+                kernel=self.kernel_size,
+                stride=stride,
+                subunits=self.num_res_units,
+                bias=self.bias,
+                **common,
             )
         return ConvBlock(channels=channels, convs=1, kernel=self.kernel_size, stride=stride, bias=self.bias, **common)
 
@@ -551,10 +575,14 @@ class _AttentionUnet:
         dims = model.dimensions
         channels = tuple(int(c) for c in model.channels)
         if len(channels) < 2 or any(c < 2 for c in channels):
-            raise SpecError(f"AttentionUnet.channels={model.channels!r}: need two or more levels of at least 2 channels")
+            raise SpecError(
+                f"AttentionUnet.channels={model.channels!r}: need two or more levels of at least 2 channels"
+            )
         merge = model.model[1].merge
         _, merge_norm, merge_act, _, _ = _adn(merge, "AttentionUnet merge convolution")
-        _field("AttentionUnet.dropout", model.dropout, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+        _field(
+            "AttentionUnet.dropout", model.dropout, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+        )
         return cls(
             spatial_dims=dims,
             in_channels=int(model.in_channels),
@@ -570,7 +598,9 @@ class _AttentionUnet:
 
     def graph(self) -> tuple[UNetGraph, Pairs]:
         c, s, dims, depth = self.channels, self.strides, self.spatial_dims, len(self.channels)
-        conv = ConvBlock(norm="batch", act="relu", dropout=self.dropout, bias=True, order="NDA", kernel=self.kernel_size)
+        conv = ConvBlock(
+            norm="batch", act="relu", dropout=self.dropout, bias=True, order="NDA", kernel=self.kernel_size
+        )
         ups = [
             Up(
                 "transpose",
@@ -612,7 +642,10 @@ class _AttentionUnet:
             pairs += _conv_block_pairs(f"dec{i}", [f"{layer}.merge"])
             gate, att = f"gate{i}", f"{layer}.attention"
             for branch in ("W_g", "W_x"):
-                pairs += [(f"{gate}.{branch}.conv", f"{att}.{branch}.0.conv"), (f"{gate}.{branch}.norm", f"{att}.{branch}.1")]
+                pairs += [
+                    (f"{gate}.{branch}.conv", f"{att}.{branch}.0.conv"),
+                    (f"{gate}.{branch}.norm", f"{att}.{branch}.1"),
+                ]
             pairs += [(f"{gate}.psi.conv", f"{att}.psi.0.conv"), (f"{gate}.psi.norm", f"{att}.psi.1")]
             layer = f"{layer}.submodule.1"
         pairs.append(("head", "model.2.conv"))
@@ -686,7 +719,8 @@ class _DynUNet:
         if any(p.numel() for p in first.lrelu.parameters()):
             raise SpecError(
                 f"DynUNet.act_name={model.act_name!r}: DynUNet's blocks apply one activation layer after both "
-                "convolutions, so its parameters are shared; unetgraph's ConvBlock has one per convolution (not supported)"
+                "convolutions, so its parameters are shared; unetgraph's ConvBlock has one per convolution "
+                "(not supported)"
             )
         dropout = model.dropout
         if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))):
@@ -727,7 +761,9 @@ class _DynUNet:
         )
 
     def _block(self, kernel: Axes, stride: Axes, res: bool) -> BlockSpec:
-        common = dict(kernel=kernel, stride=stride, norm=self.norm, groups=self.groups, act=self.act, dropout=self.dropout)
+        common = dict(
+            kernel=kernel, stride=stride, norm=self.norm, groups=self.groups, act=self.act, dropout=self.dropout
+        )
         if res:
             return BasicResBlock(bias=False, **common)
         return ConvBlock(convs=2, bias=False, order="DNA", **common)
@@ -1058,7 +1094,10 @@ def _same_layout(g: UNetGraph, expected: UNetGraph) -> None:
 
 def _spec_difference(mine: BlockSpec, theirs: BlockSpec, model: str) -> str:
     if type(mine) is not type(theirs):
-        return f"a {mine.type_name} ({mine.label()}) where MONAI's {model} layout has a {theirs.type_name} ({theirs.label()})"
+        return (
+            f"a {mine.type_name} ({mine.label()}) where MONAI's {model} layout has a "
+            f"{theirs.type_name} ({theirs.label()})"
+        )
     changed = [
         f"{f.name}={getattr(mine, f.name)!r} (MONAI's {model}: {getattr(theirs, f.name)!r})"
         for f in fields(mine)
