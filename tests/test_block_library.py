@@ -19,7 +19,9 @@ EXAMPLES = {
     "ConvBlock": [
         ug.ConvBlock(channels=8, mid_channels=4, norm="group", groups=2),
         # activations with parameters (counted by the formulas), norm options, MONAI's layer order
-        ug.ConvBlock(channels=6, norm="instance(affine=False)", act="prelu(channelwise=True)", order="NDA", dropout=0.1),
+        ug.ConvBlock(
+            channels=6, norm="instance(affine=False)", act="prelu(channelwise=True)", order="NDA", dropout=0.1
+        ),
     ],
     "Down": [ug.Down("conv", channels=8, kernel=3, padding=0, pad_end=1), ug.Down("pixel_unshuffle", channels=6)],
     "Up": [

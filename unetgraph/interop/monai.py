@@ -133,14 +133,20 @@ def _norm_to_monai(norm: str, groups: int, node: str) -> tuple[str, dict[str, An
 _ACT_TO_MONAI = {"silu": "swish", "leaky_relu": "leakyrelu"}
 
 
-def _act_to_monai(act: str, node: str) -> tuple[str, dict[str, Any]] | None:
-    """MONAI's ``(name, args)`` for one of our activations."""
+def _act_to_monai(act: str, node: str, widths: set[int]) -> tuple[str, dict[str, Any]] | None:
+    """MONAI's ``(name, args)`` for one of our activations, used on layers of ``widths`` channels."""
     if act == "none":
         return None
     name, given = parse_layer(act)
     options = dict(given)
     if name == "prelu" and options.pop("channelwise", False):
-        raise GraphError(f"{node}: act {act!r} (a slope per channel) has no MONAI configuration", node=node)
+        if len(widths) != 1:  # MONAI gives every layer the same num_parameters
+            raise GraphError(
+                f"{node}: act {act!r} (a slope per channel) on layers of {sorted(widths)} channels has no MONAI "
+                "configuration: MONAI gives every layer one num_parameters",
+                node=node,
+            )
+        options["num_parameters"] = next(iter(widths))
     if name not in (
         "relu",
         "leaky_relu",
@@ -379,7 +385,7 @@ class _BasicUNet:
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             "features": self.features,
-            "act": _act_to_monai(self.act, "enc0"),
+            "act": _act_to_monai(self.act, "enc0", set(self.features)),
             "norm": _norm_to_monai(self.norm, self.groups, "enc0"),
             "bias": self.bias,
             "dropout": self.dropout,
@@ -514,7 +520,7 @@ class _UNet:
 
     @classmethod
     def from_graph(cls, g: UNetGraph) -> _UNet:
-        encoders = sorted((n for n in list(g) if n.startswith("enc")), key=lambda n: int(n[3:] or 0))
+        encoders = _encoders(g)
         first = _block(g, "enc0", (ConvBlock, ResidualUnit))
         dims = g["x"].type.dims
         up = _block(g, "up0", (Up, Chain))
@@ -537,6 +543,8 @@ class _UNet:
         )
 
     def kwargs(self) -> dict[str, Any]:
+        # the widths the activation acts on: every level's, and the top up-sampling's with residual units
+        widths = set(self.channels) | ({self.out_channels} if self.num_res_units > 0 else set())
         return {
             "spatial_dims": self.spatial_dims,
             "in_channels": self.in_channels,
@@ -546,7 +554,7 @@ class _UNet:
             "kernel_size": self.kernel_size,
             "up_kernel_size": self.up_kernel_size,
             "num_res_units": self.num_res_units,
-            "act": _act_to_monai(self.act, "enc0"),
+            "act": _act_to_monai(self.act, "enc0", widths),
             "norm": _norm_to_monai(self.norm, self.groups, "enc0"),
             "dropout": self.dropout,
             "bias": self.bias,
@@ -653,8 +661,7 @@ class _AttentionUnet:
 
     @classmethod
     def from_graph(cls, g: UNetGraph) -> _AttentionUnet:
-        levels = sum(1 for n in list(g) if n.startswith("enc"))
-        encoders = [f"enc{i}" for i in range(levels)]
+        encoders = _encoders(g)
         dec, up = _block(g, "dec0", ConvBlock), _block(g, "up0", Up)
         return cls(
             spatial_dims=g["x"].type.dims,
@@ -824,8 +831,8 @@ class _DynUNet:
 
     @classmethod
     def from_graph(cls, g: UNetGraph) -> _DynUNet:
-        levels = sum(1 for n in list(g) if n.startswith("enc"))
-        blocks = [_block(g, n, (ConvBlock, BasicResBlock)) for n in [*(f"enc{i}" for i in range(levels)), "mid"]]
+        levels = len(_encoders(g))
+        blocks = [_block(g, n, (ConvBlock, BasicResBlock)) for n in [*_encoders(g), "mid"]]
         heads = sorted(n for n in g.outputs if n != "head")
         first = blocks[0]
         return cls(
@@ -835,7 +842,7 @@ class _DynUNet:
             kernel_size=tuple(b.kernel for b in blocks),
             strides=tuple(b.stride for b in blocks),
             upsample_kernel_size=tuple(_block(g, f"up{i}", Up).factor for i in range(levels)),
-            filters=tuple(g[n].type.channels for n in [*(f"enc{i}" for i in range(levels)), "mid"]),
+            filters=tuple(g[n].type.channels for n in [*_encoders(g), "mid"]),
             dropout=first.dropout,
             norm=first.norm,
             groups=first.groups,
@@ -848,7 +855,7 @@ class _DynUNet:
 
     def kwargs(self) -> dict[str, Any]:
         norm = _norm_to_monai(self.norm, self.groups, "enc0")
-        act = _act_to_monai(self.act, "enc0")
+        act = _act_to_monai(self.act, "enc0", set(self.filters))
         if norm is None or act is None:
             raise GraphError("enc0: DynUNet needs a norm and an activation", node="enc0")
         return {
@@ -903,6 +910,14 @@ def _block(g: UNetGraph, node: str, kinds: type | tuple[type, ...]) -> Any:
             f"{node} ({spec.label()}): MONAI's {g.name} layout has a {names} there, not a {spec.type_name}", node=node
         )
     return spec
+
+
+def _encoders(g: UNetGraph) -> list[str]:
+    """``enc0``, ``enc1``, … as far as the graph has them (at least ``enc0``)."""
+    names = ["enc0"]
+    while f"enc{len(names)}" in g:
+        names.append(f"enc{len(names)}")
+    return names
 
 
 def _model_class(model: nn.Module) -> str:
