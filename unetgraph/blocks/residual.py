@@ -193,6 +193,8 @@ class ResidualUnit(BlockSpec):
 
     def label(self) -> str:
         head = f"res unit {self.subunits}×conv{axes_text(self.kernel)}"
+        if self.last_conv_only and self.subunits == 1:  # no unit keeps its norm or activation
+            return conv_label(self.with_(norm="none", act="none", dropout=0.0), head + " (conv only)")
         return conv_label(self, head + (" (last conv only)" if self.last_conv_only else ""))
 
 
