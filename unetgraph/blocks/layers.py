@@ -127,11 +127,11 @@ class ActKind(NamedTuple):
     params: Callable[..., int] | None = None
 
 
-def _batch(channels: int, dims: int, groups: int, **options: Option) -> nn.Module:
+def _batch(channels: int, dims: int, groups: int, **options: Any) -> nn.Module:
     return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1](channels, **options)
 
 
-def _instance(channels: int, dims: int, groups: int, **options: Option) -> nn.Module:
+def _instance(channels: int, dims: int, groups: int, **options: Any) -> nn.Module:
     return (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 1](channels, **options)
 
 
@@ -447,7 +447,7 @@ def make_norm(norm: str, channels: int, dims: int, groups: int, eps: float | Non
     kind, options = norm_kind(norm)
     layer = kind.make(channels, dims, groups, **options)
     if eps is not None:
-        layer.eps = eps
+        layer.eps = eps  # type: ignore[assignment]  # a float attribute of torch's norms
     return layer
 
 

@@ -306,14 +306,13 @@ class Up(BlockSpec):
                 if e >= f:
                     raise SpecError(f"Up.output_padding={e} must be smaller than the factor {f} (torch's rule)")
             return pads, extras
-        pads, extras = [], []
+        computed: list[tuple[int, int]] = []
         for k, f in zip(self._kernel(dims), _axes(self, "factor", dims)):
             if k < f:
                 raise SpecError(f"Up.kernel={k} is smaller than the factor {f}: the output would have holes")
             p = -(-(k - f) // 2)
-            pads.append(p)
-            extras.append(2 * p - (k - f))
-        return tuple(pads), tuple(extras)
+            computed.append((p, 2 * p - (k - f)))
+        return tuple(p for p, _ in computed), tuple(e for _, e in computed)
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         x = _spatial_input(self, inputs)

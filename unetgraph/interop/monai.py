@@ -18,7 +18,7 @@ model and copies the weights back by the same map.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union, cast
 
 import torch
 from torch import fx, nn
@@ -43,7 +43,7 @@ Pairs = list[tuple[str, str]]  # (our module path, MONAI's module path)
 # -- norms and activations: MONAI's layers ↔ the block library's names ---------------------
 
 
-def _norm_of(layer: nn.Module | None, field: str) -> tuple[str, int]:
+def _norm_of(layer: Any, field: str) -> tuple[str, int]:
     """``(norm, groups)`` for a norm layer MONAI built (``None``: no norm)."""
     if layer is None:
         return "none", 32
@@ -71,7 +71,7 @@ def _norm_of(layer: nn.Module | None, field: str) -> tuple[str, int]:
     return canonical_norm((name, options)), groups
 
 
-def _act_of(layer: nn.Module | None, field: str, channels: int) -> str:
+def _act_of(layer: Any, field: str, channels: int) -> str:
     """The activation name for a layer MONAI built (``None``: no activation)."""
     if layer is None:
         return "none"
@@ -165,7 +165,7 @@ def _act_to_monai(act: str, node: str, widths: set[int]) -> tuple[str, dict[str,
     return _ACT_TO_MONAI.get(name, name), options
 
 
-def _dropout_of(layer: nn.Module | None, field: str) -> float:
+def _dropout_of(layer: Any, field: str) -> float:
     if layer is None:
         return 0.0
     if type(layer) is not nn.Dropout:
@@ -173,7 +173,7 @@ def _dropout_of(layer: nn.Module | None, field: str) -> float:
     return float(layer.p)
 
 
-def _adn(conv: nn.Module, field: str) -> tuple[str, str, str, float, int]:
+def _adn(conv: Any, field: str) -> tuple[str, str, str, float, int]:
     """``(order, norm, act, dropout, groups)`` of a MONAI ``Convolution``'s ADN block."""
     adn = getattr(conv, "adn", None)
     children = dict(adn.named_children()) if adn is not None else {}
@@ -188,7 +188,7 @@ def _adn(conv: nn.Module, field: str) -> tuple[str, str, str, float, int]:
     return order, norm, act, dropout, groups
 
 
-def _conv_layer(conv: nn.Module) -> nn.Module:
+def _conv_layer(conv: Any) -> Any:
     """The convolution of a MONAI ``Convolution`` (a Sequential whose ``conv`` child it is)."""
     return conv.conv if hasattr(conv, "conv") else conv
 
@@ -276,7 +276,7 @@ class _BasicUNet:
     upsample: str  # "deconv" | "nontrainable"
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> _BasicUNet:
+    def from_model(cls, model: Any) -> _BasicUNet:
         first = model.conv_0.conv_0
         order, norm, act, dropout, groups = _adn(first, "BasicUNet act/norm/dropout")
         if order != "NDA":
@@ -354,10 +354,9 @@ class _BasicUNet:
         for i in range(4):
             upcat = f"upcat_{i + 1}"
             pairs += _conv_block_pairs(f"dec{i}", [f"{upcat}.convs.conv_0", f"{upcat}.convs.conv_1"])
-            spec = g[f"up{i}"].block
             if self.upsample == "deconv":
                 pairs.append((f"up{i}", f"{upcat}.upsample.deconv"))
-            elif spec.conv:
+            elif _block(g, f"up{i}", Up).conv:
                 pairs.append((f"up{i}.conv", f"{upcat}.upsample.preconv"))
         pairs.append(("head", "final_conv"))
         return g, pairs
@@ -414,7 +413,7 @@ class _UNet:
     adn_ordering: str
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> _UNet:
+    def from_model(cls, model: Any) -> _UNet:
         dims = model.dimensions
         channels = tuple(int(c) for c in model.channels)
         first = model.model[0]
@@ -438,17 +437,31 @@ class _UNet:
         )
 
     def _conv(self, channels: int, stride: Axes) -> BlockSpec:
-        common = dict(norm=self.norm, groups=self.groups, act=self.act, dropout=self.dropout, order=self.adn_ordering)
         if self.num_res_units > 0:
             return ResidualUnit(
                 channels=channels,
                 kernel=self.kernel_size,
                 stride=stride,
                 subunits=self.num_res_units,
+                norm=self.norm,
+                groups=self.groups,
+                act=self.act,
+                dropout=self.dropout,
+                order=self.adn_ordering,
                 bias=self.bias,
-                **common,
             )
-        return ConvBlock(channels=channels, convs=1, kernel=self.kernel_size, stride=stride, bias=self.bias, **common)
+        return ConvBlock(
+            channels=channels,
+            convs=1,
+            kernel=self.kernel_size,
+            stride=stride,
+            norm=self.norm,
+            groups=self.groups,
+            act=self.act,
+            dropout=self.dropout,
+            order=self.adn_ordering,
+            bias=self.bias,
+        )
 
     def _up(self, channels: int, stride: Axes, top: bool) -> BlockSpec:
         dims = self.spatial_dims
@@ -508,7 +521,7 @@ class _UNet:
     def _node_pairs(self, g: UNetGraph, node: str, theirs: str) -> Pairs:
         spec = g[node].block
         if isinstance(spec, Chain):  # an up-convolution, then a residual unit
-            up, unit = spec.blocks
+            up, unit = cast(tuple[Up, ResidualUnit], spec.blocks)
             return _up_pairs(f"{node}.up0", up, f"{theirs}.0") + _residual_unit_pairs(
                 f"{node}.residualunit1", unit, f"{theirs}.1"
             )
@@ -523,8 +536,10 @@ class _UNet:
         encoders = _encoders(g)
         first = _block(g, "enc0", (ConvBlock, ResidualUnit))
         dims = g["x"].type.dims
-        up = _block(g, "up0", (Up, Chain))
-        up = up.blocks[0] if isinstance(up, Chain) else up
+        top = _block(g, "up0", (Up, Chain))
+        up = top.blocks[0] if isinstance(top, Chain) and top.blocks else top
+        if not isinstance(up, Up):
+            raise GraphError(f"up0 ({top.label()}): MONAI's UNet layout starts it with an Up", node="up0")
         return cls(
             spatial_dims=dims,
             in_channels=g["x"].type.channels,
@@ -532,7 +547,7 @@ class _UNet:
             channels=(*(g[n].type.channels for n in encoders), g["mid"].type.channels),
             strides=tuple(_block(g, n, (ConvBlock, ResidualUnit)).stride for n in encoders),
             kernel_size=first.kernel,
-            up_kernel_size=up.kernel,
+            up_kernel_size=up.kernel if up.kernel is not None else up.factor,
             num_res_units=first.subunits if isinstance(first, ResidualUnit) else 0,
             norm=first.norm,
             groups=first.groups,
@@ -579,7 +594,7 @@ class _AttentionUnet:
     merge_act: str
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> _AttentionUnet:
+    def from_model(cls, model: Any) -> _AttentionUnet:
         dims = model.dimensions
         channels = tuple(int(c) for c in model.channels)
         if len(channels) < 2 or any(c < 2 for c in channels):
@@ -646,7 +661,7 @@ class _AttentionUnet:
             bottom = i == depth - 2
             inner = f"{layer}.submodule" if bottom else f"{layer}.submodule.0"
             pairs += _conv_block_pairs("mid" if bottom else f"enc{i + 1}", [f"{inner}.conv.0", f"{inner}.conv.1"])
-            pairs += _up_pairs(f"up{i}", g[f"up{i}"].block, f"{layer}.upconv.up")
+            pairs += _up_pairs(f"up{i}", _block(g, f"up{i}", Up), f"{layer}.upconv.up")
             pairs += _conv_block_pairs(f"dec{i}", [f"{layer}.merge"])
             gate, att = f"gate{i}", f"{layer}.attention"
             for branch in ("W_g", "W_x"):
@@ -716,7 +731,7 @@ class _DynUNet:
     trans_bias: bool
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> _DynUNet:
+    def from_model(cls, model: Any) -> _DynUNet:
         dims = model.spatial_dims
         depth = len(model.strides)
         first = model.input_block
@@ -768,12 +783,27 @@ class _DynUNet:
         )
 
     def _block(self, kernel: Axes, stride: Axes, res: bool) -> BlockSpec:
-        common = dict(
-            kernel=kernel, stride=stride, norm=self.norm, groups=self.groups, act=self.act, dropout=self.dropout
-        )
         if res:
-            return BasicResBlock(bias=False, **common)
-        return ConvBlock(convs=2, bias=False, order="DNA", **common)
+            return BasicResBlock(
+                kernel=kernel,
+                stride=stride,
+                norm=self.norm,
+                groups=self.groups,
+                act=self.act,
+                dropout=self.dropout,
+                bias=False,
+            )
+        return ConvBlock(
+            convs=2,
+            kernel=kernel,
+            stride=stride,
+            norm=self.norm,
+            groups=self.groups,
+            act=self.act,
+            dropout=self.dropout,
+            bias=False,
+            order="DNA",
+        )
 
     def graph(self) -> tuple[UNetGraph, Pairs]:
         k, s, f, depth = self.kernel_size, self.strides, self.filters, len(self.filters)
@@ -803,11 +833,11 @@ class _DynUNet:
             pairs += self._block_pairs(node, path, res)
         for i in range(depth - 1):
             up = f"upsamples.{depth - 2 - i}"
-            pairs += _up_pairs(f"up{i}", g[f"up{i}"].block, f"{up}.transp_conv")
+            pairs += _up_pairs(f"up{i}", _block(g, f"up{i}", Up), f"{up}.transp_conv")
             pairs += self._block_pairs(f"dec{i}", f"{up}.conv_block", False)
-        pairs += _head_pairs("head", g["head"].block, "output_block.conv.conv")
+        pairs += _head_pairs("head", _block(g, "head", Head), "output_block.conv.conv")
         for i in range(1, self.deep_supr_num + 1 if self.deep_supervision else 1):
-            pairs += _head_pairs(f"head{i}", g[f"head{i}"].block, f"deep_supervision_heads.{i - 1}.conv.conv")
+            pairs += _head_pairs(f"head{i}", _block(g, f"head{i}", Head), f"deep_supervision_heads.{i - 1}.conv.conv")
         return g, pairs
 
     @staticmethod
