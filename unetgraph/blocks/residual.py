@@ -47,6 +47,15 @@ def _check_dropout(spec: BlockSpec) -> None:
     spec._require(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "dropout", "a probability in [0, 1)")
 
 
+def _strided_infer(spec: ResidualUnit | BasicResBlock, inputs: Sequence[TensorType]) -> TensorType:
+    """``channels`` (or the input's) at the input's scale divided by ``stride``; every norm sees the output."""
+    x = _spatial_input(spec, inputs)
+    spec._check_axes(x.dims, "kernel", "stride")
+    out = spec.channels or x.channels
+    check_groups(spec.norm, spec.groups, out)
+    return TensorType(out, x.scale).rescaled(tuple(Fraction(1, s) for s in _axes(spec, "stride", x.dims)))
+
+
 class ResidualUnitModule(nn.Module):
     """``units(x) + residual(x)``: a chain of convolution units and a shortcut (identity or a conv).
 
@@ -124,11 +133,7 @@ class ResidualUnit(BlockSpec):
         return (1,) * dims if cin != cout else None
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
-        x = _spatial_input(self, inputs)
-        self._check_axes(x.dims, "kernel", "stride")
-        out = self.channels or x.channels
-        check_groups(self.norm, self.groups, out)
-        return TensorType(out, x.scale).rescaled(tuple(Fraction(1, s) for s in _axes(self, "stride", x.dims)))
+        return _strided_infer(self, inputs)
 
     def size_ops(self, dims: int, axis: int) -> tuple[SizeOp, ...]:
         k = self._per_axis("kernel", dims, axis)
@@ -282,11 +287,7 @@ class BasicResBlock(BlockSpec):
         return cin != cout or any(s != 1 for s in _axes(self, "stride", dims))
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
-        x = _spatial_input(self, inputs)
-        self._check_axes(x.dims, "kernel", "stride")
-        out = self.channels or x.channels
-        check_groups(self.norm, self.groups, out)
-        return TensorType(out, x.scale).rescaled(tuple(Fraction(1, s) for s in _axes(self, "stride", x.dims)))
+        return _strided_infer(self, inputs)
 
     def size_ops(self, dims: int, axis: int) -> tuple[SizeOp, ...]:
         k = self._per_axis("kernel", dims, axis)

@@ -393,9 +393,8 @@ class _BasicUNet:
 
 
 @dataclass(frozen=True)
-class _UNet:
-    """``monai.networks.nets.UNet``: strided convolutions (or residual units) down, a skip
-    concatenation, then a transposed convolution (plus a residual unit) up, at every level."""
+class _Levels:
+    """The level structure MONAI's ``UNet`` and ``AttentionUnet`` share, as their attributes."""
 
     spatial_dims: int
     in_channels: int
@@ -404,6 +403,29 @@ class _UNet:
     strides: tuple[Axes, ...]
     kernel_size: Axes
     up_kernel_size: Axes
+
+    @staticmethod
+    def read(model: Any, name: str) -> dict[str, Any]:
+        dims, channels = int(model.dimensions), tuple(int(c) for c in model.channels)
+        return {
+            "spatial_dims": dims,
+            "in_channels": int(model.in_channels),
+            "out_channels": int(model.out_channels),
+            "channels": channels,
+            "strides": tuple(_field_axes(f"{name}.strides", s, dims) for s in model.strides[: len(channels) - 1]),
+            "kernel_size": _field_axes(f"{name}.kernel_size", model.kernel_size, dims),
+            "up_kernel_size": _field_axes(f"{name}.up_kernel_size", model.up_kernel_size, dims),
+        }
+
+    def level_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(_Levels)}
+
+
+@dataclass(frozen=True)
+class _UNet(_Levels):
+    """``monai.networks.nets.UNet``: strided convolutions (or residual units) down, a skip
+    concatenation, then a transposed convolution (plus a residual unit) up, at every level."""
+
     num_res_units: int
     norm: str
     groups: int
@@ -414,19 +436,11 @@ class _UNet:
 
     @classmethod
     def from_model(cls, model: Any) -> _UNet:
-        dims = model.dimensions
-        channels = tuple(int(c) for c in model.channels)
         first = model.model[0]
         unit = first.conv.unit0 if model.num_res_units > 0 else first
         order, norm, act, dropout, groups = _adn(unit, f"UNet(act={model.act!r}, norm={model.norm!r})")
         return cls(
-            spatial_dims=dims,
-            in_channels=int(model.in_channels),
-            out_channels=int(model.out_channels),
-            channels=channels,
-            strides=tuple(_field_axes("UNet.strides", s, dims) for s in model.strides[: len(channels) - 1]),
-            kernel_size=_field_axes("UNet.kernel_size", model.kernel_size, dims),
-            up_kernel_size=_field_axes("UNet.up_kernel_size", model.up_kernel_size, dims),
+            **cls.read(model, "UNet"),
             num_res_units=int(model.num_res_units),
             norm=norm,
             groups=groups,
@@ -561,13 +575,7 @@ class _UNet:
         # the widths the activation acts on: every level's, and the top up-sampling's with residual units
         widths = set(self.channels) | ({self.out_channels} if self.num_res_units > 0 else set())
         return {
-            "spatial_dims": self.spatial_dims,
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "channels": self.channels,
-            "strides": self.strides,
-            "kernel_size": self.kernel_size,
-            "up_kernel_size": self.up_kernel_size,
+            **self.level_kwargs(),
             "num_res_units": self.num_res_units,
             "act": _act_to_monai(self.act, "enc0", widths),
             "norm": _norm_to_monai(self.norm, self.groups, "enc0"),
@@ -578,42 +586,25 @@ class _UNet:
 
 
 @dataclass(frozen=True)
-class _AttentionUnet:
+class _AttentionUnet(_Levels):
     """``monai.networks.nets.AttentionUnet``: two-convolution blocks, strided down, attention-gated
     skips, a transposed convolution up and one convolution after each merge."""
 
-    spatial_dims: int
-    in_channels: int
-    out_channels: int
-    channels: tuple[int, ...]
-    strides: tuple[Axes, ...]
-    kernel_size: Axes
-    up_kernel_size: Axes
     dropout: float
     merge_norm: str
     merge_act: str
 
     @classmethod
     def from_model(cls, model: Any) -> _AttentionUnet:
-        dims = model.dimensions
-        channels = tuple(int(c) for c in model.channels)
-        if len(channels) < 2 or any(c < 2 for c in channels):
-            raise SpecError(
-                f"AttentionUnet.channels={model.channels!r}: need two or more levels of at least 2 channels"
-            )
+        if any(int(c) < 2 for c in model.channels):
+            raise SpecError(f"AttentionUnet.channels={model.channels!r}: its attention gates need 2 channels or more")
         merge = model.model[1].merge
         _, merge_norm, merge_act, _, _ = _adn(merge, "AttentionUnet merge convolution")
         _field(
             "AttentionUnet.dropout", model.dropout, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
         )
         return cls(
-            spatial_dims=dims,
-            in_channels=int(model.in_channels),
-            out_channels=int(model.out_channels),
-            channels=channels,
-            strides=tuple(_field_axes("AttentionUnet.strides", s, dims) for s in model.strides[: len(channels) - 1]),
-            kernel_size=_field_axes("AttentionUnet.kernel_size", model.kernel_size, dims),
-            up_kernel_size=_field_axes("AttentionUnet.up_kernel_size", model.up_kernel_size, dims),
+            **cls.read(model, "AttentionUnet"),
             dropout=float(model.dropout),
             merge_norm=merge_norm,
             merge_act=merge_act,
@@ -698,16 +689,7 @@ class _AttentionUnet:
                 f"not {self.merge_norm} → {self.merge_act}",
                 node="dec0",
             )
-        return {
-            "spatial_dims": self.spatial_dims,
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "channels": self.channels,
-            "strides": self.strides,
-            "kernel_size": self.kernel_size,
-            "up_kernel_size": self.up_kernel_size,
-            "dropout": self.dropout,
-        }
+        return {**self.level_kwargs(), "dropout": self.dropout}
 
 
 @dataclass(frozen=True)
