@@ -348,3 +348,12 @@ def test_an_imported_model_ejects_to_plain_pytorch_with_monais_outputs(case, tmp
     x = torch.randn(shape)
     with torch.no_grad():
         torch.testing.assert_close(ejected(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_monai_is_imported_only_when_a_function_runs():
+    import subprocess
+    import sys
+
+    code = "import sys, unetgraph as ug; ug.interop.from_monai; ug.interop.to_monai; print('monai' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

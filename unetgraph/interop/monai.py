@@ -71,24 +71,40 @@ def _norm_of(layer: Any, field: str) -> tuple[str, int]:
     return canonical_norm((name, options)), groups
 
 
+# our activation name -> MONAI's (the activations both have)
+_MONAI_ACTS = {
+    "relu": "relu",
+    "leaky_relu": "leakyrelu",
+    "prelu": "prelu",
+    "silu": "swish",
+    "gelu": "gelu",
+    "elu": "elu",
+    "celu": "celu",
+    "selu": "selu",
+    "relu6": "relu6",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "mish": "mish",
+}
+# torch layers without options -> our activation name
+_PLAIN_ACTS = {
+    nn.ReLU: "relu",
+    nn.SiLU: "silu",
+    nn.SELU: "selu",
+    nn.ReLU6: "relu6",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+    nn.Mish: "mish",
+}
+
+
 def _act_of(layer: Any, field: str, channels: int) -> str:
     """The activation name for a layer MONAI built (``None``: no activation)."""
     if layer is None:
         return "none"
-    kind, plain = (
-        type(layer),
-        {
-            nn.ReLU: "relu",
-            nn.SiLU: "silu",
-            nn.SELU: "selu",
-            nn.ReLU6: "relu6",
-            nn.Tanh: "tanh",
-            nn.Sigmoid: "sigmoid",
-            nn.Mish: "mish",
-        },
-    )
-    if kind in plain:
-        return plain[kind]
+    kind = type(layer)
+    if kind in _PLAIN_ACTS:
+        return _PLAIN_ACTS[kind]
     if kind is nn.LeakyReLU:
         return canonical_act(("leaky_relu", {"negative_slope": float(layer.negative_slope)}))
     if kind in (nn.ELU, nn.CELU):
@@ -101,16 +117,13 @@ def _act_of(layer: Any, field: str, channels: int) -> str:
             raise SpecError(f"{field}: PReLU(num_parameters={count}) on {channels} channels is not supported")
         return canonical_act(("prelu", {"channelwise": count != 1, "init": float(layer.init)}))
     monai_name = f"{kind.__module__}.{kind.__name__}"
-    if monai_name in ("monai.networks.blocks.activation.Swish",) and float(layer.alpha) == 1.0:
+    if monai_name == "monai.networks.blocks.activation.Swish" and float(layer.alpha) == 1.0:
         return "silu"
     if monai_name == "monai.networks.blocks.activation.MemoryEfficientSwish":
         return "silu"
     if monai_name == "monai.networks.blocks.activation.Mish":
         return "mish"
-    raise SpecError(
-        f"{field}: {layer!r} is not supported; unetgraph imports relu, leakyrelu, prelu, elu, celu, selu, "
-        "relu6, gelu, swish, mish, tanh and sigmoid"
-    )
+    raise SpecError(f"{field}: {layer!r} is not supported; unetgraph imports {', '.join(_MONAI_ACTS.values())}")
 
 
 def _norm_to_monai(norm: str, groups: int, node: str) -> tuple[str, dict[str, Any]] | None:
@@ -130,9 +143,6 @@ def _norm_to_monai(norm: str, groups: int, node: str) -> tuple[str, dict[str, An
     raise GraphError(f"{node}: norm {norm!r} has no MONAI counterpart", node=node)
 
 
-_ACT_TO_MONAI = {"silu": "swish", "leaky_relu": "leakyrelu"}
-
-
 def _act_to_monai(act: str, node: str, widths: set[int]) -> tuple[str, dict[str, Any]] | None:
     """MONAI's ``(name, args)`` for one of our activations, used on layers of ``widths`` channels."""
     if act == "none":
@@ -147,22 +157,9 @@ def _act_to_monai(act: str, node: str, widths: set[int]) -> tuple[str, dict[str,
                 node=node,
             )
         options["num_parameters"] = next(iter(widths))
-    if name not in (
-        "relu",
-        "leaky_relu",
-        "prelu",
-        "silu",
-        "gelu",
-        "elu",
-        "celu",
-        "selu",
-        "relu6",
-        "tanh",
-        "sigmoid",
-        "mish",
-    ):
+    if name not in _MONAI_ACTS:
         raise GraphError(f"{node}: act {act!r} has no MONAI counterpart", node=node)
-    return _ACT_TO_MONAI.get(name, name), options
+    return _MONAI_ACTS[name], options
 
 
 def _dropout_of(layer: Any, field: str) -> float:
@@ -173,17 +170,21 @@ def _dropout_of(layer: Any, field: str) -> float:
     return float(layer.p)
 
 
-def _adn(conv: Any, field: str) -> tuple[str, str, str, float, int]:
-    """``(order, norm, act, dropout, groups)`` of a MONAI ``Convolution``'s ADN block."""
+def _adn(conv: Any, field: str, ordering: str = "NDA") -> tuple[str, str, str, float, int]:
+    """``(order, norm, act, dropout, groups)`` of a MONAI ``Convolution``'s ADN block, made with
+    ``adn_ordering=ordering``."""
     adn = getattr(conv, "adn", None)
     children = dict(adn.named_children()) if adn is not None else {}
     out_channels = _conv_layer(conv).out_channels
     norm, groups = _norm_of(children.get("N"), f"{field} (norm)")
     act = _act_of(children.get("A"), f"{field} (act)", out_channels)
     dropout = _dropout_of(children.get("D"), f"{field} (dropout)")
-    order = "".join(children) or "NDA"
-    for letter in "NA":
-        if letter not in order:  # a missing layer of the order: none
+    present, ordering = "".join(children), ordering.upper()
+    if sorted(ordering) in (["A", "N"], ["A", "D", "N"]) and "".join(c for c in ordering if c in present) == present:
+        return ordering, norm, act, dropout, groups  # the layers there follow the configured order
+    order = present
+    for letter in "NA":  # a layer left out: "none", its place does not matter
+        if letter not in order:
             order += letter
     return order, norm, act, dropout, groups
 
@@ -279,8 +280,6 @@ class _BasicUNet:
     def from_model(cls, model: Any) -> _BasicUNet:
         first = model.conv_0.conv_0
         order, norm, act, dropout, groups = _adn(first, "BasicUNet act/norm/dropout")
-        if order != "NDA":
-            raise SpecError(f"BasicUNet: its convolutions order norm, dropout and act as {order!r}, not 'NDA'")
         ups = [getattr(model, f"upcat_{i}").upsample for i in range(1, 5)]
         kinds = {tuple(up._modules) for up in ups}
         if all("deconv" in k for k in kinds):
@@ -379,6 +378,8 @@ class _BasicUNet:
         )
 
     def kwargs(self) -> dict[str, Any]:
+        if self.order != "NDA":
+            raise GraphError(f"enc0: BasicUNet orders norm, dropout and act as 'NDA', not {self.order!r}", node="enc0")
         return {
             "spatial_dims": self.spatial_dims,
             "in_channels": self.in_channels,
@@ -438,7 +439,8 @@ class _UNet(_Levels):
     def from_model(cls, model: Any) -> _UNet:
         first = model.model[0]
         unit = first.conv.unit0 if model.num_res_units > 0 else first
-        order, norm, act, dropout, groups = _adn(unit, f"UNet(act={model.act!r}, norm={model.norm!r})")
+        field = f"UNet(act={model.act!r}, norm={model.norm!r})"
+        order, norm, act, dropout, groups = _adn(unit, field, str(model.adn_ordering))
         return cls(
             **cls.read(model, "UNet"),
             num_res_units=int(model.num_res_units),
