@@ -182,13 +182,16 @@ def test_the_checker_agrees_with_torch_for_a_custom_norm_at_every_small_size(cus
 
 def test_a_norm_layer_nobody_can_read_asks_for_its_statistics():
     ug.NORMS["mystery"] = (lambda c, d, g: MeanOnlyInstanceNorm(c), 1)
+    ug.NORMS["pixel"] = ug.NormKind(lambda c, d, g: MeanOnlyInstanceNorm(c), 1, "pixel")
     try:
         with pytest.raises(
             ug.SpecError, match=r"builds a MeanOnlyInstanceNorm.*ug.NormKind\(make, per_channel, stats="
         ):
-            ug.ConvBlock(norm="mystery").shape_notes([(1, 4, 2, 2)], (1, 4, 2, 2))
+            ug.ConvBlock(norm="mystery")
+        with pytest.raises(ug.SpecError, match="ConvBlock.norm: a NormKind's stats must be one of batch, instance"):
+            ug.ConvBlock(norm="pixel")
     finally:
-        del ug.NORMS["mystery"]
+        del ug.NORMS["mystery"], ug.NORMS["pixel"]
 
 
 def test_batch_norm_without_running_statistics_is_refused_where_it_raises_in_eval():

@@ -277,18 +277,24 @@ def _canonical(
     return f"{name}({', '.join(kept)})" if kept else name
 
 
-@lru_cache(maxsize=256)
 def _norm_entry(entry: Any) -> NormKind:
     """A ``NORMS`` value as a :class:`NormKind` (a plain pair is read from the layer it builds)."""
     if isinstance(entry, NormKind):
+        if entry.stats not in STATS:
+            raise SpecError(f"a NormKind's stats must be one of {', '.join(STATS)}, got {entry.stats!r}")
         return entry
+    if not isinstance(entry, tuple) or len(entry) != 2:
+        raise SpecError(f"a NORMS entry must be a ug.NormKind or a (make, per_channel) pair, got {entry!r}")
+    return _read_norm_pair(*entry)
+
+
+@lru_cache(maxsize=256)
+def _read_norm_pair(make: Any, per_channel: Any) -> NormKind:
+    """The :class:`NormKind` of a plain ``(make, per_channel)`` entry: statistics from its layer's class."""
     try:
-        make, per_channel = entry
         probe = make(8, 2, 4)
     except (TypeError, ValueError) as e:
-        raise SpecError(
-            f"a NORMS entry must be a ug.NormKind or a (make, per_channel) pair, got {entry!r} ({e})"
-        ) from None
+        raise SpecError(f"a NORMS entry's make(channels, dims, groups) fails: {type(e).__name__}: {e}") from None
     for cls, stats in (
         (nn.modules.batchnorm._BatchNorm, "batch"),
         (nn.modules.instancenorm._InstanceNorm, "instance"),
