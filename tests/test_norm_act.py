@@ -188,7 +188,7 @@ def test_a_norm_layer_nobody_can_read_asks_for_its_statistics():
             ug.SpecError, match=r"builds a MeanOnlyInstanceNorm.*ug.NormKind\(make, per_channel, stats="
         ):
             ug.ConvBlock(norm="mystery")
-        with pytest.raises(ug.SpecError, match="ConvBlock.norm: a NormKind's stats must be one of batch, instance"):
+        with pytest.raises(ug.SpecError, match=r"ConvBlock\.norm: a NormKind's stats must be one of batch, instance"):
             ug.ConvBlock(norm="pixel")
     finally:
         del ug.NORMS["mystery"], ug.NORMS["pixel"]
