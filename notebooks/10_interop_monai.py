@@ -9,14 +9,16 @@
 
 # %%
 import logging
-import tempfile
 import warnings
-from pathlib import Path
-
-import torch
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # MONAI's tqdm, in a notebook
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # inductor on a CPU-only machine
+
+# %%
+import tempfile
+from pathlib import Path
+
+import torch
 from monai.networks.nets import UNet
 
 import unetgraph as ug
