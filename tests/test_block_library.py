@@ -16,10 +16,24 @@ from unetgraph.types import TensorType
 # Extra inputs: "emb" (a time embedding through a cond edge), "ctx" (a context sequence),
 # "gate" (the block is a two-input merge fed by a skip and the decoder path).
 EXAMPLES = {
-    "ConvBlock": [ug.ConvBlock(channels=8, mid_channels=4, norm="group", groups=2)],
+    "ConvBlock": [
+        ug.ConvBlock(channels=8, mid_channels=4, norm="group", groups=2),
+        # activations with parameters (counted by the formulas), norm options, MONAI's layer order
+        ug.ConvBlock(
+            channels=6, norm="instance(affine=False)", act="prelu(channelwise=True)", order="NDA", dropout=0.1
+        ),
+    ],
     "Down": [ug.Down("conv", channels=8, kernel=3, padding=0, pad_end=1), ug.Down("pixel_unshuffle", channels=6)],
-    "Up": [ug.Up("pixel_shuffle", channels=4), ug.Up("nearest", channels=4, norm="batch", act="relu")],
-    "Head": [ug.Head(channels=3, kernel=3, norm="group", groups=2, act="silu")],
+    "Up": [
+        ug.Up("pixel_shuffle", channels=4),
+        ug.Up("nearest", channels=4, norm="batch", act="relu"),
+        ug.Up("transpose", factor=3, kernel=3, padding=1, output_padding=2, norm="batch", act="prelu", order="ADN"),
+        ug.Up("linear", channels=3, kernel=1, conv_first=True, align_corners=True, dropout=0.1),
+    ],
+    "Head": [
+        ug.Head(channels=3, kernel=3, norm="group", groups=2, act="silu"),
+        ug.Head(channels=2, act="prelu(channelwise=True)", dropout=0.2),
+    ],
     "Merge": [ug.Merge("concat")],
     "ResBlock": [
         ug.ResBlock(channels=8, groups=2),
@@ -49,6 +63,14 @@ EXAMPLES = {
     "ClassEmbedding": [ug.ClassEmbedding(5, 8)],
     "Input": [ug.Input(channels=4, dims=2)],
     "Sequence": [ug.Sequence(ug.ConvBlock(channels=8, convs=1, norm="group", groups=2), ug.ResBlock(groups=2))],
+    "ResidualUnit": [
+        ug.ResidualUnit(channels=8, stride=2, subunits=2, act="prelu(channelwise=True)", dropout=0.1),
+        ug.ResidualUnit(channels=6, norm="group", groups=3, act="elu(alpha=0.5)", order="ADN", last_conv_only=True),
+    ],
+    "BasicResBlock": [
+        ug.BasicResBlock(channels=8, stride=2, act="prelu", dropout=0.1),
+        ug.BasicResBlock(norm="batch(eps=0.001)", act="relu", bias=True),
+    ],
 }
 ALL = [(name, spec) for name, specs in EXAMPLES.items() for spec in specs]
 SIZES = {1: (12,), 2: (12, 8), 3: (4, 8, 4)}

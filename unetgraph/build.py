@@ -42,6 +42,7 @@ def unet(
     encoder_block: Part | None = None,
     bottleneck_block: Part | None = None,
     decoder_block: Part | None = None,
+    decoder_widths: Sequence[int] | None = None,
     down: Part | None = "maxpool",
     up: Part = "transpose",
     merge: Part = "concat",
@@ -65,6 +66,9 @@ def unet(
         block: the block of every encoder, bottleneck and decoder node; its ``channels``
             is set per level.
         encoder_block, bottleneck_block, decoder_block: override ``block`` for one role.
+        decoder_widths: channels of the decoder block per level, shallow to deep (one fewer
+            than ``widths``; ``None``: ``widths[:-1]``), e.g. MONAI's ``BasicUNet``, whose last
+            decoder block has its own width.
         down: ``"maxpool"``, ``"avgpool"``, ``"conv"``, ``"pixel_unshuffle"`` or a
             :class:`~unetgraph.Down`; ``None`` adds no down nodes: the encoder block of each
             deeper level downsamples itself (give it a ``stride``, as nnU-Net does).
@@ -100,6 +104,16 @@ def unet(
     """
     _check_common(in_channels, out_channels, widths, dims)
     depth = len(widths)
+    if decoder_widths is None:
+        decoder_widths = widths[:-1]
+    elif isinstance(decoder_widths, (str, bytes)) or not isinstance(decoder_widths, Sequence):
+        raise SpecError(f"decoder_widths: expected {depth - 1} channel counts, got {decoder_widths!r}")
+    if len(decoder_widths) != depth - 1:
+        raise SpecError(
+            f"decoder_widths: expected {depth - 1} channel counts (one per decoder level), got {len(decoder_widths)}"
+        )
+    for i, w in enumerate(decoder_widths):
+        _positive(f"decoder_widths[{i}]", w)
     most = max(0, depth - 2)
     if not isinstance(deep_supervision, int) or isinstance(deep_supervision, bool) or not 0 <= deep_supervision <= most:
         raise SpecError(
@@ -137,7 +151,9 @@ def unet(
             skip = b.add(f"gate{i}", gate, Role.MERGE, i, [skip, h])
         pair = [skip, h] if skip_first else [h, skip]
         h = b.add(f"merge{i}", _part(merge, i, Merge, "merge"), Role.MERGE, i, pair)
-        h = b.add(f"dec{i}", _block(decoder_block or block, i, widths[i], "decoder_block"), Role.DECODER, i, [h])
+        h = b.add(
+            f"dec{i}", _block(decoder_block or block, i, decoder_widths[i], "decoder_block"), Role.DECODER, i, [h]
+        )
     head = _head(head, out_channels)
     outputs = [b.add("head", head, Role.HEAD, 0, [h])]
     outputs += [b.add(f"head{i}", head, Role.HEAD, i, [f"dec{i}"]) for i in range(1, deep_supervision + 1)]

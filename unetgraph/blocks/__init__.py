@@ -16,10 +16,11 @@ from .conv import ConvBlock, Head
 from .embedding import ClassEmbedding, TimestepEmbedding
 from .gates import AttentionGate, SqueezeExcitation
 from .io import Input
-from .layers import ACTS, NORMS
+from .layers import ACTS, NORMS, ActKind, NormKind
 from .merge import Merge
 from .pointwise import Affine, ScaleBy
 from .resblock import ResBlock
+from .residual import BasicResBlock, ResidualUnit
 from .sampling import Down, Up
 from .sequence import Sequence
 from .transformer import Transformer
@@ -42,6 +43,8 @@ __all__ = [
     "Input",
     "Sequence",
     "ResBlock",
+    "ResidualUnit",
+    "BasicResBlock",
     "SelfAttention",
     "CrossAttention",
     "LinearAttention",
@@ -54,4 +57,6 @@ __all__ = [
     "ScaleBy",
     "NORMS",
     "ACTS",
+    "NormKind",
+    "ActKind",
 ]

@@ -15,7 +15,7 @@ from ..errors import ShapeError, SpecError
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups, cond_input
-from .layers import NORMS, conv_cls, make_norm, norm_notes, validate_norm_act
+from .layers import conv_cls, make_norm, norm_notes, norm_params, validate_norm_act
 
 __all__ = [
     "SelfAttention",
@@ -158,7 +158,7 @@ class _AttentionSpec(BlockSpec):
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         c, c_kv, b = inputs[0].channels, self._kv_channels(inputs), int(self.bias)
-        norm = NORMS[self.norm][1] * c if self.norm != "none" else 0
+        norm = norm_params(self.norm, c)
         return norm + (c * c + c * b) + 2 * (c_kv * c + c * b) + (c * c + c * int(self.out_bias))
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
@@ -292,7 +292,7 @@ class LinearAttention(BlockSpec):
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         c, inner = inputs[0].channels, self.heads * self.head_dim
-        norm = NORMS[self.norm][1] * c if self.norm != "none" else 0
+        norm = norm_params(self.norm, c)
         return norm + c * 3 * inner + inner * c + c
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:

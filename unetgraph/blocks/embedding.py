@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import ShapeError
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .layers import ACTS
+from .layers import ACTS, act_params, make_act
 
 __all__ = ["TimestepEmbedding", "ClassEmbedding", "Sinusoidal", "FourierFeatures"]
 
@@ -160,7 +160,7 @@ class TimestepEmbedding(BlockSpec):
         layers = OrderedDict(
             encode=encode,
             linear1=nn.Linear(self.dim, output.channels),
-            act=ACTS[self.act](),
+            act=make_act(self.act, output.channels),
             linear2=nn.Linear(output.channels, output.channels),
         )
         return nn.Sequential(layers)
@@ -168,7 +168,7 @@ class TimestepEmbedding(BlockSpec):
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         c = output.channels
         frequencies = (self.dim or 0) // 2 if self.encoding == "fourier" else 0
-        return frequencies + ((self.dim * c + c + c * c + c) if self.mlp else 0)
+        return frequencies + ((self.dim * c + c + c * c + c + act_params(self.act, c)) if self.mlp else 0)
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         n, c = output

@@ -16,7 +16,17 @@ from ..sizes import Scale, SizeOp, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups, same_padding
-from .layers import ACTS, NORMS, axes_text, conv_cls, conv_label, make_norm, norm_notes, validate_norm_act
+from .layers import (
+    act_params,
+    axes_text,
+    conv_cls,
+    conv_label,
+    make_act,
+    make_norm,
+    norm_notes,
+    norm_params,
+    validate_norm_act,
+)
 
 __all__ = ["ResBlock", "ResBlockModule"]
 
@@ -168,6 +178,11 @@ class ResBlock(BlockSpec):
         out = self.channels or x.channels
         if self.pre_norm:
             check_groups(self.norm, self.groups, x.channels, "first norm, on the input")
+            if self.norm != "none" and act_params(self.act, x.channels) != act_params(self.act, out):
+                raise ShapeError(
+                    f"ResBlock uses one activation layer after both norms, and act={self.act!r} learns one "
+                    f"parameter per channel: the input's {x.channels} channels must equal the output's {out}"
+                )
         check_groups(self.norm, self.groups, out)
         if len(inputs) > 1:
             emb, name = inputs[1], sources[1] if len(sources) > 1 else "the cond input"
@@ -196,7 +211,11 @@ class ResBlock(BlockSpec):
             width = cout * (2 if self.cond == "scale_shift" else 1)
             proj = nn.Linear(inputs[1].channels, width)
             with_act = self.act != "none" and self.cond_act
-            cond_proj = nn.Sequential(OrderedDict(act=ACTS[self.act](), linear=proj)) if with_act else proj
+            cond_proj = (
+                nn.Sequential(OrderedDict(act=make_act(self.act, inputs[1].channels), linear=proj))
+                if with_act
+                else proj
+            )
         return ResBlockModule(
             norm1=make_norm(self.norm, x.channels, dims, self.groups, self.eps) if norm and self.pre_norm else None,
             conv1=conv(x.channels, cout, kernel, stride=stride, padding=pad, bias=self.bias),
@@ -206,7 +225,7 @@ class ResBlock(BlockSpec):
             shortcut=conv(x.channels, cout, 1, stride=stride, bias=self.bias)
             if self._needs_shortcut(x.channels, cout, dims)
             else None,
-            act=ACTS[self.act]() if self.act != "none" else None,
+            act=make_act(self.act, cout) if self.act != "none" else None,
             dropout=self.dropout,
             cond=self.cond,
             dims=dims,
@@ -223,13 +242,13 @@ class ResBlock(BlockSpec):
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         x, cout = inputs[0], output.channels
         k, b = prod(self._axes("kernel", x.dims)), int(self.bias)
-        per_channel = NORMS[self.norm][1] if self.norm != "none" else 0
-        total = x.channels * cout * k + cout * b + cout * cout * k + cout * b + per_channel * cout
+        total = x.channels * cout * k + cout * b + cout * cout * k + cout * b + norm_params(self.norm, cout)
+        total += act_params(self.act, cout)  # one activation layer, used after both norms
         if self.pre_norm:
-            total += per_channel * x.channels
+            total += norm_params(self.norm, x.channels)
         if len(inputs) > 1:
             width = cout * (2 if self.cond == "scale_shift" else 1)
-            total += inputs[1].channels * width + width
+            total += inputs[1].channels * width + width + act_params(self.act, inputs[1].channels)
         if self._needs_shortcut(x.channels, cout, x.dims):
             total += x.channels * cout + cout * b
         return total
