@@ -71,7 +71,9 @@ def test_aoti_package_is_one_artifact_for_every_size(tmp_path):
     gm = ug.unet(3, 2, widths=(4, 8, 16)).lower().eval()
     fast, _ = ug.optimize(gm)
     path = ug.export(fast, tmp_path / "unet_aoti.pt2", format="aoti", progress=False)
-    loaded = ug.load_exported(path)
+    with pytest.raises(ug.ArtifactError, match=r"AOTInductor package: compiled native code .*native=True"):
+        ug.load_exported(path)  # native code runs only when the caller asks for it
+    loaded = ug.load_exported(path, native=True)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert_serves(loaded, gm, atol=1e-4)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # nothing compiled at run time
