@@ -207,7 +207,7 @@ def read_archive(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) ->
 
 
 def _check_layout(archive: Archive, required: Iterable[str], layout: re.Pattern[str], known: Iterable[str]) -> None:
-    for name in required:
+    for name in (*_STANDARD, *required):  # torch's writer always writes the standard records
         archive.require(name)
     allowed = set(known) | set(_STANDARD)
     for name, data in archive.entries.items():
@@ -255,7 +255,7 @@ def checked_program(archive: Archive, *, inputs: Iterable[str], document: str) -
             pickled or short tensor, example inputs that are not plain tensors, or code in the
             program; the message names the entry and what is wrong.
     """
-    required = (_MODEL, _WEIGHTS_CONFIG, _CONSTANTS_CONFIG, _SAMPLE, "archive_format", "archive_version")
+    required = (_MODEL, _WEIGHTS_CONFIG, _CONSTANTS_CONFIG, _SAMPLE)
     _check_layout(archive, required, _PROGRAM_LAYOUT, (*required, f"extra/{document}"))
     entries = dict(archive.entries)
     for config, folder, prefix in (
@@ -275,8 +275,7 @@ def checked_program(archive: Archive, *, inputs: Iterable[str], document: str) -
 def checked_native(archive: Archive, *, document: str) -> bytes:
     """Check the layout of an AOTInductor package (compiled code the caller chose to trust);
     return it rebuilt from the checked entries."""
-    required = ("archive_format", "archive_version")
-    _check_layout(archive, required, _NATIVE_LAYOUT, (*required, f"extra/{document}"))
+    _check_layout(archive, (), _NATIVE_LAYOUT, (f"extra/{document}",))
     if not any(n.startswith("data/aotinductor/model/") and n.endswith(".so") for n in archive.entries):
         raise _refuse(archive.path, "no compiled model (data/aotinductor/model/*.so) in this AOTInductor package")
     return _rebuild(dict(archive.entries))

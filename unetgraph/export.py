@@ -254,6 +254,7 @@ class _Spec:
                 f"{source}: not a unetgraph export ({type(e).__name__}: {e})", path=source, entry=_DOC
             ) from e
         self.name = g.name
+        self.source = source
         self.outputs = g.outputs
         self.spatial = self.rules.input
         self.guards = [
@@ -290,6 +291,22 @@ class _Spec:
         return f"{self.name} [{self.kind}]: {ins}; serves {', '.join(a.describe() for a in self.served)}"
 
 
+def _run_artifact(spec: _Spec, step: Callable[[], Any]) -> Any:
+    """Run a loaded artifact on inputs its document accepts: a failure there (other than running
+    out of memory) is the artifact's, e.g. a program whose operators get arguments of the wrong
+    type, and becomes an :class:`ArtifactError` naming the file."""
+    try:
+        return step()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # the runtime's own error types: the inputs were checked, the artifact is at fault
+        raise ArtifactError(
+            f"{spec.source}: the {spec.kind} artifact failed on inputs it accepts ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]})",
+            path=spec.source,
+        ) from e
+
+
 class ExportedUNet(nn.Module):
     """A loaded ``.pt2`` (a ``torch.export`` program or an AOTInductor package) that checks sizes first.
 
@@ -315,7 +332,7 @@ class ExportedUNet(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> Any:
         inputs = self.spec.prepare(inputs)
         run = self.module if hasattr(self, "module") else self._run
-        return run(*inputs)
+        return _run_artifact(self.spec, lambda: run(*inputs))
 
     def extra_repr(self) -> str:
         return self.spec.describe()
@@ -376,7 +393,7 @@ class OnnxUNet:
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         inputs = self.spec.prepare(inputs)
         feeds = {n: x.detach().cpu().numpy() for n, x in zip(self.input_names, inputs)}
-        outs = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
+        outs = [torch.from_numpy(o) for o in _run_artifact(self.spec, lambda: self.session.run(None, feeds))]
         return outs[0] if len(outs) == 1 else dict(zip(self.spec.outputs, outs))
 
     def __repr__(self) -> str:
