@@ -6,10 +6,10 @@ a document (the same JSON as ``g.save``), so that :func:`load_exported` checks e
 (rank, channels, dtype, size) with the checker's message before the artifact's own guards
 see it, and ``loaded.graph`` gives the architecture back.
 
-Loading never executes pickled code: a ``.pt2`` is inspected first and refused if any
-tensor in it is stored as a pickle or its example inputs do not load with
-``torch.load(weights_only=True)``. (An AOTInductor package is compiled native code by
-nature: load only packages you made.)
+Loading runs no code from the file: an artifact is read once and checked entry by entry by
+:mod:`unetgraph.artifact` (no repeated entries, matching CRC-32s, nothing pickled, no code in
+the program's symbolic sizes, guards or tree specs), and torch gets only the checked bytes. An
+AOTInductor package is compiled native code by nature: it loads only with ``native=True``.
 """
 
 from __future__ import annotations
