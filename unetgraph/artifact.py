@@ -27,11 +27,10 @@ import io
 import json
 import os
 import re
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeGuard, TypeVar
 
 import torch
 
@@ -284,7 +283,7 @@ def checked_native(archive: Archive, *, document: str) -> bytes:
 def _check_payload(archive: Archive, config: str, data: Any, folder: str, prefix: str) -> None:
     """Every tensor of a weights or constants config: raw bytes (never a pickle) that hold what
     its shape, strides and offset reach."""
-    from torch._export.serde.schema import Layout
+    from torch._export.serde.schema import Layout, ScalarType
     from torch._export.serde.serialize import deserialize_scalar_type
 
     def refuse(what: str) -> ArtifactError:
@@ -309,10 +308,11 @@ def _check_payload(archive: Archive, config: str, data: Any, folder: str, prefix
         if not isinstance(tm, dict):
             raise refuse(f"{key}: tensor_meta must be an object")
         try:
-            if not _is_int(tm.get("dtype")):
+            code = tm.get("dtype")
+            if not _is_int(code):
                 raise KeyError
-            dtype = deserialize_scalar_type(tm.get("dtype"))
-        except (KeyError, TypeError):
+            dtype = deserialize_scalar_type(ScalarType(code))
+        except (KeyError, TypeError, ValueError):
             raise refuse(f"{key}: unknown dtype {tm.get('dtype')!r}") from None
         if tm.get("layout") != Layout.Strided or not isinstance(tm.get("requires_grad"), bool):
             raise refuse(f"{key}: only strided tensors (layout {int(Layout.Strided)}) with a boolean requires_grad")
@@ -335,7 +335,7 @@ def _check_payload(archive: Archive, config: str, data: Any, folder: str, prefix
             raise refuse(f"{key}: its shape reaches element {reach:,} but {folder}{name} holds {len(record) // size:,}")
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -505,8 +505,9 @@ class _Expr:
                 if text[pos:].strip():
                     raise _Refused(f"unexpected {text[pos:].lstrip()[:12]!r}")
                 break
-            kind = "int name str op".split()[m.lastindex - 1]  # type: ignore[operator]
-            self.tokens.append(m.group(m.lastindex))
+            group = m.lastindex or 0
+            kind = ("", "int", "name", "str", "op")[group]
+            self.tokens.append(m.group(group))
             self.kinds.append(kind)
             pos = m.end()
         self.i = 0
@@ -593,29 +594,30 @@ class _Expr:
 
     def unary(self) -> None:
         self.nested()
+        kind = self.kinds[self.i] if self.i < len(self.kinds) else None
         if self.peek() == "-":
             self.take("op")
             self.unary()
+        elif kind == "int":
+            self.integer()
+        elif self.peek() == "(":
+            self.take("op", "(")
+            if self.inputs is None:
+                self.sum()
+            else:
+                self.condition()
+            self.take("op", ")")
         elif self.inputs is None:
-            self.size_atom()
+            self.size_name(self.take("name"))
         else:
-            self.guard_atom()
+            self.guard_name(self.take("name"))
         self.depth -= 1
 
     # a symbolic size
-    def size_atom(self) -> None:
-        kind = self.kinds[self.i] if self.i < len(self.kinds) else None
-        if kind == "int":
-            return self.integer()
-        if self.peek() == "(":
-            self.take("op", "(")
-            self.sum()
-            self.take("op", ")")
-            return None
-        name = self.take("name")
+    def size_name(self, name: str) -> None:
         if self.peek() != "(":
             if name in ("True", "False") or _SYMBOL.fullmatch(name):
-                return None
+                return
             raise _Refused(f"{name!r} is not a size symbol")
         self.take("op", "(")
         if name == "Integer":
@@ -640,19 +642,9 @@ class _Expr:
         else:
             raise _Refused(f"{name}(…) is not a size function")
         self.take("op", ")")
-        return None
 
     # a guard
-    def guard_atom(self) -> None:
-        kind = self.kinds[self.i] if self.i < len(self.kinds) else None
-        if kind == "int":
-            return self.integer()
-        if self.peek() == "(":
-            self.take("op", "(")
-            self.condition()
-            self.take("op", ")")
-            return None
-        name = self.take("name")
+    def guard_name(self, name: str) -> None:
         if name == "L":
             self.take("op", "[")
             source = self.take("str")[1:-1]
@@ -672,16 +664,13 @@ class _Expr:
             self.take("op", ")")
         else:
             raise _Refused(f"{name!r} is not an input size, an integer or torch.sym_max/sym_min")
-        return None
 
 
 def loaded_by(loader: str, path: Path, step: Callable[[], T]) -> T:
     """Run one step of ``loader`` (torch, onnxruntime) on checked bytes. Such loaders raise a dozen
     error types for a malformed file; each becomes one :class:`ArtifactError` naming the file."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return step()
+        return step()
     except Exception as e:  # the loader's own error types, one per failure: the artifact is at fault
         raise _refuse(path, f"{loader} cannot load it ({type(e).__name__}: {_short(e, 300)})") from e
 
@@ -701,7 +690,7 @@ def read_onnx(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> tu
         ArtifactError: unreadable, over ``max_bytes``, not an ONNX model, or external data.
     """
     import onnx
-    from google.protobuf.message import DecodeError
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
     path = Path(path)
     data = _read_file(path, max_bytes)
