@@ -249,6 +249,12 @@ def test_odd_names_sizes_and_bombs(exported, tmp_path):
         z.writestr("archive/data/weights/weight_77", bytes(64 * 2**20))  # 64 MiB of zeros in ~64 KiB
     assert bomb.stat().st_size < 2**20
     refused(bomb, tmp_path / "none", r"weight_77: compression ratio [0-9,]+ is over the limit of 100")
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:  # many entries, each under the per-entry check
+        for name, data in items:
+            z.writestr(name, data)
+        for i in range(64):
+            z.writestr(f"archive/data/weights/weight_{100 + i}", bytes(2**20))
+    refused(bomb, tmp_path / "none", "entries expand to over 100 times the file's size")
 
 
 def test_an_embedded_document_cannot_choose_native_code(exported, tmp_path):

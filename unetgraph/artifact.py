@@ -82,9 +82,12 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         if size > max_bytes:
             raise _refuse(path, f"{size:,} bytes is over the limit of {max_bytes:,} (pass max_bytes= to raise it)")
         with open(path, "rb") as f:
-            return f.read(max_bytes + 1)
+            data = f.read(max_bytes + 1)
     except OSError as e:
         raise _refuse(path, f"cannot be read ({e.strerror or e})") from None
+    if len(data) > max_bytes:  # it grew since stat()
+        raise _refuse(path, f"over the limit of {max_bytes:,} bytes (pass max_bytes= to raise it)")
+    return data
 
 
 # -- the zip ------------------------------------------------------------------------------
@@ -183,6 +186,8 @@ def read_archive(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) ->
                     entry,
                 )
             total += info.file_size
+            if total > MAX_RATIO * len(raw) + 2**20:  # small entries that overlap in the file, say
+                raise _refuse(path, f"entries expand to over {MAX_RATIO} times the file's size (the limit)")
             if total > max_bytes:
                 raise _refuse(
                     path, f"entries hold over {max_bytes:,} bytes uncompressed (the limit; pass max_bytes= to raise it)"
