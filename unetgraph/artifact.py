@@ -43,7 +43,7 @@ T = TypeVar("T")
 MAX_BYTES = 8 * 2**30
 """The largest artifact loaded by default (uncompressed, all entries together): 8 GiB."""
 MAX_ENTRIES = 100_000
-MAX_RATIO = 100  # uncompressed / compressed size of one entry, checked above 1 MiB
+MAX_RATIO = 100  # uncompressed / compressed size: of one entry over 1 MiB, and of all entries to the file
 MAX_TEXT = 256 * 2**20  # a JSON entry is parsed in memory, several times its size
 MAX_EXPR = 20_000  # characters of one symbolic size or guard
 MAX_DEPTH = 64  # nesting of one symbolic size or guard
@@ -151,7 +151,7 @@ def read_archive(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) ->
     raw = _read_file(path, max_bytes)
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
+    except Exception as e:  # zipfile's parse of a central directory raises several types; all mean "no zip"
         raise _refuse(path, f"not a .pt2 archive (not a zip: {_short(e)})") from None
     with archive:
         infos = archive.infolist()
