@@ -75,8 +75,10 @@ except ug.ShapeError as e:
 # ## Export: `torch.export` program and ONNX
 #
 # Both are dynamic in batch and size and carry the size rules, so the loaded model refuses a
-# bad size with the checker's words. Loading a `.pt2` never unpickles anything. (`format="aoti"`
-# builds an AOTInductor package the same way: one compiled artifact for every size.)
+# bad size with the checker's words. Loading runs nothing from the file: it is read once, checked
+# entry by entry, and torch gets only the checked bytes. (`format="aoti"` builds an AOTInductor
+# package the same way, one compiled artifact for every size; it is machine code, so it loads only
+# with `ug.load_exported(path, native=True)`, for packages you trust.)
 
 # %%
 program = ug.load_exported(ug.export(fast, out / "unet.pt2", progress=False))
@@ -93,6 +95,19 @@ with torch.no_grad():
             "onnx max|Δ|",
             (onnx_model(xi) - ref).abs().max().item(),
         )
+
+# %% [markdown]
+# A damaged or doctored file is one `ug.ArtifactError` naming the file and the entry, never
+# silently wrong outputs: here one flipped bit in the middle of the archive, inside a weight.
+
+# %%
+damaged = bytearray((out / "unet.pt2").read_bytes())
+damaged[len(damaged) // 2] ^= 0x40
+(out / "damaged.pt2").write_bytes(bytes(damaged))
+try:
+    ug.load_exported(out / "damaged.pt2")
+except ug.ArtifactError as e:
+    print("ArtifactError:", str(e).replace(str(out), "…"))
 
 # %% [markdown]
 # ## Eject: plain PyTorch source

@@ -10,6 +10,7 @@ ORDER = [
     "errors",
     "util",
     "files",
+    "artifact",
     "types",
     "sizes",
     "blocks",

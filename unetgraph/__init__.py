@@ -48,6 +48,7 @@ from .diff import GraphDiff, diff
 from .dynamic import CompiledUNet, compile, export_shapes, served_axes
 from .eject import eject, eject_source
 from .errors import (
+    ArtifactError,
     GraphError,
     LoweringError,
     NodeNotFoundError,
@@ -144,6 +145,7 @@ __all__ = [
     "NodeNotFoundError",
     "ShapeError",
     "LoweringError",
+    "ArtifactError",
     "RenderError",
     "presets",
     "interop",

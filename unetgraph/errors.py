@@ -14,6 +14,7 @@ __all__ = [
     "NodeNotFoundError",
     "ShapeError",
     "LoweringError",
+    "ArtifactError",
     "RenderError",
 ]
 
@@ -76,6 +77,21 @@ class ShapeError(UNetGraphError):
 
 class LoweringError(UNetGraphError):
     """The graph cannot be lowered to a ``torch.fx.GraphModule`` as asked."""
+
+
+class ArtifactError(LoweringError):
+    """An exported artifact (``.pt2``, ``.onnx``) cannot be loaded safely: it is malformed,
+    corrupted, over a size limit, or holds something loading it would execute. The message names
+    the file and the entry; ``path`` and ``entry`` hold them too (``entry`` is ``None`` when the
+    whole file is at fault)."""
+
+    def __init__(self, message: str, *, path: str | None = None, entry: str | None = None) -> None:
+        self.path = path
+        self.entry = entry
+        super().__init__(message)
+
+    def at(self, node: str, what: str = "") -> UNetGraphError:
+        return self  # about a file, not a node
 
 
 class RenderError(UNetGraphError):

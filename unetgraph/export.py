@@ -6,10 +6,10 @@ a document (the same JSON as ``g.save``), so that :func:`load_exported` checks e
 (rank, channels, dtype, size) with the checker's message before the artifact's own guards
 see it, and ``loaded.graph`` gives the architecture back.
 
-Loading never executes pickled code: a ``.pt2`` is inspected first and refused if any
-tensor in it is stored as a pickle or its example inputs do not load with
-``torch.load(weights_only=True)``. (An AOTInductor package is compiled native code by
-nature: load only packages you made.)
+Loading runs no code from the file: an artifact is read once and checked entry by entry by
+:mod:`unetgraph.artifact` (no repeated entries, matching CRC-32s, nothing pickled, no code in
+the program's symbolic sizes, guards or tree specs), and torch gets only the checked bytes. An
+AOTInductor package is compiled native code by nature: it loads only with ``native=True``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import logging
 import sys
 import time
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,9 +29,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .artifact import MAX_BYTES, checked_native, checked_program, loaded_by, read_archive, read_onnx
 from .check import valid_sizes
 from .dynamic import check_served, export_shapes, graph_and_module, served_axes, trace_inputs
-from .errors import LoweringError, ShapeError, UNetGraphError
+from .errors import ArtifactError, LoweringError, ShapeError
 from .files import atomic_path, write_atomic
 from .graph import UNetGraph
 from .record import lowered_record
@@ -226,19 +226,36 @@ class _Spec:
     def __init__(self, text: str, source: str) -> None:
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
             if data.get("format") != _DOC_FORMAT or data.get("version") != _DOC_VERSION:
                 raise ValueError(f"format {data.get('format')!r} version {data.get('version')!r}")
             self.kind: str = data["kind"]
-            self.batch = bool(data["batch"])
+            if self.kind not in FORMATS:
+                raise ValueError(f"kind {self.kind!r} is not one of {', '.join(FORMATS)}")
+            self.batch = data["batch"]
             max_size = data["max_size"]
-            self.dtypes = {name: _dtype(text) for name, text in data.get("dtypes", {}).items()}
+            if not isinstance(self.batch, bool):
+                raise ValueError(f"batch must be true or false, got {self.batch!r}")
+            if max_size is not None and (type(max_size) is not int or max_size < 1):
+                raise ValueError(f"max_size must be a positive integer or null, got {max_size!r}")
+            dtypes = data.get("dtypes", {})
+            if not isinstance(dtypes, dict):
+                raise ValueError(f"dtypes must be an object, got {type(dtypes).__name__}")
+            self.dtypes = {name: _dtype(text) for name, text in dtypes.items()}
             self.graph = from_dict(data["graph"])  # plain data: nothing in it runs
-        except (ValueError, KeyError, TypeError, UNetGraphError) as e:
-            raise LoweringError(f"{source}: not a unetgraph export ({type(e).__name__}: {e})") from None
-        g = self.graph
+            g = self.graph
+            if not set(self.dtypes) <= set(g.inputs):
+                raise ValueError(f"dtypes names {sorted(set(self.dtypes) - set(g.inputs))}, not inputs of the graph")
+            self.rules = valid_sizes(g)
+            self.served = served_axes(g, max_size=max_size)
+        except Exception as e:  # a document from a file: whatever is wrong with it, it is refused
+            raise ArtifactError(
+                f"{source}: not a unetgraph export ({type(e).__name__}: {e})", path=source, entry=_DOC
+            ) from e
         self.name = g.name
-        self.rules = valid_sizes(g)
-        self.served = served_axes(g, max_size=max_size)
+        self.source = source
+        self.outputs = g.outputs
         self.spatial = self.rules.input
         self.guards = [
             InputGuard(
@@ -274,6 +291,22 @@ class _Spec:
         return f"{self.name} [{self.kind}]: {ins}; serves {', '.join(a.describe() for a in self.served)}"
 
 
+def _run_artifact(spec: _Spec, step: Callable[[], Any]) -> Any:
+    """Run a loaded artifact on inputs its document accepts: a failure there (other than running
+    out of memory) is the artifact's, e.g. a program whose operators get arguments of the wrong
+    type, and becomes an :class:`ArtifactError` naming the file."""
+    try:
+        return step()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # the runtime's own error types: the inputs were checked, the artifact is at fault
+        raise ArtifactError(
+            f"{spec.source}: the {spec.kind} artifact failed on inputs it accepts ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]})",
+            path=spec.source,
+        ) from e
+
+
 class ExportedUNet(nn.Module):
     """A loaded ``.pt2`` (a ``torch.export`` program or an AOTInductor package) that checks sizes first.
 
@@ -299,7 +332,7 @@ class ExportedUNet(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> Any:
         inputs = self.spec.prepare(inputs)
         run = self.module if hasattr(self, "module") else self._run
-        return run(*inputs)
+        return _run_artifact(self.spec, lambda: run(*inputs))
 
     def extra_repr(self) -> str:
         return self.spec.describe()
@@ -308,30 +341,49 @@ class ExportedUNet(nn.Module):
 class OnnxUNet:
     """A loaded ``.onnx`` export run by onnxruntime, checking sizes first; call it with tensors.
 
+    The file is read once (see :func:`unetgraph.artifact.read_onnx`: no external data), and
+    onnxruntime gets the bytes that were checked.
+
     Args:
         path: the ``.onnx`` file.
         threads: intra-op threads (default: ``torch.get_num_threads()``).
         spinning: let onnxruntime's idle threads spin (fast alone, but they steal CPU from
             anything else in the process, which distorts side-by-side timings).
+        max_bytes: the largest file loaded.
+
+    Raises:
+        ArtifactError: the file is not a unetgraph ONNX export, or onnxruntime refuses it.
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, spinning: bool = False) -> None:
-        import onnx
+    def __init__(
+        self, path: str | Path, *, threads: int | None = None, spinning: bool = False, max_bytes: int = MAX_BYTES
+    ) -> None:
         import onnxruntime as ort
 
         path = Path(path)
-        model = onnx.load(str(path), load_external_data=False)
+        model, data = read_onnx(path, max_bytes=max_bytes)
         props = {p.key: p.value for p in model.metadata_props}
         if _DOC not in props:
-            raise LoweringError(f"{path}: not a unetgraph export (no {_DOC} metadata)")
+            raise ArtifactError(f"{path}: not a unetgraph export (no {_DOC} metadata)", path=str(path))
         self.spec = _Spec(props[_DOC], str(path))
+        if self.spec.kind != "onnx":
+            raise ArtifactError(f"{path}: its document says {self.spec.kind!r}, not 'onnx'", path=str(path), entry=_DOC)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         flag = "1" if spinning else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", flag)
         options.add_session_config_entry("session.inter_op.allow_spinning", flag)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = loaded_by(
+            "onnxruntime", path, lambda: ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        )
         self.input_names = [i.name for i in self.session.get_inputs()]
+        outputs = self.session.get_outputs()
+        if len(self.input_names) != len(self.spec.graph.inputs) or len(outputs) != len(self.spec.outputs):
+            raise ArtifactError(
+                f"{path}: the model takes {len(self.input_names)} inputs and gives {len(outputs)} outputs; its "
+                f"graph {self.spec.name} has {len(self.spec.graph.inputs)} and {len(self.spec.outputs)}",
+                path=str(path),
+            )
 
     @property
     def graph(self) -> UNetGraph:
@@ -341,63 +393,79 @@ class OnnxUNet:
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         inputs = self.spec.prepare(inputs)
         feeds = {n: x.detach().cpu().numpy() for n, x in zip(self.input_names, inputs)}
-        outs = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
+        outs = [torch.from_numpy(o) for o in _run_artifact(self.spec, lambda: self.session.run(None, feeds))]
         return outs[0] if len(outs) == 1 else dict(zip(self.spec.outputs, outs))
 
     def __repr__(self) -> str:
         return f"OnnxUNet({self.spec.describe()})"
 
 
-def load_exported(path: str | Path, **options: Any) -> ExportedUNet | OnnxUNet:
-    """Load an export made by :func:`export`, without executing pickled code.
+def load_exported(
+    path: str | Path,
+    *,
+    native: bool = False,
+    max_bytes: int = MAX_BYTES,
+    threads: int | None = None,
+    spinning: bool = False,
+) -> ExportedUNet | OnnxUNet:
+    """Load an export made by :func:`export`; nothing in the file runs unless ``native=True``.
 
-    ``.onnx`` gives an :class:`OnnxUNet` (``options`` go to it); ``.pt2`` an
-    :class:`ExportedUNet` around the ``torch.export`` program or the AOTInductor package.
+    ``.onnx`` gives an :class:`OnnxUNet`; ``.pt2`` an :class:`ExportedUNet` around the
+    ``torch.export`` program or the AOTInductor package. The file is read once, checked entry by
+    entry (no repeated entries, CRC-32s that match, nothing pickled, no code in the program's
+    symbolic sizes, guards or tree specs: :mod:`unetgraph.artifact`), and torch is handed only
+    the checked bytes.
+
+    Args:
+        path: the ``.pt2`` or ``.onnx`` file.
+        native: allow an AOTInductor package (``format="aoti"``): compiled machine code that runs
+            as soon as it is loaded, so the artifact's own document cannot choose it. Pass
+            ``True`` only for packages you built or trust.
+        max_bytes: the largest artifact loaded (the file and its entries uncompressed); default
+            :data:`unetgraph.artifact.MAX_BYTES` (8 GiB).
+        threads: ONNX only: onnxruntime's intra-op threads.
+        spinning: ONNX only: let onnxruntime's idle threads spin.
 
     Raises:
-        LoweringError: the file is not a unetgraph export, or a ``.pt2`` holds pickled data.
+        ArtifactError: (a :class:`LoweringError`) the file is not a unetgraph export, is
+            corrupted or malformed, is over a size limit, holds pickled data or code, or is an
+            AOTInductor package and ``native`` is false; the message names the file and entry.
     """
     path = Path(path)
     if path.suffix == ".onnx":
-        return OnnxUNet(path, **options)
-    doc = _inspect_pt2(path)
-    spec = _Spec(doc, str(path))
+        return OnnxUNet(path, threads=threads, spinning=spinning, max_bytes=max_bytes)
+    archive = read_archive(path, max_bytes=max_bytes)
+    doc = f"extra/{_DOC}"
+    if doc not in archive.entries:
+        raise ArtifactError(f"{path}: not a unetgraph export (no {doc})", path=str(path))
+    spec = _Spec(archive.text(doc), str(path))
     if spec.kind == "aoti":
-        runner = torch._inductor.aoti_load_package(str(path))
+        if not native:
+            raise ArtifactError(
+                f"{path} is an AOTInductor package: compiled native code that runs when it is loaded. "
+                "Load it with ug.load_exported(path, native=True) if you built it or trust its source",
+                path=str(path),
+            )
+        data = checked_native(archive, document=_DOC)
+        del archive
+        runner = loaded_by("torch", path, lambda: torch._inductor.aoti_load_package(io.BytesIO(data)))
         return ExportedUNet(spec, runner)
-    program = torch.export.load(str(path))
-    return ExportedUNet(spec, program.module(), program)
+    if spec.kind != "program":
+        raise ArtifactError(
+            f"{path}: its document says {spec.kind!r}; a .pt2 holds 'program' or 'aoti'", path=str(path)
+        )
+    data = checked_program(archive, inputs=spec.graph.inputs, document=_DOC)
+    del archive
+    from torch.export.pt2_archive._package import load_pt2
 
-
-def _inspect_pt2(path: Path) -> str:
-    """Refuse a ``.pt2`` whose loading would unpickle anything; return our document."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as e:
-        raise LoweringError(f"{path}: not a .pt2 archive ({e})") from None
-    with archive:
-        full = archive.namelist()
-        root = full[0].split("/", 1)[0] + "/" if full else ""
-        names = [n.removeprefix(root) for n in full]
-
-        def read(name: str) -> bytes:
-            return archive.read(root + name)
-
-        doc_name = f"extra/{_DOC}"
-        if doc_name not in names:
-            raise LoweringError(f"{path}: not a unetgraph export (no {doc_name})")
-        for name in names:
-            where = f"{path}: {name}"
-            if name.startswith(("data/weights/", "data/constants/")) and name.endswith("_config.json"):
-                config = json.loads(read(name)).get("config", {})
-                for key, meta in config.items():
-                    if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
-                        raise LoweringError(f"{where} stores {key} as a pickled object; refusing to load it")
-            elif name.startswith(("data/weights/", "data/constants/")) and name.endswith(".pt"):
-                raise LoweringError(f"{where}: a pickled (legacy) tensor file; refusing to load it")
-            elif name.startswith("data/sample_inputs/"):
-                try:
-                    torch.load(io.BytesIO(read(name)), weights_only=True)
-                except Exception as e:
-                    raise LoweringError(f"{where}: example inputs are not plain tensors ({e}); refusing") from None
-        return read(doc_name).decode("utf-8")
+    # load_pt2 rather than torch.export.load, which retries a failed archive in a legacy layout
+    program = loaded_by("torch", path, lambda: load_pt2(io.BytesIO(data)).exported_programs["model"])
+    signature = program.graph_signature
+    if len(signature.user_inputs) != len(spec.graph.inputs) or len(signature.user_outputs) != len(spec.outputs):
+        raise ArtifactError(
+            f"{path}: the program takes {len(signature.user_inputs)} inputs and gives "
+            f"{len(signature.user_outputs)} outputs; its graph {spec.name} has {len(spec.graph.inputs)} and "
+            f"{len(spec.outputs)}",
+            path=str(path),
+        )
+    return ExportedUNet(spec, loaded_by("torch", path, program.module), program)
