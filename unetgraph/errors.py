@@ -15,6 +15,7 @@ __all__ = [
     "ShapeError",
     "LoweringError",
     "RenderError",
+    "FileError",
 ]
 
 
@@ -81,3 +82,9 @@ class LoweringError(UNetGraphError):
 class RenderError(UNetGraphError):
     """A drawing cannot be made as asked: a bad option, or graphviz (the ``dot`` program or the
     ``graphviz`` Python package) is missing; the message says how to install what is missing."""
+
+
+class FileError(UNetGraphError, OSError):
+    """A file cannot be read or written: missing, a directory, not readable or writable, the disk
+    full. The message names the file and what the system said; the ``OSError`` it wraps is the
+    ``__cause__``. Also an ``OSError``, so ``except OSError`` keeps working."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import keyword
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -22,7 +23,7 @@ import torch.fx
 from .blocks.base import BlockSpec
 from .errors import GraphError, NodeNotFoundError, SpecError, UNetGraphError
 from .types import EdgeKind, Role, TensorType
-from .util import paused_gc
+from .util import paused_gc, short_repr
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from .check import CheckReport, SizeRules
     from .cost import CostReport
 
-__all__ = ["Node", "Edge", "Level", "In", "UNetGraph", "GraphBuilder"]
+__all__ = ["Node", "Edge", "Level", "In", "UNetGraph", "GraphBuilder", "check_identifier"]
 
 
 @dataclass(frozen=True)
@@ -118,17 +119,45 @@ class Level:
         return len(self.nodes)
 
 
-# Names that would collide with attributes of the lowered GraphModule or with Python.
-_RESERVED = frozenset(dir(torch.fx.GraphModule)) | {"self"}
+# Names that would collide with attributes of the lowered GraphModule (its class's and those
+# every instance sets, such as ``training`` and ``meta``) or with Python.
+_RESERVED = (
+    frozenset(dir(torch.fx.GraphModule)) | frozenset(dir(torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph())))
+) | {"self"}
+
+
+def check_identifier(name: object, what: str) -> str:
+    """``name`` if it may name a node or a model, else a :class:`GraphError` saying why.
+
+    The one rule for every name that ends up in generated code (fx nodes, submodules, the
+    lowered class, ejected source): a ``str`` that is a Python identifier, not a keyword, and
+    in Unicode NFKC normal form. Python reads identifiers NFKC-normalised, so ``ｅnc``
+    (a full-width ``ｅ``) and ``enc`` would be one name in generated code but two in the graph;
+    such names are refused rather than silently normalised, and the error gives the normal form.
+
+    Args:
+        what: how the message calls the name (``"node name"``, ``"graph name"``).
+    """
+    if not isinstance(name, str):
+        raise GraphError(f"{what} must be a string, got {type(name).__name__} {short_repr(name)}")
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise GraphError(
+            f"{what} {short_repr(name)} is not a Python identifier (letters, digits, _; not a keyword): "
+            "it names code the graph is lowered to",
+            node=name if what == "node name" else None,
+        )
+    normal = unicodedata.normalize("NFKC", name)
+    if normal != name:
+        raise GraphError(
+            f"{what} {short_repr(name)} is not in Unicode NFKC normal form: Python reads it as {normal!r}, "
+            f"which could clash with another name; use {normal!r}",
+            node=name if what == "node name" else None,
+        )
+    return name
 
 
 def _check_name(name: object) -> None:
-    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-        raise GraphError(
-            f"node name {name!r} is not a Python identifier (letters, digits, _; not a keyword): "
-            "lowering names submodules after nodes",
-            node=str(name),
-        )
+    name = check_identifier(name, "node name")
     if name in _RESERVED or name.startswith("_"):
         raise GraphError(
             f"node name {name!r} is reserved (it would shadow a GraphModule attribute); pick another", node=name
@@ -184,9 +213,7 @@ class UNetGraph:
             _add_edge(g, src, dst, kind, port)
         self._g = g
         self._outputs = tuple(outputs)
-        self.name = name
-        if not name.isidentifier():
-            raise GraphError(f"graph name {name!r} must be a Python identifier (it names the lowered class)")
+        self.name = check_identifier(name, "graph name")
         self._order = _lint(g, self._outputs)
         self._position = {n: i for i, n in enumerate(self._order)}
         for n in self._order:
@@ -661,7 +688,7 @@ class GraphBuilder:
     """
 
     def __init__(self, name: str = "UNet") -> None:
-        self.name = name
+        self.name = check_identifier(name, "graph name")
         self._g = nx.DiGraph()
 
     def input(self, name: str = "x", *, channels: int = 1, dims: int = 2, kind: str = "image") -> str:
