@@ -41,6 +41,7 @@ from .diff import GraphDiff, diff
 from .dynamic import CompiledUNet, compile, export_shapes, served_axes
 from .eject import eject, eject_source
 from .errors import (
+    FileError,
     GraphError,
     LoweringError,
     NodeNotFoundError,
@@ -131,6 +132,7 @@ __all__ = [
     "ShapeError",
     "LoweringError",
     "RenderError",
+    "FileError",
     "presets",
     "render",
     "passes",

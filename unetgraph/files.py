@@ -123,7 +123,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     try:
         if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        for folder in (path.parent, *path.parent.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder")
+                break
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(path.parent)
         tmp = _create_temp(path)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .check import CheckReport, SizeRules
     from .cost import CostReport
 
-__all__ = ["Node", "Edge", "Level", "In", "UNetGraph", "GraphBuilder", "check_identifier"]
+__all__ = ["Node", "Edge", "Level", "In", "UNetGraph", "GraphBuilder", "check_identifier", "edge_kind", "as_inputs"]
 
 
 @dataclass(frozen=True)
@@ -167,12 +167,46 @@ def _check_name(name: object) -> None:
 def _roles(role: Role | str | Iterable[Role | str] | None) -> frozenset[Role] | None:
     if role is None:
         return None
-    if isinstance(role, (str, Role)):
-        role = [role]
+    roles = [role] if isinstance(role, (str, Role)) else role
     try:
-        return frozenset(Role(r) for r in role)
-    except ValueError:
-        raise SpecError(f"unknown role in {role!r}; roles: {', '.join(r.value for r in Role)}") from None
+        return frozenset(Role(r) for r in roles)
+    except (TypeError, ValueError):
+        raise SpecError(f"unknown role in {short_repr(role)}; roles: {', '.join(r.value for r in Role)}") from None
+
+
+def _levels(level: int | Iterable[int] | None) -> set[int] | None:
+    if level is None:
+        return None
+    levels = [level] if not isinstance(level, Iterable) or isinstance(level, (str, bytes)) else list(level)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in levels):
+        raise SpecError(f"level: expected an integer or several, got {short_repr(level)}")
+    return set(levels)
+
+
+def edge_kind(kind: object) -> EdgeKind:
+    """``kind`` as an :class:`EdgeKind` (``"data"``, ``"skip"``, ``"cond"`` or the enum); else a
+    :class:`GraphError` listing the kinds."""
+    try:
+        return EdgeKind(kind)
+    except (TypeError, ValueError):
+        raise GraphError(f"unknown edge kind {short_repr(kind)}; kinds: data, skip, cond") from None
+
+
+def as_inputs(items: object) -> list[In]:
+    """The inputs of a node being added, in port order: each item a node name (a data edge),
+    an :class:`In` or a ``(src, kind)`` pair. Raises :class:`SpecError` for anything else,
+    :class:`GraphError` for an unknown kind."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise SpecError(f"inputs: expected a list of node names or In(src, kind), got {short_repr(items)}")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            out.append(In(item))
+        elif isinstance(item, tuple) and len(item) in (1, 2) and isinstance(item[0], str):
+            out.append(In(item[0], edge_kind(item[1]) if len(item) == 2 else EdgeKind.DATA))
+        else:
+            raise SpecError(f"inputs[{i}]: expected a node name or In(src, kind), got {short_repr(item)}")
+    return out
 
 
 class UNetGraph:
@@ -221,10 +255,14 @@ class UNetGraph:
 
     # -- queries ---------------------------------------------------------------------
     def __getitem__(self, name: str) -> Node:
+        if not isinstance(name, str):
+            raise NodeNotFoundError(
+                f"node names are strings; got {type(name).__name__} {short_repr(name)} (graph {self.name})"
+            )
         if name not in self._g:
-            hint = difflib.get_close_matches(str(name), list(self._g), n=3)
+            hint = difflib.get_close_matches(name[:100], list(self._g), n=3)
             extra = f"; did you mean {', '.join(hint)}?" if hint else ""
-            raise NodeNotFoundError(f"no node {name!r} in graph {self.name}{extra}", node=str(name))
+            raise NodeNotFoundError(f"no node {short_repr(name)} in graph {self.name}{extra}", node=name)
         a = self._g.nodes[name]
         return Node(name, a["role"], a["level"], a["block"], a["inputs"], a["type"])
 
@@ -244,9 +282,15 @@ class UNetGraph:
         level: int | Iterable[int] | None = None,
         where: Callable[[Node], bool] | None = None,
     ) -> list[Node]:
-        """Nodes in topological order, filtered by role(s), level(s) and a predicate."""
+        """Nodes in topological order, filtered by role(s), level(s) and a predicate.
+
+        Raises:
+            SpecError: a role is unknown, a level is not an integer, ``where`` is not callable.
+        """
         roles = _roles(role)
-        levels = None if level is None else ({level} if isinstance(level, int) else set(level))
+        levels = _levels(level)
+        if where is not None and not callable(where):
+            raise SpecError(f"where: expected a function of a Node, got {short_repr(where)}")
         out = []
         for n in self._order:
             a = self._g.nodes[n]
@@ -263,7 +307,7 @@ class UNetGraph:
         self, kind: EdgeKind | str | None = None, *, src: str | None = None, dst: str | None = None
     ) -> list[Edge]:
         """Edges ordered by destination (topologically) then port, optionally filtered."""
-        kind = None if kind is None else EdgeKind(kind)
+        kind = None if kind is None else edge_kind(kind)
         out = []
         for n in self._order if dst is None else [self[dst].name]:
             for e in self.in_edges(n):
@@ -557,11 +601,9 @@ def _add_edge(g: nx.DiGraph, src: str, dst: str, kind: EdgeKind | str, port: int
     if g.has_edge(src, dst):
         raise GraphError(f"edge {src}→{dst} is given twice", edge=f"{src}→{dst}")
     try:
-        kind = EdgeKind(kind)
-    except ValueError:
-        raise GraphError(
-            f"edge {src}→{dst}: unknown kind {kind!r}; kinds: data, skip, cond", edge=f"{src}→{dst}"
-        ) from None
+        kind = edge_kind(kind)
+    except GraphError as e:
+        raise GraphError(f"edge {src}→{dst}: {e.message}", edge=f"{src}→{dst}") from None
     if not isinstance(port, int) or isinstance(port, bool) or port < 0:
         raise GraphError(f"edge {src}→{dst}: port must be a non-negative integer, got {port!r}", edge=f"{src}→{dst}")
     if src == dst:  # longer cycles are found by _lint (a builder's new node has no consumers yet)
@@ -713,10 +755,10 @@ class GraphBuilder:
         ``inputs`` items are node names (data edges) or :class:`In` for skip/cond edges.
         On error nothing is added.
         """
+        items = as_inputs(inputs)
         _add_node(self._g, name, block, role, level)
         try:
-            for port, item in enumerate(inputs):
-                src, kind = (item, EdgeKind.DATA) if isinstance(item, str) else In(*item)
+            for port, (src, kind) in enumerate(items):
                 _add_edge(self._g, src, name, kind, port)
             # The new node has no consumers yet, so it closes no cycle and the rest of the
             # graph keeps its invariants: checking the node itself is the whole step lint.

@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import stat
+from collections import abc
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Mapping
@@ -276,7 +277,10 @@ def _parse_json(text: str) -> Any:
         raise SpecError(f"the document nests deeper than {MAX_DEPTH} levels") from None
 
 
-_CParser = getattr(yaml, "CParser", None)  # libyaml's C parser when PyYAML was built with it
+try:  # libyaml's C parser when PyYAML was built with it
+    from yaml.cyaml import CParser as _CParser
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    _CParser = None
 _PARSER: tuple[type, ...] = (
     (_CParser,) if _CParser is not None else (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
 )
@@ -367,37 +371,58 @@ def _check_size(n: int, unit: str) -> None:
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
+def _children(value: Any) -> Iterable[tuple[Any, Any]] | None:
+    if isinstance(value, dict) or isinstance(value, abc.Mapping):
+        return value.items()
+    if isinstance(value, (list, tuple)):
+        return enumerate(value)
+    return None
+
+
 def _scan(data: Any) -> None:
-    """Walk the data once, without recursion: refuse nesting deeper than :data:`MAX_DEPTH`, more
-    than :data:`MAX_VALUES` values (a Python document can share one list many times over), keys
-    repeated in a mapping and values a parser refused, naming the path of the first."""
-    stack: list[tuple[Any, tuple[Any, ...], int]] = [(data, (), 1)]
-    count = 0
+    """Walk the data once, without recursion, and refuse: nesting deeper than :data:`MAX_DEPTH`
+    (a loop too), more than :data:`MAX_VALUES` values, keys repeated in a mapping and values a
+    parser refused, naming the path of the first.
+
+    A Python document may hold one list in many places (``[[big] * 10] * 10``...): each list or
+    mapping is walked once, and the values it would expand to are counted, not visited, so a
+    structure of 10**9 values is refused in microseconds."""
+    seen: dict[int, tuple[int, int]] = {}  # id -> (height, values), of containers fully walked
+    stack: list[tuple[Any, tuple[Any, ...], int, bool]] = [(data, (), 1, False)]
     while stack:
-        value, where, depth = stack.pop()
+        value, where, depth, done = stack.pop()
         if type(value) in _SCALARS:
             continue
-        if isinstance(value, Mapping):
-            items: Iterable[tuple[Any, Any]] = value.items()
-            repeated = getattr(value, "repeated", ())
-            if repeated:
-                raise SpecError(
-                    f"{_path(where) or 'document'}: the key {short_repr(repeated[0])} appears more than once "
-                    "(JSON and YAML readers would keep only the last)"
-                )
-        elif isinstance(value, (list, tuple)):
-            items = enumerate(value)
-        else:
+        items = _children(value)
+        if items is None:
             if isinstance(value, _Refused):
                 raise SpecError(f"{_path(where) or 'document'}: {value.reason}")
             continue
+        if done:  # every child walked: this container's height and the values it holds
+            height, count = 1, len(value)
+            for _, child in items:
+                h, n = seen.get(id(child), (0, 0))
+                height, count = max(height, h + 1), count + n
+            seen[id(value)] = (height, count)
+            if count > MAX_VALUES:
+                raise SpecError(f"the document holds more than {MAX_VALUES:,} values")
+            continue
+        if id(value) in seen:  # walked already, through another path
+            height, _ = seen[id(value)]
+            if depth + height - 1 > MAX_DEPTH:
+                raise SpecError(f"{_path(where) or 'document'}: the document nests deeper than {MAX_DEPTH} levels")
+            continue
         if depth > MAX_DEPTH:
             raise SpecError(f"{_path(where)}: the document nests deeper than {MAX_DEPTH} levels")
-        count += len(value)
-        if count > MAX_VALUES:
-            raise SpecError(f"the document holds more than {MAX_VALUES:,} values")
+        repeated = getattr(value, "repeated", ())
+        if repeated:
+            raise SpecError(
+                f"{_path(where) or 'document'}: the key {short_repr(repeated[0])} appears more than once "
+                "(JSON and YAML readers would keep only the last)"
+            )
+        stack.append((value, where, depth, True))
         for key, item in items:
-            stack.append((item, (where, key), depth + 1))
+            stack.append((item, (where, key), depth + 1, False))
 
 
 def _path(where: tuple[Any, ...]) -> str:

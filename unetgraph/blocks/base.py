@@ -173,15 +173,14 @@ class BlockSpec:
         """Every block, built-in or registered by a user: numbers in fields are finite. A NaN or
         an infinity (``float("nan")``, JSON's ``NaN``, YAML's ``.inf``) is refused, as is an
         integer outside the int64 range; in tuples (per-axis values) too."""
+        who = self.type_name or type(self).__name__
         for f in fields(self):
             value = getattr(self, f.name)
             for v in value if isinstance(value, (tuple, list)) else (value,):
                 if isinstance(v, float) and not math.isfinite(v):
-                    raise SpecError(f"{self.type_name}.{f.name}: expected a finite number, got {v!r}")
+                    raise SpecError(f"{who}.{f.name}: expected a finite number, got {v!r}")
                 if isinstance(v, int) and not -_INT64 <= v < _INT64:
-                    raise SpecError(
-                        f"{self.type_name}.{f.name}: expected an integer within ±2**63, got {short_repr(v)}"
-                    )
+                    raise SpecError(f"{who}.{f.name}: expected an integer within ±2**63, got {short_repr(v)}")
 
     # -- validation helpers for subclasses --------------------------------------------
     def _require(self, ok: bool, field: str, expected: str) -> None:
