@@ -169,7 +169,7 @@ class TestInvariants:
             g.copy(name=name) if name is not None else ug.UNetGraph(
                 g.node_records(), g.edge_records(), g.outputs, name=name
             )
-        with pytest.raises(ug.SpecError, match="^name: graph name"):
+        with pytest.raises(ug.SpecError, match=r"^name: graph name"):
             ug.UNetGraph.from_dict({**g.to_dict(), "name": name})
 
     def test_constructor_refuses_cycles_and_bad_ports(self):

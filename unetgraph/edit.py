@@ -186,9 +186,7 @@ def _role(value: object) -> Role | None:
     try:
         return Role(value)
     except (TypeError, ValueError):
-        raise SpecError(
-            f"role: expected one of {', '.join(r.value for r in Role)}, got {short_repr(value)}"
-        ) from None
+        raise SpecError(f"role: expected one of {', '.join(r.value for r in Role)}, got {short_repr(value)}") from None
 
 
 def _level(value: object) -> int | None:
@@ -412,9 +410,7 @@ def insert_before(
 
     def change(d: _Draft) -> None:
         new = new_name or _derived_name(d, anchor, block)
-        d.new_node(
-            new, block, new_role or where.role, where.level if new_level is None else new_level, d.index(anchor)
-        )
+        d.new_node(new, block, new_role or where.role, where.level if new_level is None else new_level, d.index(anchor))
         d.edges.remove((edge.src, anchor, edge.kind, edge.port))
         d.edges.append((new, anchor, edge.kind, edge.port))
         d.connect(edge.src, new, EdgeKind.DATA, 0)
