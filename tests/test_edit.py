@@ -1,5 +1,7 @@
 """Edits: each returns a new, valid graph or raises a typed error naming why, leaving the graph as it was."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -314,7 +316,7 @@ ILL_TYPED = [
     (lambda g: g.add("aux", ug.Head(), 5), ug.SpecError, "add aux: inputs: expected a list of node names"),
     (lambda g: g.add("aux", ug.Head(), "dec0"), ug.SpecError, "inputs: expected a list of node names"),
     (lambda g: g.add("aux", ug.Head(), [3]), ug.SpecError, r"inputs\[0\]: expected a node name or In"),
-    (lambda g: g.add("aux", ug.Head(), []), ug.GraphError, "a new node needs at least one input"),
+    (lambda g: g.add("aux", ug.Head(), []), ug.GraphError, "Head needs inputs; give them as a list"),
     (lambda g: g.add(["aux"], ug.Head(), ["dec0"]), ug.GraphError, "node name must be a string, got list"),
     (lambda g: g.add("aux", ug.Head(), ["dec0"], role=3), ug.SpecError, "role: expected one of input"),
     (lambda g: g.add_skip("enc0", "x", merge="add"), ug.GraphError, "x is a graph input"),
@@ -365,3 +367,24 @@ class TestIllTypedArguments:
         while causes[-1].__cause__ is not None:
             causes.append(causes[-1].__cause__)
         assert isinstance(causes[-1], KeyError)
+
+
+def test_the_refusals_quoted_in_docs_editing_md_are_what_runs():
+    """Every ``>>>`` line of the refusals block in docs/editing.md, run, gives the error on the next line."""
+    text = (Path(__file__).parent.parent / "docs" / "editing.md").read_text()
+    block = text.split("## When an edit is refused", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    lines = block.splitlines()
+    scope = {"ug": ug}
+    checked = 0
+    for i, line in enumerate(lines):
+        if not line.startswith(">>> "):
+            continue
+        code = line[4:]
+        if "=" in code.split("(")[0]:
+            exec(code, scope)
+            continue
+        with pytest.raises(ug.UNetGraphError) as e:
+            eval(code, scope)
+        assert f"{type(e.value).__name__}: {e.value}" == lines[i + 1], code
+        checked += 1
+    assert checked == 10

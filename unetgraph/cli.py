@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
@@ -29,7 +29,10 @@ from .util import median_ms
 __all__ = ["main"]
 
 
-def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[[], T]) -> tuple[T, float]:
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
@@ -60,7 +63,7 @@ def demo(args: argparse.Namespace) -> int:
     report, t = _timed(lambda: check(g, shape))
     cost = g.summary(shape)
     say(
-        f"2. checked    {shape} → {report.outputs['head']}, {cost.flops / 1e9:.1f} GFLOPs; "
+        f"2. checked    {shape} → {report.outputs['head']}, {(cost.flops or 0) / 1e9:.1f} GFLOPs; "
         f"valid sizes: {g.valid_sizes()}  [{t * 1e3:.1f} ms]"
     )
 
@@ -174,17 +177,17 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(v) for v in parts)
 
 
-def _inputs(g: UNetGraph, shape: tuple[int, ...] | None) -> dict[str, tuple[int, ...]]:
+def _inputs(g: UNetGraph, shape: tuple[int, ...] | None) -> dict[str, Sequence[int]]:
     from .inputs import input_shapes
 
     if shape is None:
-        return input_shapes(g)
+        return dict(input_shapes(g))
     if len(g.inputs) == 1:
         return {g.inputs[0]: shape}
     x = next((n for n in g.inputs if g[n].type.dims), None)
     if x is not None and len(shape) != 2 + g[x].type.dims:
         raise SpecError(f"--shape: {g.name}'s input {x} takes {g[x].type.pattern()}, got {','.join(map(str, shape))}")
-    return input_shapes(g, batch=shape[0], size=shape[2:])
+    return dict(input_shapes(g, batch=shape[0], size=shape[2:]))
 
 
 def check_command(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from .blocks.base import BlockSpec
 from .blocks.merge import Merge
 from .check import valid_sizes
 from .errors import GraphError, NodeNotFoundError, ShapeError, SpecError, UNetGraphError
-from .graph import In, Node, UNetGraph, as_inputs, edge_kind
+from .graph import Edge, In, Node, UNetGraph, as_inputs, check_node_name, edge_kind
 from .types import EdgeKind, Role
 from .util import short_repr
 
@@ -84,6 +84,7 @@ class _Draft:
         return [e for e in self.edges if e[0] == src]
 
     def new_node(self, name: str, block: BlockSpec, role: Role | str, level: int | None, at: int) -> None:
+        check_node_name(name)
         if self.has(name):
             raise GraphError(f"a node named {name!r} exists already; pick another name", node=name)
         self.nodes.insert(at, [name, block, role, level])
@@ -92,8 +93,31 @@ class _Draft:
         """Add ``src→dst`` at ``port``, moving the inputs at ``port`` and after one port on."""
         if any(e[0] == src and e[1] == dst for e in self.edges):
             raise GraphError(f"{src} feeds {dst} already (an edge {src}→{dst} exists)", edge=f"{src}→{dst}")
+        path = self.path(dst, src)
+        if path:
+            raise GraphError(f"edge {src}→{dst} would close a cycle: {' → '.join(path)} → {dst}", edge=f"{src}→{dst}")
         self.edges = [(s, d, k, p + 1 if d == dst and p >= port else p) for s, d, k, p in self.edges]
         self.edges.append((src, dst, edge_kind(kind), port))
+
+    def path(self, start: str, end: str) -> list[str]:
+        """A path of edges from ``start`` to ``end`` (its nodes), or ``[]`` when there is none."""
+        outs: dict[str, list[str]] = {}
+        for s, d, _, _ in self.edges:
+            outs.setdefault(s, []).append(d)
+        came: dict[str, str | None] = {start: None}
+        todo = [start]
+        while todo:
+            n = todo.pop()
+            if n == end:
+                path = [n]
+                while came[path[-1]] is not None:
+                    path.append(came[path[-1]])  # type: ignore[arg-type]
+                return path[::-1]
+            for m in outs.get(n, ()):
+                if m not in came:
+                    came[m] = n
+                    todo.append(m)
+        return []
 
     def disconnect(self, src: str, dst: str) -> EdgeRec:
         """Remove ``src→dst``; the inputs after it move one port down. Returns the removed edge."""
@@ -198,6 +222,15 @@ def _level(value: object) -> int | None:
 def _nonc(draft: _Draft, dst: str) -> list[EdgeRec]:
     """The data and skip inputs of ``dst`` (not conditioning), in port order."""
     return [e for e in draft.ins(dst) if e[2] is not EdgeKind.COND]
+
+
+def _only(ins: list[Edge], choices: list[Edge], node: str, ask: str) -> str:
+    """The source of the one edge in ``choices``; else a :class:`GraphError` listing ``ins`` and
+    saying which keyword picks one (``src=``, ``keep=``)."""
+    if len(choices) != 1:
+        listed = ", ".join(e.describe() for e in ins) or "none"
+        raise GraphError(f"{node} has {len(ins)} inputs ({listed}); {ask}", node=node)
+    return choices[0].src
 
 
 def _block(block: object, what: str = "block") -> BlockSpec:
@@ -393,13 +426,7 @@ def insert_before(
         new_name, new_role, new_level = _name(name, "name"), _role(role), _level(level)
         ins = [e for e in g.in_edges(anchor) if e.kind is not EdgeKind.COND]
         if src is None:
-            if len(ins) != 1:
-                raise GraphError(
-                    f"{anchor} has {len(ins)} inputs ({', '.join(e.describe() for e in ins) or 'none'}); "
-                    "say which with src=",
-                    node=anchor,
-                )
-            src = ins[0].src
+            src = _only(ins, ins, anchor, "say which with src=")
         edge = next((e for e in ins if e.src == src), None)
         if edge is None:
             raise GraphError(
@@ -439,14 +466,7 @@ def remove(g: UNetGraph, node: str, *, keep: str | None = None) -> UNetGraph:
         ins = [e for e in g.in_edges(node) if e.kind is not EdgeKind.COND]
         if keep is None:
             data = [e for e in ins if e.kind is EdgeKind.DATA]
-            pick = ins if len(ins) == 1 else data
-            if len(pick) != 1:
-                raise GraphError(
-                    f"{node} has inputs {', '.join(e.describe() for e in ins)}; say which one takes "
-                    "its place with keep=",
-                    node=node,
-                )
-            keep = pick[0].src
+            keep = _only(ins, ins if len(ins) == 1 else data, node, "say which one takes its place with keep=")
         elif keep not in [e.src for e in ins]:
             raise GraphError(
                 f"keep={short_repr(keep)} is not an input of {node} ({', '.join(e.src for e in ins)})", node=node
@@ -472,7 +492,7 @@ def add(
 
     Args:
         inputs: node names (data edges) or :class:`~unetgraph.graph.In` for skip/cond edges;
-            at least one.
+            empty only for a block that takes none (a new graph input, ``role="input"``).
         role: default ``head``.
         level: default: the first input's level.
 
@@ -485,15 +505,15 @@ def add(
         _graph(g)
         _block(block)
         items = as_inputs(inputs)
-        if not items:
-            raise GraphError("a new node needs at least one input (a graph input is not added by an edit)")
+        if not items and block.max_inputs != 0:
+            raise GraphError(f"{block.type_name} needs inputs; give them as a list of node names")
         for item in items:
             g[item.src]
         new_role, new_level = _role(role) or Role.HEAD, _level(level)
-        lvl = new_level if new_level is not None else g[items[0].src].level
+        lvl = new_level if new_level is not None or not items else g[items[0].src].level
 
     def change(d: _Draft) -> None:
-        d.new_node(name, block, new_role, lvl, max(d.index(i.src) for i in items) + 1)
+        d.new_node(name, block, new_role, lvl, max(d.index(i.src) for i in items) + 1 if items else len(d.nodes))
         for port, item in enumerate(items):
             d.connect(item.src, name, item.kind, port)
         d.outputs.append(name)

@@ -33,7 +33,18 @@ if TYPE_CHECKING:
     from .check import CheckReport, SizeRules
     from .cost import CostReport
 
-__all__ = ["Node", "Edge", "Level", "In", "UNetGraph", "GraphBuilder", "check_identifier", "edge_kind", "as_inputs"]
+__all__ = [
+    "Node",
+    "Edge",
+    "Level",
+    "In",
+    "UNetGraph",
+    "GraphBuilder",
+    "check_identifier",
+    "check_node_name",
+    "edge_kind",
+    "as_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -156,12 +167,16 @@ def check_identifier(name: object, what: str) -> str:
     return name
 
 
-def _check_name(name: object) -> None:
+def check_node_name(name: object) -> str:
+    """``name`` if it may name a node: :func:`check_identifier`'s rule, and not an attribute of
+    the lowered ``GraphModule`` (its class's or an instance's: ``forward``, ``training``,
+    ``meta``...) nor starting with ``_``; else a :class:`GraphError`."""
     name = check_identifier(name, "node name")
     if name in _RESERVED or name.startswith("_"):
         raise GraphError(
             f"node name {name!r} is reserved (it would shadow a GraphModule attribute); pick another", node=name
         )
+    return name
 
 
 def _roles(role: Role | str | Iterable[Role | str] | None) -> frozenset[Role] | None:
@@ -177,10 +192,13 @@ def _roles(role: Role | str | Iterable[Role | str] | None) -> frozenset[Role] | 
 def _levels(level: int | Iterable[int] | None) -> set[int] | None:
     if level is None:
         return None
-    levels = [level] if not isinstance(level, Iterable) or isinstance(level, (str, bytes)) else list(level)
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in levels):
-        raise SpecError(f"level: expected an integer or several, got {short_repr(level)}")
-    return set(levels)
+    values: list[object] = [level] if not isinstance(level, Iterable) or isinstance(level, (str, bytes)) else [*level]
+    out: set[int] = set()
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise SpecError(f"level: expected an integer or several, got {short_repr(level)}")
+        out.add(v)
+    return out
 
 
 def edge_kind(kind: object) -> EdgeKind:
@@ -240,7 +258,7 @@ class UNetGraph:
         *,
         name: str = "UNet",
     ) -> None:
-        g = nx.DiGraph()
+        g: nx.DiGraph = nx.DiGraph()
         for node_name, block, role, level in nodes:
             _add_node(g, node_name, block, role, level)
         for src, dst, kind, port in edges:
@@ -578,7 +596,7 @@ class UNetGraph:
 
 
 def _add_node(g: nx.DiGraph, name: str, block: BlockSpec, role: Role | str, level: int | None) -> None:
-    _check_name(name)
+    check_node_name(name)
     if name in g:
         raise GraphError(f"node name {name!r} is used twice", node=name)
     if not isinstance(block, BlockSpec):
@@ -731,7 +749,7 @@ class GraphBuilder:
 
     def __init__(self, name: str = "UNet") -> None:
         self.name = check_identifier(name, "graph name")
-        self._g = nx.DiGraph()
+        self._g: nx.DiGraph = nx.DiGraph()
 
     def input(self, name: str = "x", *, channels: int = 1, dims: int = 2, kind: str = "image") -> str:
         """Add an input node: an image of ``channels`` channels and ``dims`` spatial axes, or a

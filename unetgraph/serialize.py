@@ -4,9 +4,11 @@ A document holds the model's name, its nodes (by name, in order: role, level and
 as :meth:`~unetgraph.blocks.BlockSpec.to_dict` data, every field written out), its edges and
 its outputs, under ``schema_version`` 1. Blocks are stored by their registry name, so a
 user's registered blocks save and load like the built-in ones. Loading never runs code from
-the document (``json``, ``yaml.safe_load``; blocks are created only from registered classes)
-and checks the document on the way in: an error names the place in it and what was expected,
-e.g. ``nodes.enc2.block.convs: expected a positive integer, got -3``.
+the document (``json``, PyYAML's safe loader; blocks are created only from registered classes),
+reads within stated limits (size, nesting, values, nodes, edges, integer digits; no YAML
+aliases, no repeated keys: ``MAX_*`` below, ``docs/schema.md``), and checks the document on the
+way in: an error names the place in it and what was expected, e.g.
+``nodes.enc2.block.convs: expected a positive integer, got -3``.
 
 >>> import unetgraph as ug
 >>> g = ug.unet(3, 2, widths=(8, 16))
@@ -197,6 +199,9 @@ def save(g: UNetGraph, path: str | os.PathLike[str], *, format: str | None = Non
 
     Returns:
         The path written.
+
+    Raises:
+        FileError: the file cannot be written (no permission, a folder in the way, disk full).
     """
     return write_atomic(path, dumps(g, format or _suffix(path)))
 
@@ -277,10 +282,8 @@ def _parse_json(text: str) -> Any:
         raise SpecError(f"the document nests deeper than {MAX_DEPTH} levels") from None
 
 
-try:  # libyaml's C parser when PyYAML was built with it
-    from yaml.cyaml import CParser as _CParser
-except ImportError:  # pragma: no cover - PyYAML without libyaml
-    _CParser = None
+# libyaml's C parser when PyYAML was built with it
+_CParser: type | None = getattr(getattr(yaml, "cyaml", None), "CParser", None)
 _PARSER: tuple[type, ...] = (
     (_CParser,) if _CParser is not None else (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
 )
@@ -293,7 +296,7 @@ class _Loader(Composer, *_PARSER, SafeConstructor, Resolver):  # type: ignore[mi
     nodes runs in Python, where the aliases and the depth can be refused before anything expands."""
 
     def __init__(self, stream: str) -> None:
-        _PARSER[0].__init__(self, stream)
+        _PARSER[0].__init__(self, stream)  # type: ignore[misc]
         for cls in _PARSER[1:]:
             cls.__init__(self)  # type: ignore[misc]
         Composer.__init__(self)

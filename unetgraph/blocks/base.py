@@ -401,8 +401,8 @@ _FRACTION = re.compile(r"[+-]?(\d{1,40}(/\d{1,40})?|\d{0,40}\.\d{1,40})")
 
 
 def _fraction(text: object, where: str) -> Fraction:
-    if _is_int(text) and abs(text) < 10**40:  # type: ignore[arg-type]
-        return Fraction(text)  # type: ignore[arg-type]
+    if isinstance(text, int) and not isinstance(text, bool) and abs(text) < 10**40:
+        return Fraction(text)
     if isinstance(text, str) and _FRACTION.fullmatch(text.strip()):
         try:
             return Fraction(text.strip())
