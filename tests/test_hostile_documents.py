@@ -109,6 +109,8 @@ class TestFiles:
         os.mkfifo(tmp_path / "fifo.yaml")  # opening a FIFO would block until a writer comes
         refuses(lambda: ug.load(tmp_path / "fifo.yaml"), ug.FileError, "fifo.yaml: cannot read: not a regular file")
         refuses(lambda: ug.load(3), ug.SpecError, "path: expected a file path")
+        refuses(lambda: ug.load(tmp_path / "a\x00.yaml"), ug.FileError, "cannot read: embedded null byte")
+        refuses(lambda: SMALL.save(tmp_path / "a\x00.yaml"), ug.FileError, "cannot write: embedded null byte")
 
     def test_file_errors_are_oserrors_too(self, tmp_path):
         with pytest.raises(OSError):

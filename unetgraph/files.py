@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import FileError
+from .util import short_repr
 
 __all__ = ["write_atomic", "atomic_path", "stale_temporaries", "TEMP_MARK", "STALE_AFTER_S"]
 
@@ -134,6 +135,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp = _create_temp(path)
     except OSError as e:
         raise FileError(f"{path}: cannot write: {e.strerror or e}") from e
+    except ValueError as e:  # a NUL or an unencodable character in the path
+        raise FileError(f"{short_repr(str(path))}: cannot write: {e}") from e
     try:
         yield tmp
         try:

@@ -233,6 +233,8 @@ def load(path: str | os.PathLike[str], *, format: str | None = None) -> UNetGrap
             data = f.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as e:
         raise FileError(f"{path}: cannot read: {e.strerror or e}") from e
+    except ValueError as e:  # a NUL or an unencodable character in the path
+        raise FileError(f"{short_repr(str(path))}: cannot read: {e}") from e
     try:
         return loads(data, fmt)
     except UNetGraphError as e:
