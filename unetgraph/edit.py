@@ -168,22 +168,27 @@ def _still_fits(old: UNetGraph, new: UNetGraph) -> None:
         raise ShapeError(f"the edited graph accepts no input size: {e.message}") from None
 
 
+def _prefixed(what: str, e: UNetGraphError) -> UNetGraphError:
+    return type(e)(f"{what}: {e.message}", node=e.node, edge=e.edge)
+
+
 @contextlib.contextmanager
 def _refusing(what: str) -> Iterator[None]:
     """Typed errors raised inside get the edit's name in front (``add_skip enc0→dec0: ...``)."""
     try:
         yield
     except UNetGraphError as e:
-        raise type(e)(f"{what}: {e.message}", node=e.node, edge=e.edge) from e
+        raise _prefixed(what, e) from e
 
 
 def _edit(what: str, g: UNetGraph, change: Callable[[_Draft], None]) -> UNetGraph:
     """Apply ``change`` to a draft of ``g`` and build the result; errors name the edit."""
     draft = _Draft(g)
-    with _refusing(what):
+    try:
         change(draft)
         return draft.build()
-    raise AssertionError("unreachable")  # pragma: no cover - _refusing re-raises
+    except UNetGraphError as e:
+        raise _prefixed(what, e) from e
 
 
 def _say(value: object) -> str:
@@ -195,28 +200,6 @@ def _graph(g: object) -> UNetGraph:
     if not isinstance(g, UNetGraph):
         raise SpecError(f"expected a UNetGraph to edit, got {type(g).__name__}")
     return g
-
-
-def _name(value: object, what: str) -> str | None:
-    """A name for a new node (checked again, with the name rule, when the node is added)."""
-    if value is not None and not isinstance(value, str):
-        raise SpecError(f"{what}: expected a node name (a string) or None, got {short_repr(value)}")
-    return value
-
-
-def _role(value: object) -> Role | None:
-    if value is None:
-        return None
-    try:
-        return Role(value)
-    except (TypeError, ValueError):
-        raise SpecError(f"role: expected one of {', '.join(r.value for r in Role)}, got {short_repr(value)}") from None
-
-
-def _level(value: object) -> int | None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise SpecError(f"level: expected a non-negative integer or None, got {short_repr(value)}")
-    return value
 
 
 def _nonc(draft: _Draft, dst: str) -> list[EdgeRec]:
@@ -251,7 +234,8 @@ def replace(
 
     Raises:
         NodeNotFoundError: no such node.
-        SpecError: ``block`` is not a block spec, or ``role``/``level`` are invalid.
+        SpecError: ``block`` is not a block spec, or ``role``/``level`` are invalid (as the graph
+            checks them for every node).
         ShapeError, SpecError: the new block does not accept what reaches it, or its output
             does not fit the consumers (e.g. an ``add`` merge now sees unequal channels).
     """
@@ -259,11 +243,10 @@ def replace(
     with _refusing(what):
         _graph(g)[node]
         _block(block)
-        new_role, new_level = _role(role), _level(level)
 
     def change(d: _Draft) -> None:
         r = d.record(node)
-        r[1:] = [block, r[2] if new_role is None else new_role, r[3] if new_level is None else new_level]
+        r[1:] = [block, r[2] if role is None else role, r[3] if level is None else level]
 
     return _edit(what, g, change)
 
@@ -374,15 +357,14 @@ def insert_after(
     with _refusing(what):
         a = _graph(g)[anchor]
         _block(block)
-        new_name, new_role, new_level = _name(name, "name"), _role(role), _level(level)
 
     def change(d: _Draft) -> None:
-        new = new_name or _derived_name(d, anchor, block)
+        new = _derived_name(d, anchor, block) if name is None else name
         d.new_node(
             new,
             block,
-            new_role or _AFTER_ROLE.get(a.role, a.role),
-            a.level if new_level is None else new_level,
+            _AFTER_ROLE.get(a.role, a.role) if role is None else role,
+            a.level if level is None else level,
             d.index(anchor) + 1,
         )
         for s, t, k, p in d.outs(anchor):
@@ -423,7 +405,6 @@ def insert_before(
     with _refusing(what):
         a = _graph(g)[anchor]
         _block(block)
-        new_name, new_role, new_level = _name(name, "name"), _role(role), _level(level)
         ins = [e for e in g.in_edges(anchor) if e.kind is not EdgeKind.COND]
         if src is None:
             src = _only(ins, ins, anchor, "say which with src=")
@@ -436,8 +417,10 @@ def insert_before(
         where = g[edge.src] if a.role is Role.MERGE else a
 
     def change(d: _Draft) -> None:
-        new = new_name or _derived_name(d, anchor, block)
-        d.new_node(new, block, new_role or where.role, where.level if new_level is None else new_level, d.index(anchor))
+        new = _derived_name(d, anchor, block) if name is None else name
+        d.new_node(
+            new, block, where.role if role is None else role, where.level if level is None else level, d.index(anchor)
+        )
         d.edges.remove((edge.src, anchor, edge.kind, edge.port))
         d.edges.append((new, anchor, edge.kind, edge.port))
         d.connect(edge.src, new, EdgeKind.DATA, 0)
@@ -509,11 +492,10 @@ def add(
             raise GraphError(f"{block.type_name} needs inputs; give them as a list of node names")
         for item in items:
             g[item.src]
-        new_role, new_level = _role(role) or Role.HEAD, _level(level)
-        lvl = new_level if new_level is not None or not items else g[items[0].src].level
+        lvl = level if level is not None or not items else g[items[0].src].level
 
     def change(d: _Draft) -> None:
-        d.new_node(name, block, new_role, lvl, max(d.index(i.src) for i in items) + 1 if items else len(d.nodes))
+        d.new_node(name, block, role, lvl, max(d.index(i.src) for i in items) + 1 if items else len(d.nodes))
         for port, item in enumerate(items):
             d.connect(item.src, name, item.kind, port)
         d.outputs.append(name)
@@ -600,7 +582,6 @@ def add_skip(
     what = f"add_skip {_say(src)}→{_say(dst)}"
     with _refusing(what):
         s, t = _graph(g)[src], g[dst]
-        new_name = _name(name, "name")
         if t.role is Role.INPUT:
             raise GraphError(f"{dst} is a graph input: nothing feeds it, a skip cannot end there", node=dst)
         ins = [e for e in g.in_edges(dst) if e.kind is not EdgeKind.COND]
@@ -626,7 +607,7 @@ def add_skip(
     main = ins[-1]
 
     def change(d: _Draft) -> None:
-        new = new_name or f"{dst}_merge"
+        new = f"{dst}_merge" if name is None else name
         d.new_node(new, spec, Role.MERGE, t.level if t.level is not None else s.level, d.index(dst))
         d.edges.remove((main.src, dst, main.kind, main.port))
         d.edges.append((new, dst, main.kind, main.port))

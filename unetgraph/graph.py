@@ -600,22 +600,26 @@ def _add_node(g: nx.DiGraph, name: str, block: BlockSpec, role: Role | str, leve
     if name in g:
         raise GraphError(f"node name {name!r} is used twice", node=name)
     if not isinstance(block, BlockSpec):
-        raise SpecError(f"node {name!r}: block must be a BlockSpec (e.g. ug.ConvBlock()), got {block!r}", node=name)
+        raise SpecError(
+            f"node {name!r}: block must be a BlockSpec (e.g. ug.ConvBlock()), got {short_repr(block)}", node=name
+        )
     try:
         role = Role(role)
     except ValueError:
         raise SpecError(
-            f"node {name!r}: unknown role {role!r}; roles: {', '.join(r.value for r in Role)}", node=name
+            f"node {name!r}: unknown role {short_repr(role)}; roles: {', '.join(r.value for r in Role)}", node=name
         ) from None
     if level is not None and (not isinstance(level, int) or isinstance(level, bool) or level < 0):
-        raise SpecError(f"node {name!r}: level must be a non-negative integer or None, got {level!r}", node=name)
+        raise SpecError(
+            f"node {name!r}: level must be a non-negative integer or None, got {short_repr(level)}", node=name
+        )
     g.add_node(name, block=block, role=role, level=level, inputs=(), type=None)
 
 
 def _add_edge(g: nx.DiGraph, src: str, dst: str, kind: EdgeKind | str, port: int) -> None:
     for end in (src, dst):
         if end not in g:
-            raise GraphError(f"edge {src}→{dst}: no node {end!r}", edge=f"{src}→{dst}")
+            raise GraphError(f"edge {src}→{dst}: no node {short_repr(end)}", edge=f"{src}→{dst}")
     if g.has_edge(src, dst):
         raise GraphError(f"edge {src}→{dst} is given twice", edge=f"{src}→{dst}")
     try:
@@ -623,7 +627,9 @@ def _add_edge(g: nx.DiGraph, src: str, dst: str, kind: EdgeKind | str, port: int
     except GraphError as e:
         raise GraphError(f"edge {src}→{dst}: {e.message}", edge=f"{src}→{dst}") from None
     if not isinstance(port, int) or isinstance(port, bool) or port < 0:
-        raise GraphError(f"edge {src}→{dst}: port must be a non-negative integer, got {port!r}", edge=f"{src}→{dst}")
+        raise GraphError(
+            f"edge {src}→{dst}: port must be a non-negative integer, got {short_repr(port)}", edge=f"{src}→{dst}"
+        )
     if src == dst:  # longer cycles are found by _lint (a builder's new node has no consumers yet)
         raise GraphError(f"edge {src}→{dst} would close a cycle", edge=f"{src}→{dst}")
     g.add_edge(src, dst, kind=kind, port=port)
@@ -640,7 +646,7 @@ def _lint(g: nx.DiGraph, outputs: Sequence[str]) -> tuple[str, ...]:
         _lint_node(g, n)
     for o in outputs:
         if o not in g:
-            raise GraphError(f"output {o!r} is not a node", node=str(o))
+            raise GraphError(f"output {short_repr(o)} is not a node", node=short_repr(o))
     if len(set(outputs)) != len(outputs):
         raise GraphError(f"outputs repeat a node: {list(outputs)}")
     inputs = [n for n in order if g.nodes[n]["role"] is Role.INPUT]
@@ -723,7 +729,7 @@ def _infer(g: nx.DiGraph, n: str) -> None:
     except Exception as e:  # a user block's own error: keep it as the cause
         raise SpecError(f"{n} ({block.label()}): {type(e).__name__}: {e}", node=n) from e
     if not isinstance(out, TensorType):
-        raise SpecError(f"{n}: {type(block).__name__}.infer returned {out!r}, expected a TensorType", node=n)
+        raise SpecError(f"{n}: {type(block).__name__}.infer returned {short_repr(out)}, expected a TensorType", node=n)
     a["inputs"], a["type"] = types, out
 
 
@@ -790,7 +796,7 @@ class GraphBuilder:
     def type_of(self, name: str) -> TensorType:
         """The output type of a node added so far."""
         if name not in self._g:
-            raise NodeNotFoundError(f"no node {name!r} yet", node=str(name))
+            raise NodeNotFoundError(f"no node {short_repr(name)} yet", node=short_repr(name))
         return self._g.nodes[name]["type"]
 
     def __contains__(self, name: object) -> bool:
