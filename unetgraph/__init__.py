@@ -6,10 +6,11 @@
 (1, 2, 64, 64)
 """
 
-from . import dynamic, passes, presets, render
+from . import dynamic, interop, passes, presets, render
 from .blocks import (
     ACTS,
     NORMS,
+    Affine,
     AttentionGate,
     BlockSpec,
     ClassEmbedding,
@@ -21,10 +22,12 @@ from .blocks import (
     LinearAttention,
     Merge,
     ResBlock,
+    ScaleBy,
     SelfAttention,
     Sequence,
     SqueezeExcitation,
     TimestepEmbedding,
+    Transformer,
     Up,
     block_from_dict,
     block_names,
@@ -91,6 +94,9 @@ __all__ = [
     "ClassEmbedding",
     "AttentionGate",
     "SqueezeExcitation",
+    "Transformer",
+    "Affine",
+    "ScaleBy",
     "NORMS",
     "ACTS",
     "register_block",
@@ -134,6 +140,7 @@ __all__ = [
     "RenderError",
     "FileError",
     "presets",
+    "interop",
     "render",
     "passes",
     "optimize",
