@@ -370,4 +370,3 @@ class TestIllTypedArguments:
         while causes[-1].__cause__ is not None:
             causes.append(causes[-1].__cause__)
         assert isinstance(causes[-1], KeyError)
-
