@@ -1,5 +1,6 @@
 """The `unetgraph` command: the demo (the main job, end to end) and check/draw/eject on saved graphs."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,54 @@ def test_presets_by_name_and_errors(capsys):
     assert "t (1,)" in capsys.readouterr().out
     assert main(["check", "preset:no_such"]) == 2
     assert "unknown preset 'no_such'" in capsys.readouterr().err
+
+
+def _run(argv, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    captured = capsys.readouterr()
+    return rc, captured.err.strip().splitlines()
+
+
+def test_bad_arguments_of_every_subcommand_print_one_line_and_exit_2(tmp_path, capsys):
+    spec = str(ug.unet(1, 2, widths=(4, 8)).save(tmp_path / "net.yaml"))
+    (tmp_path / "bad.yaml").write_bytes(b"\xff\xfe")
+    (tmp_path / "a_file").write_text("x")
+    blocked = str(tmp_path / "a_file" / "out")  # a file where a folder should be: unwritable even as root
+    cases = {
+        ("check", str(tmp_path / "missing.yaml")): "FileError: .*missing.yaml: cannot read: No such file",
+        ("check", str(tmp_path / "bad.yaml")): "SpecError: bad.yaml: not UTF-8 text",
+        ("check", spec, "--shape", "1,x,8,8"): "SpecError: --shape: expected positive integers separated by commas",
+        ("check", spec, "--shape", ""): "SpecError: --shape: expected positive integers",
+        ("check", spec, "--shape", "1,1,0,8"): "SpecError: --shape: expected positive integers",
+        ("check", spec, "--shape", "1,1,7,7"): "ShapeError: merge0 \\(concat\\) receives 6×6",
+        ("check", "preset:ddpm_unet", "--shape", "1,3"): "SpecError: --shape: DDPM32's input x takes \\(N, 3, H, W\\)",
+        ("check", "preset:nope"): "SpecError: unknown preset 'nope'",
+        ("draw", spec, "-o", blocked + ".svg"): "FileError: .*out.svg: cannot write: .*a_file is a file, not a folder",
+        ("draw", spec, "-o", str(tmp_path / "net.txt")): "RenderError: save_figure: cannot tell the format",
+        ("draw", spec, "--shape", "big"): "SpecError: --shape",
+        ("eject", spec, "-o", blocked + ".py"): "FileError: .*out.py: cannot write",
+        ("eject", spec, "-o", str(tmp_path)): "FileError: .*: cannot write: it is a folder",
+        ("eject", str(tmp_path / "missing.json")): "FileError: .*missing.json: cannot read",
+        ("demo", "--out", blocked, "--no-compile", "--widths", "4", "8", "--size", "16"): "FileError: .*cannot write",
+    }
+    for argv, message in cases.items():
+        rc, lines = _run(list(argv), capsys)
+        assert rc == 2 and len(lines) == 1, (argv, rc, lines)
+        assert re.match("unetgraph: " + message, lines[0]), (argv, lines)
+    for argv in (
+        ["demo", "--size", "0"],
+        ["demo", "--repeat", "-1"],
+        ["demo", "--widths", "x"],
+        ["draw", spec, "--detail", "x"],
+    ):
+        rc, lines = _run(argv, capsys)  # argparse: its usage, then one error line
+        assert rc == 2 and re.match(r"unetgraph \w+: error: argument ", lines[-1]), (argv, lines)
+
+
+def test_console_script_reports_a_missing_file_without_a_traceback(tmp_path):
+    res = subprocess.run([EXE, "check", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr == f"unetgraph: FileError: {tmp_path / 'nope.yaml'}: cannot read: No such file or directory\n"

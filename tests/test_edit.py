@@ -281,7 +281,7 @@ class TestOutputs:
         assert g.copy() == g and g.copy() is not g
         g2 = g.copy(name="Other")
         assert g2.name == "Other" and type(g2.lower()).__name__ == "Other"
-        refused(g, lambda g: g.copy(name="no way"), ug.GraphError, "must be a Python identifier")
+        refused(g, lambda g: g.copy(name="no way"), ug.GraphError, "copy: graph name 'no way' is not a Python")
 
 
 class TestStability:
@@ -306,3 +306,67 @@ class TestStability:
         d = ug.diff(g, g2)
         assert d.added == ["enc2b"] and d.removed == ["merge0"]
         assert set(d.changed) == {"enc0", "enc1", "enc2", "mid", "merge1"}
+
+
+ILL_TYPED = [
+    (lambda g: g.add("aux", ug.Head(), [In("dec0", "sideways")]), ug.GraphError, "unknown edge kind 'sideways'"),
+    (lambda g: g.add("aux", ug.Head(), [("dec0", None)]), ug.GraphError, "unknown edge kind None"),
+    (lambda g: g.add("aux", ug.Head(), 5), ug.SpecError, "add aux: inputs: expected a list of node names"),
+    (lambda g: g.add("aux", ug.Head(), "dec0"), ug.SpecError, "inputs: expected a list of node names"),
+    (lambda g: g.add("aux", ug.Head(), [3]), ug.SpecError, r"inputs\[0\]: expected a node name or In"),
+    (lambda g: g.add("aux", ug.Head(), []), ug.GraphError, "Head needs inputs; give them as a list"),
+    (
+        lambda g: g.insert_after("enc0", ug.ConvBlock(), name=""),
+        ug.GraphError,
+        "node name '' is not a Python identifier",
+    ),
+    (lambda g: g.add(["aux"], ug.Head(), ["dec0"]), ug.GraphError, "node name must be a string, got list"),
+    (lambda g: g.add("aux", ug.Head(), ["dec0"], role=3), ug.SpecError, "add aux: node 'aux': unknown role 3"),
+    (lambda g: g.add_skip("enc0", "x", merge="add"), ug.GraphError, "x is a graph input"),
+    (lambda g: g.add_skip("enc0", "dec0", merge=3), ug.SpecError, "merge: expected a mode"),
+    (lambda g: g.add_skip("enc0", "dec0", merge="add", name=7), ug.GraphError, "node name must be a string, got int"),
+    (lambda g: g.add_edge("enc0", "dec0", ["skip"]), ug.GraphError, r"unknown edge kind \['skip'\]"),
+    (lambda g: g.add_edge("enc0", "merge0", "skip", port="0"), ug.GraphError, "port must be an integer"),
+    (lambda g: g.add_edge("enc0", "merge0", "skip", port=True), ug.GraphError, "port must be an integer"),
+    (lambda g: g.remove("dec0", keep=["merge0"]), ug.GraphError, r"keep=\['merge0'\] is not an input of dec0"),
+    (lambda g: g.remove(["dec0"]), ug.NodeNotFoundError, "remove \\['dec0'\\]: node names are strings"),
+    (lambda g: g.replace({"a": 1}, ug.ConvBlock()), ug.NodeNotFoundError, "node names are strings; got dict"),
+    (lambda g: g.replace("dec0", ug.ConvBlock(), level=-1), ug.SpecError, "level must be a non-negative integer"),
+    (lambda g: g.replace("dec0", ug.ConvBlock(), role="middle"), ug.SpecError, "unknown role 'middle'"),
+    (lambda g: g.insert_after("enc0", ug.ConvBlock(), name=b"x"), ug.GraphError, "node name must be a string"),
+    (lambda g: g.insert_before("merge0", ug.ConvBlock(), src=["enc0"]), ug.GraphError, "is not an input of merge0"),
+    (lambda g: g.set_skip("enc0", "merge0", merge=ug.Merge, crop=None), ug.SpecError, "merge: expected a mode"),
+    (lambda g: g.map_blocks(3), ug.SpecError, "map_blocks: fn: expected a function"),
+    (lambda g: g.map_blocks(lambda b: b, level=2.5), ug.SpecError, "level: expected an integer"),
+    (lambda g: g.map_blocks(lambda b: b, role=3), ug.SpecError, "unknown role in 3"),
+    (lambda g: g.map_blocks(lambda b: b, names="dec0"), ug.SpecError, "names: expected a list of node names"),
+    (lambda g: g.map_blocks(lambda b: b, where=3), ug.SpecError, "where: expected a function"),
+    (lambda g: g.map_blocks(lambda b: b.nope), ug.SpecError, "map_blocks: x .*: fn raised AttributeError"),
+    (lambda g: g.untap(None), ug.GraphError, "untap None: None is not an output"),
+    (lambda g: g.tap(["enc0"]), ug.NodeNotFoundError, r"tap \['enc0'\]: node names are strings"),
+    (lambda g: g.copy(name=3), ug.GraphError, "graph name must be a string, got int 3"),
+    (lambda g: g.copy(name="def"), ug.GraphError, "graph name 'def' is not a Python identifier"),
+    (lambda g: g.set("dec0", dropout=float("nan")), ug.SpecError, "ConvBlock.dropout: expected a finite number"),
+    (lambda g: g.set("dec0", convs=10**40), ug.SpecError, r"ConvBlock.convs: expected an integer within ±2\*\*63"),
+    (lambda g: ug.edit.replace(None, "dec0", ug.ConvBlock()), ug.SpecError, "expected a UNetGraph to edit"),
+]
+
+
+class TestIllTypedArguments:
+    """Arguments of the wrong type or value get a typed error naming the edit (each of these was
+    a raw ValueError, IndexError, TypeError or AttributeError), and the graph stays as it was."""
+
+    @pytest.mark.parametrize("edit, error, match", ILL_TYPED)
+    def test_typed_error_and_nothing_changes(self, g, edit, error, match):
+        refused(g, edit, error, match)
+
+    def test_a_map_function_that_fails_is_the_cause(self, g):
+        def boom(b):
+            raise KeyError("inner")
+
+        with pytest.raises(ug.SpecError, match="fn raised KeyError") as e:
+            g.map_blocks(boom)
+        causes = [e.value]
+        while causes[-1].__cause__ is not None:
+            causes.append(causes[-1].__cause__)
+        assert isinstance(causes[-1], KeyError)

@@ -126,6 +126,52 @@ class TestInvariants:
         with pytest.raises(ug.GraphError, match=r"identifier|reserved"):
             b.input(name, channels=1)
 
+    @pytest.mark.parametrize("name", ["training", "meta", "shape_env"])
+    def test_instance_attributes_of_the_lowered_module_are_reserved(self, name):
+        # nn.Module and GraphModule set these on every instance: a submodule of that name breaks lowering
+        with pytest.raises(ug.GraphError, match=f"node name '{name}' is reserved"):
+            ug.unet(1, 1, widths=(4, 8)).insert_after("enc0", ug.ConvBlock(), name=name)
+
+    def test_names_python_would_normalise_are_refused_everywhere_they_enter(self):
+        """Python reads identifiers NFKC-normalised: 'ｅnc0' (a full-width e) and 'enc0' are one
+        name in generated code. Refused at every door, with the normal form in the message."""
+        message = "node name 'ｅnc0' is not in Unicode NFKC normal form: Python reads it as 'enc0'"
+        b = ug.GraphBuilder()
+        b.input("x", channels=1)
+        with pytest.raises(ug.GraphError, match=message):
+            b.add("ｅnc0", ug.ConvBlock(channels=4), "encoder", 0, ["x"])
+        assert "ｅnc0" not in b
+        g = ug.unet(1, 1, widths=(4, 8))
+        with pytest.raises(ug.GraphError, match=message):
+            g.insert_after("enc0", ug.ConvBlock(), name="ｅnc0")
+        with pytest.raises(ug.GraphError, match=message):
+            ug.UNetGraph(
+                [*g.node_records(), ("ｅnc0", ug.Head(), "head", 0)],
+                [*g.edge_records(), ("enc0", "ｅnc0", "data", 0)],
+                [*g.outputs, "ｅnc0"],
+            )
+        doc = g.to_dict()
+        doc["nodes"]["ｅnc0"] = doc["nodes"].pop("head")
+        doc["edges"][-1]["dst"] = doc["outputs"][0] = "ｅnc0"
+        with pytest.raises(ug.GraphError, match="nodes.ｅnc0: " + message):
+            ug.UNetGraph.from_dict(doc)
+        with pytest.raises(ug.GraphError, match="graph name 'ＵNet' is not in Unicode NFKC normal form"):
+            ug.unet(1, 1, widths=(4, 8), name="ＵNet")
+
+    @pytest.mark.parametrize("name", ["class", "None", "lambda", "3D", "U-Net", "ｕnet", 7, None])
+    def test_graph_names_follow_the_same_rule_at_every_door(self, name):
+        g = ug.unet(1, 1, widths=(4, 8))
+        with pytest.raises(ug.GraphError, match="graph name"):
+            ug.unet(1, 1, widths=(4, 8), name=name)
+        with pytest.raises(ug.GraphError, match="graph name"):
+            ug.GraphBuilder(name=name)
+        with pytest.raises(ug.GraphError, match="graph name"):
+            g.copy(name=name) if name is not None else ug.UNetGraph(
+                g.node_records(), g.edge_records(), g.outputs, name=name
+            )
+        with pytest.raises(ug.SpecError, match=r"^name: graph name"):
+            ug.UNetGraph.from_dict({**g.to_dict(), "name": name})
+
     def test_constructor_refuses_cycles_and_bad_ports(self):
         g = ug.unet(1, 1, widths=(4, 8))
         nodes, edges = g.node_records(), g.edge_records()

@@ -212,7 +212,8 @@ BAD = [
         "schema_version: the document is version 2, written by a newer",
     ),
     (lambda d: d.update(extra=1), ug.SpecError, "document: unknown key 'extra'"),
-    (lambda d: d.update(name=3), ug.SpecError, "name: expected a string"),
+    (lambda d: d.update(name=3), ug.SpecError, "name: graph name must be a string, got int 3"),
+    (lambda d: d.update(name="class"), ug.SpecError, "name: graph name .class. is not a Python identifier"),
     # well-formed documents whose graph is not valid name the node
     (
         lambda d: (d["nodes"]["merge1"]["block"].update(mode="add"), d["nodes"]["up1"]["block"].update(channels=24)),

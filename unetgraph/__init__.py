@@ -49,6 +49,7 @@ from .dynamic import CompiledUNet, compile, export_shapes, served_axes
 from .eject import eject, eject_source
 from .errors import (
     ArtifactError,
+    FileError,
     GraphError,
     LoweringError,
     NodeNotFoundError,
@@ -147,6 +148,7 @@ __all__ = [
     "LoweringError",
     "ArtifactError",
     "RenderError",
+    "FileError",
     "presets",
     "interop",
     "render",

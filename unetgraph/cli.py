@@ -12,15 +12,16 @@ against the checker's, optimize it for inference, compile it with
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
 from .check import check
-from .errors import UNetGraphError
+from .errors import RenderError, SpecError, UNetGraphError
 from .files import write_atomic
 from .graph import UNetGraph
 from .util import median_ms
@@ -28,7 +29,10 @@ from .util import median_ms
 __all__ = ["main"]
 
 
-def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[[], T]) -> tuple[T, float]:
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
@@ -46,6 +50,8 @@ def demo(args: argparse.Namespace) -> int:
     from .render import find_dot
 
     torch.manual_seed(0)
+    if not args.no_compile:
+        _check_backend(args.backend)
     out = Path(args.out)
     shape = (args.batch, 3, args.size, args.size)
     say = print
@@ -57,14 +63,14 @@ def demo(args: argparse.Namespace) -> int:
     report, t = _timed(lambda: check(g, shape))
     cost = g.summary(shape)
     say(
-        f"2. checked    {shape} → {report.outputs['head']}, {cost.flops / 1e9:.1f} GFLOPs; "
+        f"2. checked    {shape} → {report.outputs['head']}, {(cost.flops or 0) / 1e9:.1f} GFLOPs; "
         f"valid sizes: {g.valid_sizes()}  [{t * 1e3:.1f} ms]"
     )
 
     try:
         find_dot()
         figure = g.save_figure(out / "unet.svg", "blocks", input_shape=shape)
-    except UNetGraphError as e:  # no graphviz: DOT text still works
+    except RenderError as e:  # no graphviz: DOT text still works
         figure = g.save_figure(out / "unet.dot", "blocks", input_shape=shape)
         say(f"   ({e})")
     say(f"3. drawn      {figure} (encoder left, decoder right, skips across)")
@@ -136,10 +142,21 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_backend(name: str) -> None:
+    """Refuse an unknown ``torch.compile`` backend before the demo's first step, not at step 7."""
+    from torch._dynamo import list_backends, lookup_backend
+
+    try:
+        lookup_backend(name)
+    except Exception:
+        raise SpecError(
+            f"--backend: unknown torch.compile backend {name!r}; backends: {', '.join(list_backends())}"
+        ) from None
+
+
 def _load(spec: str) -> UNetGraph:
     """A graph from a ``.yaml``/``.json`` document or ``preset:NAME``."""
     from . import presets
-    from .errors import SpecError
     from .serialize import load
 
     if spec.startswith("preset:"):
@@ -151,15 +168,26 @@ def _load(spec: str) -> UNetGraph:
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
-    return None if text is None else tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+    """``--shape 1,3,256,256`` (or ``1x3x256x256``) as a tuple of positive integers."""
+    if text is None:
+        return None
+    parts = re.split(r"\s*[,x×]\s*", text.strip())
+    if not all(v.isdigit() and len(v) <= 9 and int(v) > 0 for v in parts):
+        raise SpecError(f"--shape: expected positive integers separated by commas, like 1,3,256,256; got {text!r}")
+    return tuple(int(v) for v in parts)
 
 
-def _inputs(g: UNetGraph, shape: tuple[int, ...] | None) -> dict[str, tuple[int, ...]]:
+def _inputs(g: UNetGraph, shape: tuple[int, ...] | None) -> dict[str, Sequence[int]]:
     from .inputs import input_shapes
 
     if shape is None:
-        return input_shapes(g)
-    return input_shapes(g, batch=shape[0], size=shape[2:]) if len(g.inputs) > 1 else {g.inputs[0]: shape}
+        return dict(input_shapes(g))
+    if len(g.inputs) == 1:
+        return {g.inputs[0]: shape}
+    x = next((n for n in g.inputs if g[n].type.dims), None)
+    if x is not None and len(shape) != 2 + g[x].type.dims:
+        raise SpecError(f"--shape: {g.name}'s input {x} takes {g[x].type.pattern()}, got {','.join(map(str, shape))}")
+    return dict(input_shapes(g, batch=shape[0], size=shape[2:]))
 
 
 def check_command(args: argparse.Namespace) -> int:
@@ -189,16 +217,25 @@ def eject_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a positive integer (argparse reports anything else in one line, exit 2)."""
+    if not (text.strip().isdigit() and len(text.strip()) <= 9 and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``unetgraph`` command; returns the exit status (0, or 2 for any error, which is
+    printed as one line: ``unetgraph: SpecError: ...``)."""
     parser = argparse.ArgumentParser(prog="unetgraph", description=__doc__.split("\n\n")[1].replace("\n", " "))
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="the whole flow on a default U-Net, with a short report")
-    d.add_argument("--size", type=int, default=128, help="input height and width (default 128)")
-    d.add_argument("--batch", type=int, default=1)
-    d.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    d.add_argument("--size", type=_positive, default=128, help="input height and width (default 128)")
+    d.add_argument("--batch", type=_positive, default=1)
+    d.add_argument("--widths", type=_positive, nargs="+", default=[64, 128, 256, 512, 1024])
     d.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
     d.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    d.add_argument("--repeat", type=int, default=5, help="timing repeats")
+    d.add_argument("--repeat", type=_positive, default=5, help="timing repeats")
     d.add_argument("--out", default="demo-out", help="folder for the files it writes (default demo-out)")
     d.set_defaults(run=demo)
     spec_help = "a saved graph (.yaml/.json) or preset:NAME"

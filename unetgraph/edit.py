@@ -22,14 +22,16 @@ The methods of the same names on ``UNetGraph`` call these (``g.replace(...)``), 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+import contextlib
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .blocks.base import BlockSpec
 from .blocks.merge import Merge
 from .check import valid_sizes
 from .errors import GraphError, NodeNotFoundError, ShapeError, SpecError, UNetGraphError
-from .graph import In, Node, UNetGraph
+from .graph import Edge, In, Node, UNetGraph, as_inputs, check_node_name, edge_kind
 from .types import EdgeKind, Role
+from .util import short_repr
 
 __all__ = [
     "replace",
@@ -82,6 +84,7 @@ class _Draft:
         return [e for e in self.edges if e[0] == src]
 
     def new_node(self, name: str, block: BlockSpec, role: Role | str, level: int | None, at: int) -> None:
+        check_node_name(name)
         if self.has(name):
             raise GraphError(f"a node named {name!r} exists already; pick another name", node=name)
         self.nodes.insert(at, [name, block, role, level])
@@ -90,8 +93,31 @@ class _Draft:
         """Add ``src→dst`` at ``port``, moving the inputs at ``port`` and after one port on."""
         if any(e[0] == src and e[1] == dst for e in self.edges):
             raise GraphError(f"{src} feeds {dst} already (an edge {src}→{dst} exists)", edge=f"{src}→{dst}")
+        path = self.path(dst, src)
+        if path:
+            raise GraphError(f"edge {src}→{dst} would close a cycle: {' → '.join(path)} → {dst}", edge=f"{src}→{dst}")
         self.edges = [(s, d, k, p + 1 if d == dst and p >= port else p) for s, d, k, p in self.edges]
-        self.edges.append((src, dst, EdgeKind(kind), port))
+        self.edges.append((src, dst, edge_kind(kind), port))
+
+    def path(self, start: str, end: str) -> list[str]:
+        """A path of edges from ``start`` to ``end`` (its nodes), or ``[]`` when there is none."""
+        outs: dict[str, list[str]] = {}
+        for s, d, _, _ in self.edges:
+            outs.setdefault(s, []).append(d)
+        came: dict[str, str | None] = {start: None}
+        todo = [start]
+        while todo:
+            n = todo.pop()
+            if n == end:
+                path = [n]
+                while came[path[-1]] is not None:
+                    path.append(came[path[-1]])  # type: ignore[arg-type]
+                return path[::-1]
+            for m in outs.get(n, ()):
+                if m not in came:
+                    came[m] = n
+                    todo.append(m)
+        return []
 
     def disconnect(self, src: str, dst: str) -> EdgeRec:
         """Remove ``src→dst``; the inputs after it move one port down. Returns the removed edge."""
@@ -142,6 +168,19 @@ def _still_fits(old: UNetGraph, new: UNetGraph) -> None:
         raise ShapeError(f"the edited graph accepts no input size: {e.message}") from None
 
 
+def _prefixed(what: str, e: UNetGraphError) -> UNetGraphError:
+    return type(e)(f"{what}: {e.message}", node=e.node, edge=e.edge)
+
+
+@contextlib.contextmanager
+def _refusing(what: str) -> Iterator[None]:
+    """Typed errors raised inside get the edit's name in front (``add_skip enc0→dec0: ...``)."""
+    try:
+        yield
+    except UNetGraphError as e:
+        raise _prefixed(what, e) from e
+
+
 def _edit(what: str, g: UNetGraph, change: Callable[[_Draft], None]) -> UNetGraph:
     """Apply ``change`` to a draft of ``g`` and build the result; errors name the edit."""
     draft = _Draft(g)
@@ -149,7 +188,18 @@ def _edit(what: str, g: UNetGraph, change: Callable[[_Draft], None]) -> UNetGrap
         change(draft)
         return draft.build()
     except UNetGraphError as e:
-        raise type(e)(f"{what}: {e.message}", node=e.node, edge=e.edge) from e
+        raise _prefixed(what, e) from e
+
+
+def _say(value: object) -> str:
+    """An argument as the edit's description shows it: a string as is, anything else in short."""
+    return value if isinstance(value, str) and len(value) <= 80 else short_repr(value)
+
+
+def _graph(g: object) -> UNetGraph:
+    if not isinstance(g, UNetGraph):
+        raise SpecError(f"expected a UNetGraph to edit, got {type(g).__name__}")
+    return g
 
 
 def _nonc(draft: _Draft, dst: str) -> list[EdgeRec]:
@@ -157,9 +207,18 @@ def _nonc(draft: _Draft, dst: str) -> list[EdgeRec]:
     return [e for e in draft.ins(dst) if e[2] is not EdgeKind.COND]
 
 
-def _block(block: object, what: str) -> BlockSpec:
+def _only(ins: list[Edge], choices: list[Edge], node: str, ask: str) -> str:
+    """The source of the one edge in ``choices``; else a :class:`GraphError` listing ``ins`` and
+    saying which keyword picks one (``src=``, ``keep=``)."""
+    if len(choices) != 1:
+        listed = ", ".join(e.describe() for e in ins) or "none"
+        raise GraphError(f"{node} has {len(ins)} inputs ({listed}); {ask}", node=node)
+    return choices[0].src
+
+
+def _block(block: object, what: str = "block") -> BlockSpec:
     if not isinstance(block, BlockSpec):
-        raise SpecError(f"{what}: expected a block spec (e.g. ug.ConvBlock()), got {block!r}")
+        raise SpecError(f"{what}: expected a block spec (e.g. ug.ConvBlock()), got {short_repr(block)}")
     return block
 
 
@@ -175,12 +234,15 @@ def replace(
 
     Raises:
         NodeNotFoundError: no such node.
+        SpecError: ``block`` is not a block spec, or ``role``/``level`` are invalid (as the graph
+            checks them for every node).
         ShapeError, SpecError: the new block does not accept what reaches it, or its output
             does not fit the consumers (e.g. an ``add`` merge now sees unequal channels).
     """
-    g[node]
-    what = f"replace {node}"
-    _block(block, what)
+    what = f"replace {_say(node)}"
+    with _refusing(what):
+        _graph(g)[node]
+        _block(block)
 
     def change(d: _Draft) -> None:
         r = d.record(node)
@@ -196,11 +258,9 @@ def set_fields(g: UNetGraph, node: str, **fields: Any) -> UNetGraph:
         SpecError: the block has no such field or the value is invalid.
         ShapeError: the changed block no longer fits the graph.
     """
-    what = f"set {node}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
-    try:
-        block = g[node].block.with_(**fields)
-    except SpecError as e:
-        raise type(e)(f"{what}: {e.message}", node=node) from e
+    what = f"set {_say(node)}({', '.join(f'{k}={short_repr(v)}' for k, v in fields.items())})"
+    with _refusing(what):
+        block = _graph(g)[node].block.with_(**fields)
     return _edit(what, g, lambda d: _set_blocks(d, {node: block}))
 
 
@@ -221,17 +281,32 @@ def map_blocks(
     ``lambda b: b.with_(norm="group") if isinstance(b, ug.ConvBlock) else b``.
 
     Raises:
-        SpecError: ``fn`` failed or returned something that is not a block (naming the node).
+        SpecError: ``fn`` failed (any exception, kept as the cause) or returned something that
+            is not a block (naming the node); a selector is invalid.
         ShapeError: a changed block no longer fits the graph.
     """
-    wanted = None if names is None else {g[n].name for n in names}
-    selected = [n for n in g.nodes(role=role, level=level, where=where) if wanted is None or n.name in wanted]
+    with _refusing("map_blocks"):
+        _graph(g)
+        if not callable(fn):
+            raise SpecError(f"fn: expected a function of a block spec, got {short_repr(fn)}")
+        if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Iterable)):
+            raise SpecError(f"names: expected a list of node names, got {short_repr(names)}")
+        wanted = None if names is None else {g[n].name for n in names}
+        try:
+            selected = [n for n in g.nodes(role=role, level=level, where=where) if wanted is None or n.name in wanted]
+        except UNetGraphError:
+            raise
+        except Exception as e:  # the user's predicate failed
+            raise SpecError(f"where: the predicate raised {type(e).__name__}: {e}") from e
     new: dict[str, BlockSpec] = {}
     for n in selected:
-        try:
-            out = fn(n.block)
-        except UNetGraphError as e:
-            raise type(e)(f"map_blocks: {n.name} ({n.block.label()}): {e.message}", node=n.name) from e
+        with _refusing(f"map_blocks: {n.name} ({n.block.label()})"):
+            try:
+                out = fn(n.block)
+            except UNetGraphError as e:
+                raise type(e)(e.message, node=n.name) from e
+            except Exception as e:  # the user's function failed: keep it as the cause
+                raise SpecError(f"fn raised {type(e).__name__}: {e}", node=n.name) from e
         new[n.name] = _block(out, f"map_blocks: {n.name}")
     changed = [n for n, b in new.items() if b != g[n].block]
     return _edit(f"map_blocks on {', '.join(changed) or 'nothing'}", g, lambda d: _set_blocks(d, new))
@@ -278,16 +353,17 @@ def insert_after(
         ShapeError, SpecError: the block does not take the anchor's output, or its output
             does not fit the consumers.
     """
-    a = g[anchor]
-    what = f"insert_after {anchor}"
-    _block(block, what)
+    what = f"insert_after {_say(anchor)}"
+    with _refusing(what):
+        a = _graph(g)[anchor]
+        _block(block)
 
     def change(d: _Draft) -> None:
-        new = name or _derived_name(d, anchor, block)
+        new = _derived_name(d, anchor, block) if name is None else name
         d.new_node(
             new,
             block,
-            role or _AFTER_ROLE.get(a.role, a.role),
+            _AFTER_ROLE.get(a.role, a.role) if role is None else role,
             a.level if level is None else level,
             d.index(anchor) + 1,
         )
@@ -325,31 +401,29 @@ def insert_before(
         GraphError: ``src`` is not an input of ``anchor`` or must be given; the name is taken.
         ShapeError, SpecError: the new block does not fit.
     """
-    a = g[anchor]
-    what = f"insert_before {anchor}"
-    _block(block, what)
-    ins = [e for e in g.in_edges(anchor) if e.kind is not EdgeKind.COND]
-    if src is None:
-        if len(ins) != 1:
+    what = f"insert_before {_say(anchor)}"
+    with _refusing(what):
+        a = _graph(g)[anchor]
+        _block(block)
+        ins = [e for e in g.in_edges(anchor) if e.kind is not EdgeKind.COND]
+        if src is None:
+            src = _only(ins, ins, anchor, "say which with src=")
+        edge = next((e for e in ins if e.src == src), None)
+        if edge is None:
             raise GraphError(
-                f"{what}: {anchor} has {len(ins)} inputs ({', '.join(e.describe() for e in ins) or 'none'}); "
-                "say which with src=",
+                f"{short_repr(src)} is not an input of {anchor}; its inputs: {', '.join(e.src for e in ins) or 'none'}",
                 node=anchor,
             )
-        src = ins[0].src
-    edge = next((e for e in ins if e.src == src), None)
-    if edge is None:
-        raise GraphError(
-            f"{what}: {src!r} is not an input of {anchor}; its inputs: {', '.join(e.src for e in ins)}", node=anchor
-        )
-    where = g[src] if a.role is Role.MERGE else a
+        where = g[edge.src] if a.role is Role.MERGE else a
 
     def change(d: _Draft) -> None:
-        new = name or _derived_name(d, anchor, block)
-        d.new_node(new, block, role or where.role, where.level if level is None else level, d.index(anchor))
+        new = _derived_name(d, anchor, block) if name is None else name
+        d.new_node(
+            new, block, where.role if role is None else role, where.level if level is None else level, d.index(anchor)
+        )
         d.edges.remove((edge.src, anchor, edge.kind, edge.port))
         d.edges.append((new, anchor, edge.kind, edge.port))
-        d.connect(src, new, EdgeKind.DATA, 0)
+        d.connect(edge.src, new, EdgeKind.DATA, 0)
 
     return _edit(what, g, change)
 
@@ -367,27 +441,22 @@ def remove(g: UNetGraph, node: str, *, keep: str | None = None) -> UNetGraph:
         ShapeError: the bypass does not type (e.g. removing a ``Down`` leaves the scales of a
             merge unequal).
     """
-    n = g[node]
-    what = f"remove {node}"
-    if n.role is Role.INPUT:
-        raise GraphError(f"{what}: {node} is a graph input; inputs cannot be removed", node=node)
-    ins = [e for e in g.in_edges(node) if e.kind is not EdgeKind.COND]
-    if keep is None:
-        data = [e for e in ins if e.kind is EdgeKind.DATA]
-        pick = ins if len(ins) == 1 else data
-        if len(pick) != 1:
+    what = f"remove {_say(node)}"
+    with _refusing(what):
+        n = _graph(g)[node]
+        if n.role is Role.INPUT:
+            raise GraphError(f"{node} is a graph input; inputs cannot be removed", node=node)
+        ins = [e for e in g.in_edges(node) if e.kind is not EdgeKind.COND]
+        if keep is None:
+            data = [e for e in ins if e.kind is EdgeKind.DATA]
+            keep = _only(ins, ins if len(ins) == 1 else data, node, "say which one takes its place with keep=")
+        elif keep not in [e.src for e in ins]:
             raise GraphError(
-                f"{what}: {node} has inputs {', '.join(e.describe() for e in ins)}; say which one takes "
-                "its place with keep=",
-                node=node,
+                f"keep={short_repr(keep)} is not an input of {node} ({', '.join(e.src for e in ins)})", node=node
             )
-        keep = pick[0].src
-    elif keep not in {e.src for e in ins}:
-        raise GraphError(
-            f"{what}: keep={keep!r} is not an input of {node} ({', '.join(e.src for e in ins)})", node=node
-        )
+    kept: str = keep
 
-    return _edit(what, g, lambda d: d.bypass(node, keep))
+    return _edit(what, g, lambda d: d.bypass(node, kept))
 
 
 def add(
@@ -405,7 +474,8 @@ def add(
     (``add(g, "aux1", ug.Head(channels=2), ["dec1"])``) or a feature projection.
 
     Args:
-        inputs: node names (data edges) or :class:`~unetgraph.graph.In` for skip/cond edges.
+        inputs: node names (data edges) or :class:`~unetgraph.graph.In` for skip/cond edges;
+            empty only for a block that takes none (a new graph input, ``role="input"``).
         role: default ``head``.
         level: default: the first input's level.
 
@@ -413,12 +483,16 @@ def add(
         GraphError: the name is taken, an input is unknown, the arity is wrong.
         ShapeError, SpecError: the block does not accept its inputs.
     """
-    what = f"add {name}"
-    _block(block, what)
-    items = [In(i) if isinstance(i, str) else In(*i) for i in inputs]
-    for item in items:
-        g[item.src]
-    lvl = level if level is not None else (g[items[0].src].level if items else None)
+    what = f"add {_say(name)}"
+    with _refusing(what):
+        _graph(g)
+        _block(block)
+        items = as_inputs(inputs)
+        if not items and block.max_inputs != 0:
+            raise GraphError(f"{block.type_name} needs inputs; give them as a list of node names")
+        for item in items:
+            g[item.src]
+        lvl = level if level is not None or not items else g[items[0].src].level
 
     def change(d: _Draft) -> None:
         d.new_node(name, block, role, lvl, max(d.index(i.src) for i in items) + 1 if items else len(d.nodes))
@@ -441,19 +515,21 @@ def add_edge(
     merges; a data edge after the other inputs; a cond edge last.
 
     Raises:
-        GraphError: the edge exists, would close a cycle, or ``dst`` does not take another input.
+        GraphError: the edge exists, would close a cycle, ``dst`` does not take another input,
+            or the kind or port is invalid.
         ShapeError: ``dst`` does not accept the extra input's type.
     """
-    g[src], g[dst]
-    kind = _kind(kind)
-    what = f"add_edge {src}→{dst}"
+    what = f"add_edge {_say(src)}→{_say(dst)}"
+    with _refusing(what):
+        _graph(g)[src], g[dst]
+        new_kind = edge_kind(kind)
 
     def change(d: _Draft) -> None:
         ins, main = d.ins(dst), len(_nonc(d, dst))
-        at = {EdgeKind.COND: len(ins), EdgeKind.SKIP: max(main - 1, 0)}.get(kind, main)
-        if port is not None and not (isinstance(port, int) and 0 <= port <= len(ins)):
-            raise GraphError(f"port must be an integer in 0..{len(ins)}, got {port!r}", edge=f"{src}→{dst}")
-        d.connect(src, dst, kind, at if port is None else port)
+        at = {EdgeKind.COND: len(ins), EdgeKind.SKIP: max(main - 1, 0)}.get(new_kind, main)
+        if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= len(ins)):
+            raise GraphError(f"port must be an integer in 0..{len(ins)}, got {short_repr(port)}", edge=f"{src}→{dst}")
+        d.connect(src, dst, new_kind, at if port is None else port)
 
     return _edit(what, g, change)
 
@@ -465,8 +541,10 @@ def remove_edge(g: UNetGraph, src: str, dst: str) -> UNetGraph:
         GraphError: no such edge, or removing it leaves ``dst`` short of inputs or ``src``
             feeding nothing (e.g. the only path to the head).
     """
-    g[src], g[dst]
-    return _edit(f"remove_edge {src}→{dst}", g, lambda d: _cut(d, src, dst))
+    what = f"remove_edge {_say(src)}→{_say(dst)}"
+    with _refusing(what):
+        _graph(g)[src], g[dst]
+    return _edit(what, g, lambda d: _cut(d, src, dst))
 
 
 def _cut(d: _Draft, src: str, dst: str) -> None:
@@ -498,21 +576,28 @@ def add_skip(
 
     Raises:
         GraphError: a cycle (``src`` comes after ``dst``), a skip across levels, an edge that
-            exists, or ``dst`` takes one input and no ``merge`` is given.
+            exists, ``dst`` is a graph input, or ``dst`` takes one input and no ``merge`` is given.
         ShapeError: the merge does not accept the skip (scale or channels).
     """
-    s, t = g[src], g[dst]
-    what = f"add_skip {src}→{dst}"
-    ins = [e for e in g.in_edges(dst) if e.kind is not EdgeKind.COND]
-    room = t.block.max_inputs is None or t.block.max_inputs > len(ins)
-    if not room and merge is None:
-        raise GraphError(
-            f"{what}: {dst} ({t.block.label()}) takes {len(ins)} input; end the skip at a merge, "
-            "or pass merge='concat' (or 'add') to insert one in front of it",
-            node=dst,
-        )
+    what = f"add_skip {_say(src)}→{_say(dst)}"
+    with _refusing(what):
+        s, t = _graph(g)[src], g[dst]
+        if t.role is Role.INPUT:
+            raise GraphError(f"{dst} is a graph input: nothing feeds it, a skip cannot end there", node=dst)
+        ins = [e for e in g.in_edges(dst) if e.kind is not EdgeKind.COND]
+        room = t.block.max_inputs is None or t.block.max_inputs > len(ins)
+        if not room and merge is None:
+            raise GraphError(
+                f"{dst} ({t.block.label()}) takes {len(ins)} input; end the skip at a merge, "
+                "or pass merge='concat' (or 'add') to insert one in front of it",
+                node=dst,
+            )
+        if room:
+            block = t.block if merge is None else _merged(t.block, merge, None, dst)
+        else:
+            spec = merge if isinstance(merge, BlockSpec) else _merged(Merge(), merge, None, dst)
+
     if room:
-        block = t.block if merge is None else _merged(t.block, merge, None, what, dst)
 
         def join(d: _Draft) -> None:
             d.record(dst)[1] = block
@@ -520,10 +605,9 @@ def add_skip(
 
         return _edit(what, g, join)
     main = ins[-1]
-    spec = merge if isinstance(merge, BlockSpec) else _merged(Merge(), merge, None, what, dst)
 
     def change(d: _Draft) -> None:
-        new = name or f"{dst}_merge"
+        new = f"{dst}_merge" if name is None else name
         d.new_node(new, spec, Role.MERGE, t.level if t.level is not None else s.level, d.index(dst))
         d.edges.remove((main.src, dst, main.kind, main.port))
         d.edges.append((new, dst, main.kind, main.port))
@@ -533,15 +617,17 @@ def add_skip(
     return _edit(what, g, change)
 
 
-def _merged(block: BlockSpec, merge: str | BlockSpec | None, crop: bool | None, what: str, dst: str) -> BlockSpec:
+def _merged(block: BlockSpec, merge: str | BlockSpec | None, crop: bool | None, dst: str) -> BlockSpec:
     """``block`` merging as asked: ``merge`` is a mode of ``block`` or a whole new block."""
     if isinstance(merge, BlockSpec):
         block, merge = merge, None
+    elif merge is not None and not isinstance(merge, str):
+        raise SpecError(f"merge: expected a mode ('concat', 'add') or a merge block, got {short_repr(merge)}")
     changes = {k: v for k, v in (("mode", merge), ("crop", crop)) if v is not None}
     try:
         return block.with_(**changes)
     except SpecError as e:
-        raise type(e)(f"{what}: {dst}: {e.message}", node=dst) from e
+        raise type(e)(f"{dst}: {e.message}", node=dst) from e
 
 
 def remove_skip(g: UNetGraph, src: str, dst: str | None = None) -> UNetGraph:
@@ -553,12 +639,15 @@ def remove_skip(g: UNetGraph, src: str, dst: str | None = None) -> UNetGraph:
     Raises:
         GraphError: no such skip, or ``src`` would feed nothing.
     """
-    g[src]
-    skips = [e for e in g.out_edges(src) if e.kind is EdgeKind.SKIP and (dst is None or e.dst == dst)]
-    what = f"remove_skip {src}→{dst or '*'}"
-    if not skips:
-        have = ", ".join(e.name for e in g.skips) or "none"
-        raise GraphError(f"{what}: no skip leaves {src}{f' into {dst}' if dst else ''}; skips: {have}", node=src)
+    what = f"remove_skip {_say(src)}→{'*' if dst is None else _say(dst)}"
+    with _refusing(what):
+        _graph(g)[src]
+        if dst is not None:
+            g[dst]
+        skips = [e for e in g.out_edges(src) if e.kind is EdgeKind.SKIP and (dst is None or e.dst == dst)]
+        if not skips:
+            have = ", ".join(e.name for e in g.skips) or "none"
+            raise GraphError(f"no skip leaves {src}{f' into {dst}' if dst else ''}; skips: {have}", node=src)
 
     def change(d: _Draft) -> None:
         for e in skips:
@@ -590,14 +679,15 @@ def set_skip(
         GraphError: there is no skip ``src → dst``.
         ShapeError: the new merge does not accept its inputs (``add`` with unequal channels).
     """
-    g[src], g[dst]
-    what = f"set_skip {src}→{dst}"
-    if not any(e.src == src and e.kind is EdgeKind.SKIP for e in g.in_edges(dst)):
-        have = ", ".join(e.name for e in g.skips) or "none"
-        raise GraphError(f"{what}: there is no skip {src}→{dst}; skips: {have}", edge=f"{src}→{dst}")
-    if merge is None and crop is None:
-        raise SpecError(f"{what}: nothing to set; give merge= and/or crop=")
-    block = _merged(g[dst].block, merge, crop, what, dst)
+    what = f"set_skip {_say(src)}→{_say(dst)}"
+    with _refusing(what):
+        _graph(g)[src], g[dst]
+        if not any(e.src == src and e.kind is EdgeKind.SKIP for e in g.in_edges(dst)):
+            have = ", ".join(e.name for e in g.skips) or "none"
+            raise GraphError(f"there is no skip {src}→{dst}; skips: {have}", edge=f"{src}→{dst}")
+        if merge is None and crop is None:
+            raise SpecError("nothing to set; give merge= and/or crop=")
+        block = _merged(g[dst].block, merge, crop, dst)
     return _edit(f"{what} ({dst}: {block.label()})", g, lambda d: _set_blocks(d, {dst: block}))
 
 
@@ -611,9 +701,11 @@ def tap(g: UNetGraph, *nodes: str) -> UNetGraph:
     (``{"head": ..., "enc2": ...}``); ``check`` reports every output's shape. Tapping an
     output again changes nothing.
     """
-    for n in nodes:
-        g[n]
-    return _edit(f"tap {', '.join(nodes)}", g, lambda d: d.outputs.extend(n for n in nodes if n not in d.outputs))
+    what = f"tap {', '.join(map(_say, nodes))}"
+    with _refusing(what):
+        for n in nodes:
+            _graph(g)[n]
+    return _edit(what, g, lambda d: d.outputs.extend(dict.fromkeys(n for n in nodes if n not in d.outputs)))
 
 
 def untap(g: UNetGraph, *nodes: str) -> UNetGraph:
@@ -623,10 +715,11 @@ def untap(g: UNetGraph, *nodes: str) -> UNetGraph:
         GraphError: a node is not an output, or it would then feed nothing (dangling) or
             no output would be left.
     """
-    what = f"untap {', '.join(nodes)}"
-    for n in nodes:
-        if n not in g.outputs:
-            raise GraphError(f"{what}: {n!r} is not an output; outputs: {', '.join(g.outputs)}", node=str(n))
+    what = f"untap {', '.join(map(_say, nodes))}"
+    with _refusing(what):
+        for n in nodes:
+            if n not in _graph(g).outputs:
+                raise GraphError(f"{short_repr(n)} is not an output; outputs: {', '.join(g.outputs)}", node=_say(n))
 
     def change(d: _Draft) -> None:
         d.outputs = [o for o in d.outputs if o not in nodes]
@@ -636,15 +729,10 @@ def untap(g: UNetGraph, *nodes: str) -> UNetGraph:
 
 def copy(g: UNetGraph, *, name: str | None = None) -> UNetGraph:
     """An equal graph, optionally with another model name (the lowered class's name)."""
+    with _refusing("copy"):
+        _graph(g)
 
     def change(d: _Draft) -> None:
         d.name = g.name if name is None else name
 
     return _edit("copy", g, change)
-
-
-def _kind(kind: EdgeKind | str) -> EdgeKind:
-    try:
-        return EdgeKind(kind)
-    except ValueError:
-        raise GraphError(f"unknown edge kind {kind!r}; kinds: data, skip, cond") from None

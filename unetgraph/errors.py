@@ -16,6 +16,7 @@ __all__ = [
     "LoweringError",
     "ArtifactError",
     "RenderError",
+    "FileError",
 ]
 
 
@@ -97,3 +98,9 @@ class ArtifactError(LoweringError):
 class RenderError(UNetGraphError):
     """A drawing cannot be made as asked: a bad option, or graphviz (the ``dot`` program or the
     ``graphviz`` Python package) is missing; the message says how to install what is missing."""
+
+
+class FileError(UNetGraphError, OSError):
+    """A file cannot be read or written: missing, a directory, not readable or writable, the disk
+    full. The message names the file and what the system said; the ``OSError`` it wraps is the
+    ``__cause__``. Also an ``OSError``, so ``except OSError`` keeps working."""

@@ -1,14 +1,112 @@
-"""Atomic file writes: every file unetgraph writes appears whole or not at all."""
+"""Atomic file writes: every file unetgraph writes appears whole or not at all.
+
+A write goes to a temporary file beside the target, then is renamed onto it. A process killed
+in between (``kill -9``, a power cut) leaves its temporary file behind; the next write to that
+folder removes such leftovers. Only files that are surely ours are removed, by three rules
+that must all hold (see :func:`stale_temporaries`):
+
+- the name has our pattern ``.<target>.ugtmp-<host>-<pid>-<random><suffix>``, where ``<host>``
+  is 8 hex digits of this machine's name, ``<pid>`` the writer's process id and ``<random>``
+  8 random hex digits;
+- the file is a regular file (not a link) owned by the current user;
+- its writer is gone: on this machine, no process with that id exists; a file written from
+  another machine (a shared folder) or on a system without process ids is left alone until it
+  is a day old.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
-import tempfile
+import re
+import secrets
+import socket
+import stat
+import time
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["write_atomic", "atomic_path"]
+from .errors import FileError
+from .util import short_repr
+
+__all__ = ["write_atomic", "atomic_path", "stale_temporaries", "TEMP_MARK", "STALE_AFTER_S"]
+
+TEMP_MARK = "ugtmp"
+"""The word every temporary file name carries (``.net.yaml.ugtmp-1a2b3c4d-4242-k3j2h1g0.yaml``)."""
+
+STALE_AFTER_S = 24 * 3600
+"""Age after which a temporary file whose writer cannot be checked (another machine) is removed."""
+
+_TEMP_NAME = re.compile(rf"^\..+\.{TEMP_MARK}-(?P<host>[0-9a-f]{{8}})-(?P<pid>[0-9]{{1,10}})-[0-9a-f]{{8}}(\.[^/]*)?$")
+
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _prefix(path: Path) -> str:
+    # the target's name is cut so that the temporary name stays within the usual 255-byte limit
+    return f".{path.name[:80]}.{TEMP_MARK}-{_host()}-{os.getpid()}-"
+
+
+def _writer_gone(host: str, pid: int, age_s: float) -> bool:
+    if host != _host() or os.name != "posix":  # cannot ask (os.kill on Windows would terminate)
+        return age_s > STALE_AFTER_S
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files in ``folder`` that killed writers left behind (the rules above)."""
+    out = []
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        m = _TEMP_NAME.match(entry.name)
+        if m is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or (uid is not None and st.st_uid != uid):
+            continue
+        if _writer_gone(m["host"], int(m["pid"]), now - st.st_mtime):
+            out.append(Path(entry.path))
+    return out
+
+
+def _remove_stale(folder: Path) -> None:
+    for p in stale_temporaries(folder):
+        with contextlib.suppress(OSError):  # another writer may have removed it first
+            p.unlink()
+
+
+def _create_temp(path: Path) -> Path:
+    """A new, empty temporary file beside ``path``, created with the mode a plain ``open()``
+    gives (0o666 less the umask), so no umask has to be read (reading it is not thread-safe)."""
+    for _ in range(100):
+        tmp = path.parent / f"{_prefix(path)}{secrets.token_hex(4)}{path.suffix or '.tmp'}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name")
 
 
 @contextlib.contextmanager
@@ -16,34 +114,54 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
     For writers that want a file name (``torch.save``, ``torch.onnx.export``, ``dot``).
-    On error the temporary file is removed and ``path`` is left as it was.
+    On error the temporary file is removed and ``path`` is left as it was. Temporary files
+    that killed writers left in the folder are removed first (see the module's rules).
+
+    Raises:
+        FileError: the folder cannot be made or written, or ``path`` is a folder. What the
+            caller's writer raises inside the block passes through unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
-    os.close(fd)
     try:
-        yield Path(tmp)
-        # mkstemp creates 0600; give the file the mode a plain open() would (or the old file's)
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        for folder in (path.parent, *path.parent.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder")
+                break
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path.parent)
+        tmp = _create_temp(path)
+    except OSError as e:
+        raise FileError(f"{path}: cannot write: {e.strerror or e}") from e
+    except ValueError as e:  # a NUL or an unencodable character in the path
+        raise FileError(f"{short_repr(str(path))}: cannot write: {e}") from e
+    try:
+        yield tmp
+        try:
+            if path.exists():  # keep the old file's mode
+                os.chmod(tmp, path.stat().st_mode & 0o777)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise FileError(f"{path}: cannot write: {e.strerror or e}") from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8) to ``path`` atomically; returns the path."""
+    """Write ``data`` (text as UTF-8) to ``path`` atomically; returns the path.
+
+    Raises:
+        FileError: the file cannot be written (no permission, a folder, the disk full).
+    """
     with atomic_path(path) as tmp:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
+        try:
+            if isinstance(data, str):
+                tmp.write_text(data, encoding="utf-8")
+            else:
+                tmp.write_bytes(data)
+        except OSError as e:
+            raise FileError(f"{path}: cannot write: {e.strerror or e}") from e
     return Path(path)

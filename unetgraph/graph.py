@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import keyword
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -22,7 +23,7 @@ import torch.fx
 from .blocks.base import BlockSpec
 from .errors import GraphError, NodeNotFoundError, SpecError, UNetGraphError
 from .types import EdgeKind, Role, TensorType
-from .util import paused_gc
+from .util import paused_gc, short_repr
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,7 +33,18 @@ if TYPE_CHECKING:
     from .check import CheckReport, SizeRules
     from .cost import CostReport
 
-__all__ = ["Node", "Edge", "Level", "In", "UNetGraph", "GraphBuilder"]
+__all__ = [
+    "Node",
+    "Edge",
+    "Level",
+    "In",
+    "UNetGraph",
+    "GraphBuilder",
+    "check_identifier",
+    "check_node_name",
+    "edge_kind",
+    "as_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -118,32 +130,101 @@ class Level:
         return len(self.nodes)
 
 
-# Names that would collide with attributes of the lowered GraphModule or with Python.
-_RESERVED = frozenset(dir(torch.fx.GraphModule)) | {"self"}
+# Names that would collide with attributes of the lowered GraphModule (its class's and those
+# every instance sets, such as ``training`` and ``meta``) or with Python.
+_RESERVED = (
+    frozenset(dir(torch.fx.GraphModule)) | frozenset(dir(torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph())))
+) | {"self"}
 
 
-def _check_name(name: object) -> None:
-    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+def check_identifier(name: object, what: str) -> str:
+    """``name`` if it may name a node or a model, else a :class:`GraphError` saying why.
+
+    The one rule for every name that ends up in generated code (fx nodes, submodules, the
+    lowered class, ejected source): a ``str`` that is a Python identifier, not a keyword, and
+    in Unicode NFKC normal form. Python reads identifiers NFKC-normalised, so ``ｅnc``
+    (a full-width ``ｅ``) and ``enc`` would be one name in generated code but two in the graph;
+    such names are refused rather than silently normalised, and the error gives the normal form.
+
+    Args:
+        what: how the message calls the name (``"node name"``, ``"graph name"``).
+    """
+    if not isinstance(name, str):
+        raise GraphError(f"{what} must be a string, got {type(name).__name__} {short_repr(name)}")
+    if not name.isidentifier() or keyword.iskeyword(name):
         raise GraphError(
-            f"node name {name!r} is not a Python identifier (letters, digits, _; not a keyword): "
-            "lowering names submodules after nodes",
-            node=str(name),
+            f"{what} {short_repr(name)} is not a Python identifier (letters, digits, _; not a keyword): "
+            "it names code the graph is lowered to",
+            node=name if what == "node name" else None,
         )
+    normal = unicodedata.normalize("NFKC", name)
+    if normal != name:
+        raise GraphError(
+            f"{what} {short_repr(name)} is not in Unicode NFKC normal form: Python reads it as {normal!r}, "
+            f"which could clash with another name; use {normal!r}",
+            node=name if what == "node name" else None,
+        )
+    return name
+
+
+def check_node_name(name: object) -> str:
+    """``name`` if it may name a node: :func:`check_identifier`'s rule, and not an attribute of
+    the lowered ``GraphModule`` (its class's or an instance's: ``forward``, ``training``,
+    ``meta``...) nor starting with ``_``; else a :class:`GraphError`."""
+    name = check_identifier(name, "node name")
     if name in _RESERVED or name.startswith("_"):
         raise GraphError(
             f"node name {name!r} is reserved (it would shadow a GraphModule attribute); pick another", node=name
         )
+    return name
 
 
 def _roles(role: Role | str | Iterable[Role | str] | None) -> frozenset[Role] | None:
     if role is None:
         return None
-    if isinstance(role, (str, Role)):
-        role = [role]
+    roles = [role] if isinstance(role, (str, Role)) else role
     try:
-        return frozenset(Role(r) for r in role)
-    except ValueError:
-        raise SpecError(f"unknown role in {role!r}; roles: {', '.join(r.value for r in Role)}") from None
+        return frozenset(Role(r) for r in roles)
+    except (TypeError, ValueError):
+        raise SpecError(f"unknown role in {short_repr(role)}; roles: {', '.join(r.value for r in Role)}") from None
+
+
+def _levels(level: int | Iterable[int] | None) -> set[int] | None:
+    if level is None:
+        return None
+    values: list[object] = [level] if not isinstance(level, Iterable) or isinstance(level, (str, bytes)) else [*level]
+    out: set[int] = set()
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise SpecError(f"level: expected an integer or several, got {short_repr(level)}")
+        out.add(v)
+    return out
+
+
+def edge_kind(kind: object) -> EdgeKind:
+    """``kind`` as an :class:`EdgeKind` (``"data"``, ``"skip"``, ``"cond"`` or the enum); else a
+    :class:`GraphError` listing the kinds."""
+    try:
+        return EdgeKind(kind)
+    except (TypeError, ValueError):
+        raise GraphError(f"unknown edge kind {short_repr(kind)}; kinds: data, skip, cond") from None
+
+
+def as_inputs(items: object) -> list[In]:
+    """The inputs of a node being added, in port order: each item a node name (a data edge),
+    an :class:`In` or a ``(src, kind)`` pair. Raises :class:`SpecError` for anything else,
+    :class:`GraphError` for an unknown kind."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise SpecError(f"inputs: expected a list of node names or In(src, kind), got {short_repr(items)}")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            out.append(In(item))
+        elif isinstance(item, tuple) and len(item) in (1, 2) and isinstance(item[0], str):
+            out.append(In(item[0], edge_kind(item[1]) if len(item) == 2 else EdgeKind.DATA))
+        else:
+            raise SpecError(f"inputs[{i}]: expected a node name or In(src, kind), got {short_repr(item)}")
+    return out
 
 
 class UNetGraph:
@@ -177,16 +258,14 @@ class UNetGraph:
         *,
         name: str = "UNet",
     ) -> None:
-        g = nx.DiGraph()
+        g: nx.DiGraph = nx.DiGraph()
         for node_name, block, role, level in nodes:
             _add_node(g, node_name, block, role, level)
         for src, dst, kind, port in edges:
             _add_edge(g, src, dst, kind, port)
         self._g = g
         self._outputs = tuple(outputs)
-        self.name = name
-        if not name.isidentifier():
-            raise GraphError(f"graph name {name!r} must be a Python identifier (it names the lowered class)")
+        self.name = check_identifier(name, "graph name")
         self._order = _lint(g, self._outputs)
         self._position = {n: i for i, n in enumerate(self._order)}
         for n in self._order:
@@ -194,10 +273,14 @@ class UNetGraph:
 
     # -- queries ---------------------------------------------------------------------
     def __getitem__(self, name: str) -> Node:
+        if not isinstance(name, str):
+            raise NodeNotFoundError(
+                f"node names are strings; got {type(name).__name__} {short_repr(name)} (graph {self.name})"
+            )
         if name not in self._g:
-            hint = difflib.get_close_matches(str(name), list(self._g), n=3)
+            hint = difflib.get_close_matches(name[:100], list(self._g), n=3)
             extra = f"; did you mean {', '.join(hint)}?" if hint else ""
-            raise NodeNotFoundError(f"no node {name!r} in graph {self.name}{extra}", node=str(name))
+            raise NodeNotFoundError(f"no node {short_repr(name)} in graph {self.name}{extra}", node=name)
         a = self._g.nodes[name]
         return Node(name, a["role"], a["level"], a["block"], a["inputs"], a["type"])
 
@@ -217,9 +300,15 @@ class UNetGraph:
         level: int | Iterable[int] | None = None,
         where: Callable[[Node], bool] | None = None,
     ) -> list[Node]:
-        """Nodes in topological order, filtered by role(s), level(s) and a predicate."""
+        """Nodes in topological order, filtered by role(s), level(s) and a predicate.
+
+        Raises:
+            SpecError: a role is unknown, a level is not an integer, ``where`` is not callable.
+        """
         roles = _roles(role)
-        levels = None if level is None else ({level} if isinstance(level, int) else set(level))
+        levels = _levels(level)
+        if where is not None and not callable(where):
+            raise SpecError(f"where: expected a function of a Node, got {short_repr(where)}")
         out = []
         for n in self._order:
             a = self._g.nodes[n]
@@ -236,7 +325,7 @@ class UNetGraph:
         self, kind: EdgeKind | str | None = None, *, src: str | None = None, dst: str | None = None
     ) -> list[Edge]:
         """Edges ordered by destination (topologically) then port, optionally filtered."""
-        kind = None if kind is None else EdgeKind(kind)
+        kind = None if kind is None else edge_kind(kind)
         out = []
         for n in self._order if dst is None else [self[dst].name]:
             for e in self.in_edges(n):
@@ -507,36 +596,40 @@ class UNetGraph:
 
 
 def _add_node(g: nx.DiGraph, name: str, block: BlockSpec, role: Role | str, level: int | None) -> None:
-    _check_name(name)
+    check_node_name(name)
     if name in g:
         raise GraphError(f"node name {name!r} is used twice", node=name)
     if not isinstance(block, BlockSpec):
-        raise SpecError(f"node {name!r}: block must be a BlockSpec (e.g. ug.ConvBlock()), got {block!r}", node=name)
+        raise SpecError(
+            f"node {name!r}: block must be a BlockSpec (e.g. ug.ConvBlock()), got {short_repr(block)}", node=name
+        )
     try:
         role = Role(role)
     except ValueError:
         raise SpecError(
-            f"node {name!r}: unknown role {role!r}; roles: {', '.join(r.value for r in Role)}", node=name
+            f"node {name!r}: unknown role {short_repr(role)}; roles: {', '.join(r.value for r in Role)}", node=name
         ) from None
     if level is not None and (not isinstance(level, int) or isinstance(level, bool) or level < 0):
-        raise SpecError(f"node {name!r}: level must be a non-negative integer or None, got {level!r}", node=name)
+        raise SpecError(
+            f"node {name!r}: level must be a non-negative integer or None, got {short_repr(level)}", node=name
+        )
     g.add_node(name, block=block, role=role, level=level, inputs=(), type=None)
 
 
 def _add_edge(g: nx.DiGraph, src: str, dst: str, kind: EdgeKind | str, port: int) -> None:
     for end in (src, dst):
         if end not in g:
-            raise GraphError(f"edge {src}→{dst}: no node {end!r}", edge=f"{src}→{dst}")
+            raise GraphError(f"edge {src}→{dst}: no node {short_repr(end)}", edge=f"{src}→{dst}")
     if g.has_edge(src, dst):
         raise GraphError(f"edge {src}→{dst} is given twice", edge=f"{src}→{dst}")
     try:
-        kind = EdgeKind(kind)
-    except ValueError:
-        raise GraphError(
-            f"edge {src}→{dst}: unknown kind {kind!r}; kinds: data, skip, cond", edge=f"{src}→{dst}"
-        ) from None
+        kind = edge_kind(kind)
+    except GraphError as e:
+        raise GraphError(f"edge {src}→{dst}: {e.message}", edge=f"{src}→{dst}") from None
     if not isinstance(port, int) or isinstance(port, bool) or port < 0:
-        raise GraphError(f"edge {src}→{dst}: port must be a non-negative integer, got {port!r}", edge=f"{src}→{dst}")
+        raise GraphError(
+            f"edge {src}→{dst}: port must be a non-negative integer, got {short_repr(port)}", edge=f"{src}→{dst}"
+        )
     if src == dst:  # longer cycles are found by _lint (a builder's new node has no consumers yet)
         raise GraphError(f"edge {src}→{dst} would close a cycle", edge=f"{src}→{dst}")
     g.add_edge(src, dst, kind=kind, port=port)
@@ -553,7 +646,7 @@ def _lint(g: nx.DiGraph, outputs: Sequence[str]) -> tuple[str, ...]:
         _lint_node(g, n)
     for o in outputs:
         if o not in g:
-            raise GraphError(f"output {o!r} is not a node", node=str(o))
+            raise GraphError(f"output {short_repr(o)} is not a node", node=short_repr(o))
     if len(set(outputs)) != len(outputs):
         raise GraphError(f"outputs repeat a node: {list(outputs)}")
     inputs = [n for n in order if g.nodes[n]["role"] is Role.INPUT]
@@ -636,7 +729,7 @@ def _infer(g: nx.DiGraph, n: str) -> None:
     except Exception as e:  # a user block's own error: keep it as the cause
         raise SpecError(f"{n} ({block.label()}): {type(e).__name__}: {e}", node=n) from e
     if not isinstance(out, TensorType):
-        raise SpecError(f"{n}: {type(block).__name__}.infer returned {out!r}, expected a TensorType", node=n)
+        raise SpecError(f"{n}: {type(block).__name__}.infer returned {short_repr(out)}, expected a TensorType", node=n)
     a["inputs"], a["type"] = types, out
 
 
@@ -661,8 +754,8 @@ class GraphBuilder:
     """
 
     def __init__(self, name: str = "UNet") -> None:
-        self.name = name
-        self._g = nx.DiGraph()
+        self.name = check_identifier(name, "graph name")
+        self._g: nx.DiGraph = nx.DiGraph()
 
     def input(self, name: str = "x", *, channels: int = 1, dims: int = 2, kind: str = "image") -> str:
         """Add an input node: an image of ``channels`` channels and ``dims`` spatial axes, or a
@@ -686,10 +779,10 @@ class GraphBuilder:
         ``inputs`` items are node names (data edges) or :class:`In` for skip/cond edges.
         On error nothing is added.
         """
+        items = as_inputs(inputs)
         _add_node(self._g, name, block, role, level)
         try:
-            for port, item in enumerate(inputs):
-                src, kind = (item, EdgeKind.DATA) if isinstance(item, str) else In(*item)
+            for port, (src, kind) in enumerate(items):
                 _add_edge(self._g, src, name, kind, port)
             # The new node has no consumers yet, so it closes no cycle and the rest of the
             # graph keeps its invariants: checking the node itself is the whole step lint.
@@ -703,7 +796,7 @@ class GraphBuilder:
     def type_of(self, name: str) -> TensorType:
         """The output type of a node added so far."""
         if name not in self._g:
-            raise NodeNotFoundError(f"no node {name!r} yet", node=str(name))
+            raise NodeNotFoundError(f"no node {short_repr(name)} yet", node=short_repr(name))
         return self._g.nodes[name]["type"]
 
     def __contains__(self, name: object) -> bool:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import reprlib
 import statistics
 import time
 from typing import Callable, Iterator, Mapping
 
-__all__ = ["paused_gc", "median_ms", "interleaved_ms"]
+__all__ = ["paused_gc", "median_ms", "interleaved_ms", "short_repr", "path_key"]
 
 
 @contextlib.contextmanager
@@ -47,3 +48,31 @@ def interleaved_ms(fns: Mapping[str, Callable[[], object]], repeat: int, warmup:
             fn()
             times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+class _Short(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() of an int over 4300 digits raises ValueError; long ones are cut anyway
+        if x.bit_length() > 200:
+            return f"<an integer of {int(x.bit_length() * 0.30103) + 1} digits>"
+        return super().repr_int(x, level)
+
+
+_SHORT = _Short()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 80, 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 6
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` cut to a line: error messages quote what they got without pasting a
+    megabyte of it (a million-entry list, a deeply nested document, an integer of 5000 digits,
+    whose plain ``repr`` raises) into the message."""
+    return _SHORT.repr(value)
+
+
+def path_key(key: object) -> str:
+    """A mapping key as a step of a document path (``nodes.enc2.block``): a short string as it
+    is, anything else (a number, a long or odd string) as its short ``repr``."""
+    if isinstance(key, str) and len(key) <= 80 and key.isprintable() and "." not in key:
+        return key
+    return short_repr(key)

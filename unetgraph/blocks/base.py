@@ -10,15 +10,18 @@ graph is plain data that serializes by the registry name of each spec.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from dataclasses import MISSING, dataclass, fields, replace
 from fractions import Fraction
 from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar
 
 from torch import nn
 
-from ..errors import RegistryError, ShapeError, SpecError
+from ..errors import RegistryError, ShapeError, SpecError, UNetGraphError
 from ..sizes import SizeOp, apply_ops
 from ..types import TensorType
+from ..util import path_key, short_repr
 
 __all__ = [
     "BlockSpec",
@@ -30,10 +33,22 @@ __all__ = [
     "block_from_dict",
     "leaf_module",
     "is_leaf_module",
+    "MAX_INT",
+    "MAX_AXES",
 ]
 
 S = TypeVar("S", bound="BlockSpec")
 T = TypeVar("T", bound=type)
+
+MAX_INT = 2**20
+"""The largest value of a built-in block's integer fields (channels, kernels, strides, factors,
+heads, groups, classes...): 1,048,576, far beyond any real network, small enough that no
+shape, size or parameter computation on it takes long. ``ConvBlock.convs`` is capped lower."""
+
+MAX_AXES = 3
+"""A per-axis field (``kernel=(1, 3, 3)``) has one entry per spatial axis: at most 3."""
+
+_INT64 = 2**63
 
 _REGISTRY: dict[str, type[BlockSpec]] = {}
 _LEAF_MODULES: set[type[nn.Module]] = set()
@@ -59,6 +74,7 @@ class BlockSpec:
     max_cond: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
+        self._check_numbers()
         self.validate()
 
     # -- to override -------------------------------------------------------------------
@@ -152,51 +168,69 @@ class BlockSpec:
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
 
+    # -- the checks every block gets ---------------------------------------------------
+    def _check_numbers(self) -> None:
+        """Every block, built-in or registered by a user: numbers in fields are finite. A NaN or
+        an infinity (``float("nan")``, JSON's ``NaN``, YAML's ``.inf``) is refused, as is an
+        integer outside the int64 range; in tuples (per-axis values) too."""
+        who = self.type_name or type(self).__name__
+        for f in fields(self):
+            value = getattr(self, f.name)
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise SpecError(f"{who}.{f.name}: expected a finite number, got {v!r}")
+                if isinstance(v, int) and not -_INT64 <= v < _INT64:
+                    raise SpecError(f"{who}.{f.name}: expected an integer within ±2**63, got {short_repr(v)}")
+
     # -- validation helpers for subclasses --------------------------------------------
     def _require(self, ok: bool, field: str, expected: str) -> None:
         if not ok:
-            raise SpecError(f"{self.type_name}.{field}: expected {expected}, got {getattr(self, field)!r}")
+            raise SpecError(f"{self.type_name}.{field}: expected {expected}, got {short_repr(getattr(self, field))}")
 
-    def _positive_int(self, field: str, *, optional: bool = False, zero: bool = False) -> None:
+    def _positive_int(self, field: str, *, optional: bool = False, zero: bool = False, maximum: int = MAX_INT) -> None:
+        """Accept an integer ``>= 1`` (``>= 0`` with ``zero``) and at most ``maximum``."""
         value = getattr(self, field)
         if optional and value is None:
             return
         lo = 0 if zero else 1
         what = "a non-negative integer" if zero else "a positive integer"
-        self._require(
-            isinstance(value, int) and not isinstance(value, bool) and value >= lo,
-            field,
-            what + (" or None" if optional else ""),
-        )
+        self._require(_is_int(value) and value >= lo, field, what + (" or None" if optional else ""))
+        self._require(value <= maximum, field, f"at most {maximum:,}")
 
     def _choice(self, field: str, choices: Sequence[str], aliases: dict[str, str] | None = None) -> None:
         value = getattr(self, field)
+        if not isinstance(value, str):
+            raise SpecError(
+                f"{self.type_name}.{field}: expected one of {', '.join(map(repr, choices))}, got {short_repr(value)}"
+            )
         if aliases and value in aliases:
             self._set(field, aliases[value])
             return
         if value not in choices:
-            hint = difflib.get_close_matches(str(value), choices, n=1)
+            hint = difflib.get_close_matches(value[:100], choices, n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise SpecError(
-                f"{self.type_name}.{field}: expected one of {', '.join(map(repr, choices))}, got {value!r}{extra}"
+                f"{self.type_name}.{field}: expected one of {', '.join(map(repr, choices))}, "
+                f"got {short_repr(value)}{extra}"
             )
 
-    def _int_or_tuple(self, field: str, *, zero: bool = False, optional: bool = False) -> None:
-        """Accept an int or a per-axis sequence of ints; store sequences as tuples."""
+    def _int_or_tuple(self, field: str, *, zero: bool = False, optional: bool = False, maximum: int = MAX_INT) -> None:
+        """Accept an int or a per-axis sequence of ints (1 to :data:`MAX_AXES` of them), each
+        ``>= 1`` (``>= 0`` with ``zero``) and at most ``maximum``; store sequences as tuples."""
         value = getattr(self, field)
         if optional and value is None:
             return
         lo = 0 if zero else 1
-        if isinstance(value, (list, tuple)):
-            ok = len(value) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and v >= lo for v in value)
-            if ok:
-                self._set(field, tuple(value))
-        else:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        ok = 0 < len(values) <= MAX_AXES and all(_is_int(v) and v >= lo for v in values)
         kind = "non-negative" if zero else "positive"
         self._require(ok, field, f"a {kind} integer or a tuple of them, one per spatial axis")
+        self._require(all(v <= maximum for v in values), field, f"values of at most {maximum:,}")
+        if isinstance(value, list):
+            self._set(field, tuple(value))
 
     def _per_axis(self, field: str, dims: int, axis: int) -> int:
+        """The value of an int-or-tuple field along ``axis`` of a ``dims``-D graph."""
         value = getattr(self, field)
         if isinstance(value, tuple):
             if len(value) != dims:
@@ -209,6 +243,10 @@ class BlockSpec:
             value = getattr(self, name)
             if isinstance(value, tuple) and len(value) != dims:
                 raise ShapeError(f"{self.type_name}.{name}={value} has {len(value)} entries but the graph is {dims}D")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def register_block(cls: T | None = None, *, name: str | None = None, replace: bool = False) -> Any:
@@ -245,9 +283,11 @@ def get_block(name: str) -> type[BlockSpec]:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        hint = difflib.get_close_matches(str(name), _REGISTRY, n=1)
+        hint = difflib.get_close_matches(name[:100], _REGISTRY, n=1) if isinstance(name, str) else []
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise RegistryError(f"unknown block {name!r}{extra}; known blocks: {', '.join(block_names())}") from None
+        raise RegistryError(
+            f"unknown block {short_repr(name)}{extra}; known blocks: {', '.join(block_names())}"
+        ) from None
 
 
 def unregister_block(name: str) -> None:
@@ -289,7 +329,7 @@ def block_from_dict(data: Mapping[str, Any], *, path: str | None = None) -> Bloc
     """
     where = path or "block"
     if not isinstance(data, Mapping) or "type" not in data:
-        got = f"keys {sorted(map(str, data))}" if isinstance(data, Mapping) else repr(data)
+        got = f"keys {short_repr(sorted(map(short_repr, data)))}" if isinstance(data, Mapping) else short_repr(data)
         raise SpecError(f"{where}: block data needs a 'type' key naming a registered block, got {got}")
     name = data["type"]
     try:
@@ -298,11 +338,11 @@ def block_from_dict(data: Mapping[str, Any], *, path: str | None = None) -> Bloc
         raise RegistryError(f"{path}.type: {e.message}" if path else e.message) from None
     at = path or name
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(k for k in data if k != "type" and k not in known)
+    unknown = sorted((k for k in data if k != "type" and k not in known), key=short_repr)
     if unknown:
-        prefix = f"{at}.{unknown[0]}: " if path else ""
+        prefix = f"{at}.{path_key(unknown[0])}: " if path else ""
         raise SpecError(
-            f"{prefix}{name} has no field {', '.join(map(repr, unknown))}; fields: {', '.join(sorted(known))}"
+            f"{prefix}{name} has no field {', '.join(map(short_repr, unknown[:5]))}; fields: {', '.join(sorted(known))}"
         )
     missing = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING and n not in data]
     if missing:
@@ -317,8 +357,10 @@ def block_from_dict(data: Mapping[str, Any], *, path: str | None = None) -> Bloc
         own = f"{cls.type_name}."
         message = f"{path}.{e.message[len(own) :]}" if e.message.startswith(own) else f"{path}: {e.message}"
         raise type(e)(message, node=e.node, edge=e.edge) from None
-    except (TypeError, ValueError) as e:  # a user spec's own validation
-        raise SpecError(f"{at}: {name}: {type(e).__name__}: {e}") from e
+    except UNetGraphError:
+        raise
+    except Exception as e:  # a user spec's own validation
+        raise SpecError(f"{at}: {name}: {type(e).__name__}: {str(e)[:300]}") from e
 
 
 _PLAIN_DATA = "numbers, strings, booleans, None, fractions, tuples and block specs"
@@ -345,17 +387,31 @@ def _decode(value: Any, where: str) -> Any:
         if "type" in value:
             return block_from_dict(value, path=where)
         if set(value) == {"fraction"}:
-            try:
-                return Fraction(str(value["fraction"]))
-            except (ValueError, ZeroDivisionError):
-                raise SpecError(
-                    f"{where}.fraction: expected a fraction like '1/2', got {value['fraction']!r}"
-                ) from None
+            return _fraction(value["fraction"], f"{where}.fraction")
         raise SpecError(
             f"{where}: expected a block ({{type: ...}}) or a fraction ({{fraction: '1/2'}}), "
-            f"got a mapping with keys {sorted(map(str, value))}"
+            f"got a mapping with keys {short_repr(sorted(map(short_repr, value)))}"
         )
     return value
+
+
+# what str(Fraction) writes ("-3/7", "2") and plain decimals ("0.25"), with bounded digits:
+# Fraction("1e999999999") would compute 10**999999999
+_FRACTION = re.compile(r"[+-]?(\d{1,40}(/\d{1,40})?|\d{0,40}\.\d{1,40})")
+
+
+def _fraction(text: object, where: str) -> Fraction:
+    if isinstance(text, int) and not isinstance(text, bool) and abs(text) < 10**40:
+        return Fraction(text)
+    if isinstance(text, str) and _FRACTION.fullmatch(text.strip()):
+        try:
+            return Fraction(text.strip())
+        except ZeroDivisionError:
+            pass
+    raise SpecError(
+        f"{where}: expected a fraction like '1/2' or '0.25' (at most 40 digits per part, no exponent), "
+        f"got {short_repr(text)}"
+    )
 
 
 def leaf_module(cls: T) -> T:

@@ -28,7 +28,10 @@ from .layers import (
     validate_norm_act,
 )
 
-__all__ = ["ConvBlock", "Head", "same_padding", "check_groups", "cond_input"]
+__all__ = ["ConvBlock", "Head", "same_padding", "check_groups", "cond_input", "MAX_CONVS"]
+
+MAX_CONVS = 256
+"""The most convolutions one ``ConvBlock`` holds (real blocks hold 1 to 3; more belong in more nodes)."""
 
 
 def same_padding(kernel: int, field: str) -> int:
@@ -111,7 +114,7 @@ class ConvBlock(BlockSpec):
     def validate(self) -> None:
         validate_norm_act(self)
         self._positive_int("channels", optional=True)
-        self._positive_int("convs")
+        self._positive_int("convs", maximum=MAX_CONVS)
         self._positive_int("mid_channels", optional=True)
         self._int_or_tuple("kernel")
         self._int_or_tuple("stride")
@@ -153,8 +156,9 @@ class ConvBlock(BlockSpec):
             return []
         (x,) = inputs
         dims, sizes, notes = len(x) - 2, list(x[2:]), []
+        ops = [self.size_ops(dims, a) for a in range(dims)]
         for i in range(self.convs):  # each norm sees its conv's output
-            sizes = [self.size_ops(dims, a)[i].apply(n)[0] for a, n in enumerate(sizes)]
+            sizes = [ops[a][i].apply(n)[0] for a, n in enumerate(sizes)]
             channels = output[1] if i == self.convs - 1 else (self.mid_channels or output[1])
             notes += norm_notes(self.norm, self.groups, (x[0], channels, *sizes))
         return list(dict.fromkeys(notes))
@@ -201,9 +205,10 @@ class ConvBlock(BlockSpec):
         (x,) = inputs
         dims, k, cout = len(x) - 2, prod(self._kernel(len(x) - 2)), output[1]
         sizes = list(x[2:])
+        ops = [self.size_ops(dims, a) for a in range(dims)]
         total = 0
         for i, (cin, c) in enumerate(self._widths(x[1], cout)):
-            sizes = [self.size_ops(dims, a)[i].apply(n)[0] for a, n in enumerate(sizes)]
+            sizes = [ops[a][i].apply(n)[0] for a, n in enumerate(sizes)]
             total += 2 * x[0] * prod(sizes) * c * cin * k
         return total
 
