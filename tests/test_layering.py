@@ -10,6 +10,7 @@ ORDER = [
     "errors",
     "util",
     "files",
+    "contract",
     "types",
     "sizes",
     "blocks",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from math import lcm
 from typing import Iterator, Mapping, Sequence
 
+from . import contract
 from .errors import ShapeError
 from .graph import Edge, Node, UNetGraph
 from .sizes import SizeFailure, SizeOp, apply_ops
@@ -24,7 +25,6 @@ __all__ = ["Row", "CheckReport", "AxisRule", "SizeRules", "check", "valid_sizes"
 
 Shape = tuple[int, ...]
 
-_AXIS_WORDS = {"L": "length", "D": "depth", "H": "height", "W": "width"}
 _SCAN_LIMIT = 1 << 14
 _FITTING: ContextVar[bool] = ContextVar("fitting", default=False)  # valid_sizes is running check
 
@@ -271,25 +271,18 @@ def _input_shapes(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequen
     shapes = {}
     for name, shape in given.items():
         t = g[name].type
-        expect = t.pattern()
         try:
             shape = tuple(shape)
             ok = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
         except TypeError:
             ok = False
         if not ok:
-            raise ShapeError(f"input {name} expects a shape {expect} of positive integers, got {shape!r}", node=name)
-        if len(shape) != t.rank:
-            what = f"{t.dims}D with a batch axis" if t.form == "dense" else f"a {t.form} input"
             raise ShapeError(
-                f"input {name} expects rank {t.rank} {expect} ({what}), got rank {len(shape)}: {shape}", node=name
+                f"input {name} expects a shape {t.pattern()} of positive integers, got {shape!r}", node=name
             )
-        channel_axis = {"dense": 1, "sequence": 2}.get(t.form)
-        if channel_axis is not None and shape[channel_axis] != t.channels:
-            raise ShapeError(
-                f"input {name} expects {t.channels} channels {expect}, got {shape[channel_axis]} in {shape}",
-                node=name,
-            )
+        why = contract.shape_problem(name, shape, t.form, t.channels, t.axes if t.form == "dense" else ())
+        if why is not None:
+            raise ShapeError(why, node=name)
         shapes[name] = shape
     batches = {s[0] for s in shapes.values()}
     if len(batches) > 1:
@@ -334,48 +327,27 @@ class AxisRule:
     margin: int | None = 0
 
     def __contains__(self, n: object) -> bool:
-        return isinstance(n, int) and n >= self.minimum and (n - self.minimum) % self.step in self.offsets
+        return isinstance(n, int) and contract.axis_contains(n, self.minimum, self.step, self.offsets)
 
     def next(self, n: int) -> int:
         """The smallest valid size ``≥ n``."""
-        if n <= self.minimum:
-            return self.minimum
-        base = n - (n - self.minimum) % self.step
-        return min(c for c in (base + o for o in (*self.offsets, *(o + self.step for o in self.offsets))) if c >= n)
+        return contract.next_valid(n, self.minimum, self.step, self.offsets)
 
     def sizes(self, count: int = 4) -> list[int]:
         """The first ``count`` valid sizes."""
-        out: list[int] = []
-        k = 0
-        while len(out) < count:
-            out += [self.minimum + k * self.step + o for o in self.offsets]
-            k += 1
-        return out[:count]
+        return contract.axis_sizes(self.minimum, self.step, self.offsets, count)
 
     def describe(self, plural: bool = False) -> str:
-        if self.step == 1 and self.minimum == 1:
-            return "any size"
-        if self.offsets == (0,) and self.step == 1:
-            return f"at least {self.minimum}"
-        if self.offsets == (0,) and self.minimum % self.step == 0:
-            what = f"multiples of {self.step}" if plural else f"a multiple of {self.step}"
-            return f"{what}, at least {self.minimum}"
-        shown = ", ".join(map(str, self.sizes(3)))
-        if self.offsets == (0,):
-            r, k = self.minimum % self.step, self.minimum // self.step
-            return f"{self.step}k + {r} with k ≥ {k} ({shown}, …)"
-        return f"one of {shown}, … (every {self.step} from {self.minimum})"
+        return contract.describe_axis(self.minimum, self.step, self.offsets, plural)
 
     def explain(self, n: int) -> str | None:
         """Why ``n`` is not valid (``None`` if it is)."""
-        if n in self:
-            return None
-        word = _AXIS_WORDS.get(self.axis, self.axis)
-        if n < self.minimum:
-            return f"input {word} {n} is below the minimum {self.minimum}"
-        if self.offsets == (0,) and self.minimum % self.step == 0:
-            return f"input {word} {n} is not a multiple of {self.step}"
-        return f"input {word} {n} is not of the form {self.describe()}"
+        return contract.axis_problem(self.axis, n, self.minimum, self.step, self.offsets)
+
+    def as_tuple(self) -> tuple[str, int, int, tuple[int, ...], int]:
+        """``(axis, minimum, step, offsets, margin)``: the plain data the input contract
+        (:mod:`unetgraph.contract`, the lowered module's guard and padding) works on."""
+        return (self.axis, self.minimum, self.step, self.offsets, self.margin or 0)
 
 
 @dataclass(frozen=True)
@@ -408,6 +380,11 @@ class SizeRules:
     def next_valid(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """The smallest valid size at least ``spatial`` on every axis."""
         return tuple(r.next(n) for n, r in zip(spatial, self.axes))
+
+    def padded(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """The size ``lower(pad="auto")`` pads ``spatial`` to: the next valid size, with the margin a
+        valid-convolution network consumes padded too."""
+        return tuple(n + sum(contract.padding(n, r.as_tuple())) for n, r in zip(spatial, self.axes))
 
     def explain(self, spatial: Sequence[int]) -> str | None:
         """Why ``spatial`` does not fit (the first failing axis), or ``None``."""
@@ -536,7 +513,7 @@ def _axis_rule(
         first = next((n for n in range(start, _SCAN_LIMIT + 1) if ok(n)), None)
         if first is None:
             raise ShapeError(
-                f"no input {_AXIS_WORDS.get(name, name)} up to {_SCAN_LIMIT} fits graph: "
+                f"no input {contract.axis_word(name)} up to {_SCAN_LIMIT} fits graph: "
                 "check the kernels, paddings and merges"
             )
         offsets = tuple(o for o in range(step) if ok(first + o))
