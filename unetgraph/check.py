@@ -48,11 +48,19 @@ class CheckReport:
 
     ``report["enc2"].output`` is a node's output shape, ``report.outputs`` the model's,
     ``report.params`` the total parameter count; ``print(report)`` shows the table and a
-    Jupyter cell renders it as HTML.
+    Jupyter cell renders it as HTML. ``report.padded_from`` holds the input shapes given when
+    the report was made at the padded size (``check(g, shape, pad="auto")``), else ``None``.
     """
 
-    def __init__(self, graph: UNetGraph, inputs: Mapping[str, Shape], rows: Sequence[Row]) -> None:
+    def __init__(
+        self,
+        graph: UNetGraph,
+        inputs: Mapping[str, Shape],
+        rows: Sequence[Row],
+        padded_from: Mapping[str, Shape] | None = None,
+    ) -> None:
         self.name = graph.name
+        self.padded_from = None if padded_from is None else dict(padded_from)
         self.inputs = dict(inputs)
         self.rows = tuple(rows)
         self._by_name = {r.name: r for r in self.rows}
@@ -95,6 +103,9 @@ class CheckReport:
 
     def summary(self) -> str:
         ins = ", ".join(f"{k} {v}" for k, v in self.inputs.items())
+        if self.padded_from is not None:
+            given = [f"{k} {v}" for k, v in self.padded_from.items() if v != self.inputs[k]]
+            ins += f" (pad='auto' of {', '.join(given)})" if given else " (pad='auto': already valid)"
         outs = ", ".join(f"{k} {v}" for k, v in self.outputs.items())
         return f"{self.name}: {ins} → {outs} · {len(self.rows)} nodes · {self.params:,} params"
 
@@ -184,13 +195,18 @@ def _agree(step: _Step, sizes: Sequence[Shape]) -> Shape | str:
 
 
 @paused_gc()
-def check(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]) -> CheckReport:
+def check(
+    g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]], *, pad: str | None = None
+) -> CheckReport:
     """Compute every node's input and output shapes for ``input_shape``, statically.
 
     Args:
         g: the graph.
         input_shape: ``(N, C, *spatial)`` for a graph with one input, or a mapping from
             input names to shapes.
+        pad: ``"auto"``: the shapes a module lowered with ``pad="auto"`` runs at, the spatial
+            input padded up to the next valid size (:meth:`SizeRules.padded`); the report says
+            so (``report.padded_from`` holds the shapes given). ``None``: the shapes as given.
 
     Returns:
         A :class:`CheckReport`.
@@ -200,10 +216,18 @@ def check(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]
             reaches it (sizes that disagree at a merge, a size too small for a window). The
             message names the node, the edges and the sizes, and says which input sizes fit.
     """
+    if pad not in (None, "auto"):
+        raise ShapeError(f"pad: expected None or 'auto', got {pad!r}")
     inputs = _input_shapes(g, input_shape)
+    given = None
+    if pad == "auto":
+        rules = valid_sizes(g)  # the sizes lower(pad="auto") pads to
+        given = dict(inputs)
+        x = inputs[rules.input]
+        inputs[rules.input] = (*x[:2], *rules.padded(x[2:]))
     rows = [Row(n, Role.INPUT, g[n].level, g[n].block.label(), (), inputs[n], 0) for n in g.inputs]
     _propagate(g, _plan(g), inputs, rows)
-    return CheckReport(g, inputs, rows)
+    return CheckReport(g, inputs, rows, padded_from=given)
 
 
 def _propagate(g: UNetGraph, plan: Sequence[_Step], inputs: Mapping[str, Shape], rows: list[Row] | None) -> None:
@@ -268,17 +292,17 @@ def _input_shapes(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequen
         given = {g.inputs[0]: input_shape}
     else:
         raise ShapeError(f"graph {g.name} has inputs {', '.join(g.inputs)}: give a dict of shapes")
-    shapes = {}
-    for name, shape in given.items():
+    shapes: dict[str, Shape] = {}
+    for name, given_shape in given.items():
         t = g[name].type
         try:
-            shape = tuple(shape)
+            shape = tuple(given_shape)
             ok = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
         except TypeError:
             ok = False
         if not ok:
             raise ShapeError(
-                f"input {name} expects a shape {t.pattern()} of positive integers, got {shape!r}", node=name
+                f"input {name} expects a shape {t.pattern()} of positive integers, got {given_shape!r}", node=name
             )
         why = contract.shape_problem(name, shape, t.form, t.channels, t.axes if t.form == "dense" else ())
         if why is not None:

@@ -17,7 +17,7 @@ valid sizes are ``minimum + step*k + o`` for ``k >= 0`` and ``o`` in ``offsets``
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +163,7 @@ def _call_module_node(module: nn.Module, *args: object) -> object:
     """Under ``torch.fx`` tracing (an argument is a Proxy): record ``module`` as one ``call_module``
     node, so any fx tracer keeps it whole instead of tracing its Python checks."""
     proxy = next(a for a in args if isinstance(a, torch.fx.Proxy))
-    tracer = proxy.tracer
+    tracer: Any = proxy.tracer  # an fx.Tracer: it knows where the module sits
     return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
 
 
@@ -193,6 +193,8 @@ class InputGuard(nn.Module):
             input of another dtype (the buffer ``like``, not in the state_dict, follows
             ``module.to(...)``).
     """
+
+    like: torch.Tensor
 
     def __init__(
         self,
@@ -228,7 +230,7 @@ class InputGuard(nn.Module):
             x = self._from_python(x, first)
         if self.per_sample:
             x = self._per_sample(x, first)
-        shape = x.shape
+        shape: tuple[int, ...] = x.shape
         if torch.jit.is_tracing():  # sizes are traced tensors: check the example's values
             shape = tuple(int(n) for n in shape)
         why = shape_problem(self.name, shape, self.form, self.channels, self.axes)
@@ -257,12 +259,12 @@ class InputGuard(nn.Module):
                 f"input {self.name} is missing: the model is called as forward({', '.join(self.signature)}) "
                 f"and {self.name} must be a tensor {self.expect()}"
             )
-        what = type(x).__name__ if type(x).__module__ == "builtins" else f"{type(x).__module__}.{type(x).__name__}"
-        numeric = isinstance(x, int) or (isinstance(x, float) and self.form == "scalar")
-        if not self.per_sample or isinstance(x, bool) or not numeric:
+        number = isinstance(x, int) or (isinstance(x, float) and self.form == "scalar")
+        if not self.per_sample or isinstance(x, bool) or not number or not isinstance(x, (int, float)):
+            what = type(x).__name__ if type(x).__module__ == "builtins" else f"{type(x).__module__}.{type(x).__name__}"
             if type(x).__module__ == "numpy" and getattr(x, "ndim", 0) > 0:
-                what += f" of shape {tuple(x.shape)}: pass torch.from_numpy({self.name})"
-            elif isinstance(x, (list, tuple)):
+                what += f" of shape {tuple(getattr(x, 'shape', ()))}: pass torch.from_numpy({self.name})"
+            elif isinstance(x, (list, tuple)) and all(isinstance(v, (int, float)) for v in x):
                 what += f": pass torch.tensor({self.name})"
             else:
                 what += f" ({x!r:.40})"

@@ -28,12 +28,12 @@ import torch.fx as fx
 from torch import nn
 
 from .check import AxisRule, SizeRules, check, valid_sizes
+from .contract import axis_word
 from .errors import LoweringError, ShapeError
 from .graph import UNetGraph
 from .inputs import example_inputs, input_shapes
 from .lower import lower
 from .record import find_record, lowered_record
-from .contract import axis_word
 from .runtime import check_input_size, guard_inputs, module_guards
 from .types import AXIS_NAMES
 

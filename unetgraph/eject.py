@@ -159,13 +159,13 @@ class _Writer:
         """Containers called as a whole: every child is called once, in order, as a one-input chain."""
         by_parent: dict[str, list[fx.Node]] = {}
         for n in self.nodes:
-            if n.op == "call_module" and "." in n.target:
-                by_parent.setdefault(n.target.rsplit(".", 1)[0], []).append(n)
+            if n.op == "call_module" and "." in str(n.target):
+                by_parent.setdefault(str(n.target).rsplit(".", 1)[0], []).append(n)
         chains = {}
         for parent, calls in by_parent.items():
             container = self.gm.get_submodule(parent)
             children = [name for name, _ in container.named_children()]
-            if [c.target.rsplit(".", 1)[1] for c in calls] != children or _own_state(container):
+            if [str(c.target).rsplit(".", 1)[1] for c in calls] != children or _own_state(container):
                 continue
             linked = all(len(c.args) == 1 and not c.kwargs for c in calls) and all(
                 b.args[0] is a and len(a.users) == 1 for a, b in pairwise(calls)
@@ -184,7 +184,7 @@ class _Writer:
             if n.op == "output":
                 continue
             if n.op == "get_attr":
-                names[n] = self._ref(n.target)
+                names[n] = self._ref(str(n.target))
                 continue
             guarded = (
                 n.op == "call_module"
@@ -270,63 +270,71 @@ class _Writer:
             name, i = f"{base}_{i}", i + 1
         return name
 
+    def _layout(self, path: str, module: nn.Module) -> str:
+        """How the ejected file holds the container at ``path``, from its structure (a GraphModule
+        keeps only plain ``nn.Module`` s above the layers it calls): ``"sequential"`` (a chain of
+        layers called as one), ``"list"`` (children ``0, 1, …``: an ``nn.ModuleList``), ``"dict"``
+        (children whose names are not identifiers: an ``nn.ModuleDict``), ``"params"`` (parameters
+        ``0, 1, …``: an ``nn.ParameterList``) or ``"module"`` (an ``nn.Module`` filled by attribute)."""
+        children = [c for c, _ in module.named_children()]
+        tensors = _own_tensors(module)
+        if path in self.chains:
+            return "sequential"
+        if tensors:
+            params = all(isinstance(t, nn.Parameter) for _, t in tensors)
+            return "params" if params and not children and _numbered([k for k, _ in tensors]) else "module"
+        if children and _numbered(children):
+            return "sequential" if isinstance(module, nn.Sequential) else "list"
+        if children and not all(_attribute(c) for c in children):
+            return "dict"
+        return "module"
+
     def _build(self, path: str, module: nn.Module) -> tuple[str, list[str]]:
         """``(expression, statements)``: an expression that creates ``module`` at ``path`` (whole, or
         as a skeleton), then the statements that fill the skeleton, addressed through :meth:`_ref`."""
         if path in self.called:
             return self._ctor(module, path), []
-        children = list(module.named_children())
-        if path in self.chains:  # a chain of layers called as one nn.Sequential
-            return _sequential([(c, self._ctor(m, f"{path}.{c}")) for c, m in children]), []
-        if isinstance(module, (nn.ParameterList, nn.ParameterDict)):
-            values = [(k, _tensor_expr(t)) for k, t in _own_tensors(module)]
-            if isinstance(module, nn.ParameterList):
-                return "nn.ParameterList([" + ", ".join(v for _, v in values) + "])", []
-            return "nn.ParameterDict({" + ", ".join(f"{k!r}: {v}" for k, v in values) + "})", []
-        container = isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
-        if container and not _own_state(module):
-            parts, fill = [], []
-            for c, m in children:
-                expr, more = self._build(f"{path}.{c}", m)
-                parts.append((c, expr))
-                fill += more
-            if isinstance(module, nn.Sequential):
-                return _sequential(parts), fill
-            if isinstance(module, nn.ModuleList):
-                return "nn.ModuleList([" + ", ".join(e for _, e in parts) + "])", fill
-            return "nn.ModuleDict({" + ", ".join(f"{c!r}: {e}" for c, e in parts) + "})", fill
-        if type(module) is not nn.Module and not container and not _own_state(module) and not children:
-            return self._ctor(module, path), []  # a stateless layer that is not called (kept for its keys' sake)
-        ref = self._ref(path)
-        fill = []
-        for name, t in _own_tensors(module):
-            fill += _tensor_lines(ref, name, t, module)
-        for name, child in children:
+        layout = self._layout(path, module)
+        if layout == "params":
+            return _listed("nn.ParameterList([", [_tensor_expr(t) for _, t in _own_tensors(module)], "])"), []
+        if layout == "module":
+            ref = self._ref(path)
+            fill = []
+            for name, t in _own_tensors(module):
+                fill += _tensor_lines(ref, name, t, module)
+            for name, child in module.named_children():
+                expr, more = self._build(f"{path}.{name}", child)
+                assign = f"{ref}.{name} = {expr}" if _attribute(name) else f"{ref}.add_module({name!r}, {expr})"
+                fill += [assign, *more]
+            return "nn.Module()", fill
+        parts, fill = [], []
+        for name, child in module.named_children():
             expr, more = self._build(f"{path}.{name}", child)
-            if name.isidentifier() and not keyword.iskeyword(name):
-                fill.append(f"{ref}.{name} = {expr}")
-            else:
-                fill.append(f"{ref}.add_module({name!r}, {expr})")
+            parts.append((name, expr))
             fill += more
-        return "nn.Module()", fill
+        if layout == "sequential":
+            return _sequential(parts), fill
+        if layout == "list":
+            return _listed("nn.ModuleList([", [e for _, e in parts], "])"), fill
+        return _listed("nn.ModuleDict({", [f"{c!r}: {e}" for c, e in parts], "})"), fill
 
     def _ref(self, path: str) -> str:
         """The expression that reads the submodule, parameter or buffer at ``path`` in the ejected
-        class: ``self.mid.conv``, ``self.mid.seq[0]``, ``self.mid.heads["a-b"]``."""
+        class: ``self.mid.conv``, ``self.mid.seq[0]``, ``self.mid.heads["b-2"]``."""
         if path in self.flat:
             return f"self.{self.flat[path]}"
-        expr, owner = "self", self.gm
+        expr, owner, at = "self", self.gm, ""
         for part in path.split("."):
-            plain = part.isidentifier() and not keyword.iskeyword(part)
-            if isinstance(owner, (nn.Sequential, nn.ModuleList, nn.ParameterList)) and part.isdigit():
+            layout = self._layout(at, owner) if at else "module"
+            if layout in ("sequential", "list", "params"):
                 expr += f"[{part}]"
-            elif isinstance(owner, (nn.ModuleDict, nn.ParameterDict)) and not plain:
+            elif layout == "dict":
                 expr += f"[{part!r}]"
-            elif plain:
+            elif _attribute(part):
                 expr += f".{part}"
             else:
                 expr = f"getattr({expr}, {part!r})"
-            owner = getattr(owner, part)
+            owner, at = getattr(owner, part), f"{at}.{part}" if at else part
         return expr
 
     def _ctor(self, module: nn.Module, path: str) -> str:
@@ -383,9 +391,9 @@ class _Writer:
     def _expr(self, n: fx.Node) -> str:
         args = ", ".join([*(self._arg(a) for a in n.args), *(f"{k}={self._arg(v)}" for k, v in n.kwargs.items())])
         if n.op == "call_module":
-            return f"{self._ref(n.target)}({args})"
+            return f"{self._ref(str(n.target))}({args})"
         if n.op == "get_attr":
-            return self._ref(n.target)
+            return self._ref(str(n.target))
         if n.op == "call_method":
             head, *rest = n.args
             rest_args = [*(self._arg(a) for a in rest), *(f"{k}={self._arg(v)}" for k, v in n.kwargs.items())]
@@ -445,7 +453,11 @@ class _Writer:
     def source(self) -> str:
         init = self._init_lines()  # first: it registers the helpers
         forward = self._forward_lines()
-        inputs = ", ".join(f"{n}: torch.Tensor" for n in self.g.inputs)
+        # as the lowered module: with guards, a missing conditioning input reaches its guard as None
+        optional = {n.name for n in self.nodes if n.op == "placeholder" and n.args}
+        inputs = ", ".join(
+            f"{n}: torch.Tensor | None = None" if n in optional else f"{n}: torch.Tensor" for n in self.g.inputs
+        )
         ret = "dict[str, torch.Tensor]" if len(self.g.outputs) > 1 else "torch.Tensor"
         doc = self._docstring()
         body = "\n\n\n".join(
@@ -491,12 +503,30 @@ class _Writer:
         return lowered_record(self.gm).pad == "auto"
 
 
+def _numbered(names: list[str]) -> bool:
+    return bool(names) and names == [str(i) for i in range(len(names))]
+
+
+def _attribute(name: str) -> bool:
+    """Whether ``name`` can be written as ``obj.name``."""
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _listed(start: str, items: list[str], end: str) -> str:
+    """``start item, item end`` on one line when short, else one item per line (as ruff formats it)."""
+    line = start + ", ".join(items) + end
+    if len(line) <= 80 and "\n" not in line:
+        return line
+    inner = "".join(textwrap.indent(item, "        ") + ",\n" for item in items)
+    return f"{start[:-1]}\n    {start[-1]}\n{inner}    {end[0]}\n{end[1:]}"
+
+
 def _sequential(children: list[tuple[str, str]]) -> str:
     """``nn.Sequential`` source for ``(name, expression)`` children, keeping their names (the
     state_dict keys): positional for ``0, 1, …``, an ``OrderedDict`` otherwise."""
     if [c for c, _ in children] == [str(i) for i in range(len(children))]:
         return "nn.Sequential(\n" + "".join(f"    {e},\n" for _, e in children) + ")"
-    if all(c.isidentifier() and not keyword.iskeyword(c) for c, _ in children):
+    if all(_attribute(c) for c, _ in children):
         inner = "".join(f"        {c}={e},\n" for c, e in children)
         return f"nn.Sequential(\n    OrderedDict(\n{inner}    )\n)"
     inner = "".join(f"        ({c!r}, {e}),\n" for c, e in children)
@@ -526,7 +556,7 @@ def _tensor_lines(owner: str, name: str, t: torch.Tensor, module: nn.Module) -> 
     shape = tuple(t.shape)
     dtype = "" if t.dtype == torch.get_default_dtype() else f", dtype={t.dtype}"
     if isinstance(t, nn.Parameter):
-        if not name.isidentifier() or keyword.iskeyword(name):
+        if not _attribute(name):
             return [f"{owner}.register_parameter({name!r}, {_tensor_expr(t)})  # loaded from the state_dict"]
         return [f"{owner}.{name} = {_tensor_expr(t)}  # loaded from the state_dict"]
     if name in module._non_persistent_buffers_set:

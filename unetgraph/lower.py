@@ -110,9 +110,9 @@ def lower(
                 check = InputGuard(name, node.type, size_rules, hint=hint, signature=g.inputs)
             # every other input is checked against the first (its batch, device): numbers and
             # single timesteps or labels are broadcast to that batch
-            args = (env[name],) if i == 0 else (env[name], env[g.inputs[0]])
-            env[name] = _call(graph, root, f"{name}_guard", check if dtype is None else check.to(dtype), args, node)
-    if pad == "auto":
+            guarded = (env[name],) if i == 0 else (env[name], env[g.inputs[0]])
+            env[name] = _call(graph, root, f"{name}_guard", check if dtype is None else check.to(dtype), guarded, node)
+    if pad == "auto" and main is not None and rules is not None:  # _rules refused pad="auto" without them
         env[main] = _call(graph, root, f"{main}_pad", PadToValid(rules, pad_mode), (env[main],), g[main])
     for name in g:
         node = g[name]
@@ -132,7 +132,7 @@ def lower(
             ) from e
         env[name] = _emit(graph, root, node, module, args)
     outputs = {o: env[o] for o in g.outputs}
-    if pad == "auto":
+    if pad == "auto" and main is not None and rules is not None:
         outputs = {
             o: _call(graph, root, f"{o}_crop", CropToInput(rules), (v, placeholders[main]), g[o])
             for o, v in outputs.items()
@@ -259,7 +259,7 @@ class _BlockTracer(fx.Tracer):
     proxy_buffer_attributes = True
 
     def __init__(self) -> None:
-        super().__init__(autowrap_modules=(), autowrap_functions=())
+        super().__init__()
         self.attr_proxies: dict[str, fx.Proxy] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -299,10 +299,15 @@ class _BlockTracer(fx.Tracer):
 _TRACER = "_unetgraph_tracer"
 
 
-@functools.cache
+_TRACED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
 def _traced_class(cls: type[nn.Module]) -> type[nn.Module]:
     """A private subclass of ``cls`` whose calls and parameter reads go to the instance's tracer.
     It keeps ``cls``'s name and module, so leaf checks and messages see the original class."""
+    known = _TRACED_CLASSES.get(cls)
+    if known is not None:
+        return known
 
     def __call__(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         tracer = vars(self)[_TRACER]
@@ -316,7 +321,7 @@ def _traced_class(cls: type[nn.Module]) -> type[nn.Module]:
     namespace = {"__call__": __call__, "__getattr__": __getattr__, "__module__": cls.__module__}
     traced = type(cls.__name__, (cls,), namespace)
     traced.__qualname__ = cls.__qualname__
-    return traced
+    return _TRACED_CLASSES.setdefault(cls, traced)  # two threads may both make one: the first is kept
 
 
 def _inline(graph: fx.Graph, name: str, module: nn.Module, args: Sequence[fx.Node], meta: dict) -> fx.Node:
