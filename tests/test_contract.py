@@ -200,7 +200,8 @@ class TestInputsAsCallersPassThem:
         with torch.no_grad():
             for case in ["tensors", "int timestep", "float timestep", "0-dim timestep", "one timestep (1,)"]:
                 assert torch.equal(compiled(*GOOD[case]), gm(*GOOD[case])), case
-        assert compiled.compilations <= 2  # a number becomes a tensor before dynamo sees it: (float, int64) t
+        # numbers become tensors before dynamo sees them: one graph for float32 t, one for int64 t
+        assert compiled.compilations == 2
         for case in ["bool timestep", "image as a list", "timesteps for another batch", "missing t"]:
             args, words = BAD[case]
             with pytest.raises(ug.ShapeError, match=words):
@@ -318,3 +319,49 @@ def test_lowering_in_threads_while_others_serve():
     assert counts["patched"] == 0
     assert counts["lowered"] >= 6 and counts["served"] >= 4
     assert nn.Module.__call__ is call and nn.Module.__getattr__ is getattr_
+
+
+class TestPadAutoAndWeights:
+    def test_pad_auto_needs_a_spatial_input(self):
+        b = ug.GraphBuilder()
+        b.input("t", kind="timestep")
+        b.add("temb", ug.TimestepEmbedding(dim=8), "embedding", None, ["t"])
+        g = b.build(["temb"])
+        with pytest.raises(ug.LoweringError, match=r"pad='auto' pads the spatial input .* has no spatial input \(t"):
+            g.lower(pad="auto")
+        assert g.lower()(torch.tensor([1.0, 2.0])).shape == (2, 32)
+
+    def test_check_summary_and_drawing_at_the_size_pad_auto_runs(self):
+        g = ug.presets.classic_unet()  # valid convolutions: the consumed margin is padded too
+        gm = g.lower(pad="auto").eval()
+        shape = (1, 1, 100, 120)
+        with pytest.raises(ug.ShapeError):
+            g.summary(shape)
+        report = g.check(shape, pad="auto")
+        assert report.padded_from == {"x": shape}
+        assert report.inputs["x"] == (1, 1, 284, 316)
+        assert "(pad='auto' of x (1, 1, 100, 120))" in report.summary()
+        # the padded input is what the lowered module's pad layer hands to the network
+        with torch.no_grad():
+            assert tuple(gm.x_pad(torch.randn(shape)).shape) == report.inputs["x"]
+            assert gm(torch.randn(shape)).shape == (1, 2, 100, 120)
+        cost = g.summary(shape, pad="auto")
+        assert cost.flops == ug.summary(g, (1, 1, 284, 316)).flops
+        assert "input x 1×1×284×316 (pad='auto' of x 1×1×100×120)" in cost.headline()
+        dot = g.to_dot("levels", input_shape=shape, pad="auto")
+        assert "1×1×100×120 (pad=&#x27;auto&#x27;: 1×1×284×316)" in dot
+        with pytest.raises(ug.ShapeError, match="pad: expected None or 'auto'"):
+            g.check(shape, pad="yes")
+
+    def test_lower_weights_from_by_shape(self):
+        g = ug.unet(3, 2, widths=(4, 8))
+        gm = g.lower()
+        g2 = g.set("dec0", dropout=0.1)  # a changed spec, the same tensors
+        by_spec = g2.lower(weights_from=gm)
+        by_shape = g2.lower(weights_from=gm, match="shape")
+        assert ug.transfer_report(by_spec).nodes["dec0"] == "reinitialised"
+        assert ug.transfer_report(by_shape).nodes["dec0"] == "copied"
+        assert torch.equal(by_shape.state_dict()["dec0.conv0.weight"], gm.state_dict()["dec0.conv0.weight"])
+        assert not torch.equal(by_spec.state_dict()["dec0.conv0.weight"], gm.state_dict()["dec0.conv0.weight"])
+        with pytest.raises(ug.LoweringError, match="match: expected 'spec' or 'shape'"):
+            g2.lower(weights_from=gm, match="name")

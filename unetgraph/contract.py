@@ -56,12 +56,12 @@ def input_rank(form: str, dims: int) -> int:
     """Tensor dimensions of an input, batch included: ``(N, C, *spatial)`` for ``"dense"``,
     ``(N,)`` for ``"scalar"`` (a timestep) and ``"index"`` (class labels), ``(N, L, D)`` for
     ``"sequence"`` (a context)."""
-    return {"scalar": 1, "index": 1, "sequence": 3}.get(form, 2 + dims)
+    return 1 if form in ("scalar", "index") else 3 if form == "sequence" else 2 + dims
 
 
 def channel_axis(form: str) -> int | None:
     """The axis that holds an input's channels (a sequence's feature size), if any."""
-    return {"dense": 1, "sequence": 2}.get(form)
+    return 1 if form == "dense" else 2 if form == "sequence" else None
 
 
 def input_pattern(form: str, channels: int, axes: tuple[str, ...]) -> str:
@@ -92,7 +92,7 @@ def shape_problem(name: str, shape: tuple, form: str, channels: int, axes: tuple
 
 def axis_contains(n: int, minimum: int, step: int, offsets: tuple[int, ...]) -> bool:
     """Whether ``n`` is a valid size."""
-    return n >= minimum and (n - minimum) % step in offsets
+    return axis_problem("", n, minimum, step, offsets) is None
 
 
 def axis_sizes(minimum: int, step: int, offsets: tuple[int, ...], count: int) -> list[int]:
@@ -129,7 +129,7 @@ def describe_axis(minimum: int, step: int, offsets: tuple[int, ...], plural: boo
 
 def axis_problem(axis: str, n: int, minimum: int, step: int, offsets: tuple[int, ...]) -> str | None:
     """Why ``n`` is not a valid size along ``axis`` (``"input height 70 is not a multiple of 16"``), or ``None``."""
-    if axis_contains(n, minimum, step, offsets):
+    if n >= minimum and (n - minimum) % step in offsets:  # the rule; everything below is words
         return None
     if n < minimum:
         return f"input {axis_word(axis)} {n} is below the minimum {minimum}"
@@ -247,7 +247,7 @@ class InputGuard(nn.Module):
                     if offsets == (0,):
                         torch._check((n - minimum) % step == 0)
             else:
-                why = size_problem(self.name, tuple(shape[2:]), self.sizes, self.rule, self.hint)
+                why = size_problem(self.name, shape[2:], self.sizes, self.rule, self.hint)
                 if why is not None:
                     self.refuse(why)
         return x
@@ -294,7 +294,7 @@ class InputGuard(nn.Module):
 
     def _match(self, x: torch.Tensor) -> None:
         """The device and dtype torch would otherwise refuse deep inside the first layer."""
-        like = self.like
+        like = self._buffers["like"]  # as self.like, without nn.Module.__getattr__ on every call
         if x.device != like.device:
             self.refuse(
                 f"input {self.name} is on {x.device} but the model is on {like.device}: "
@@ -371,7 +371,6 @@ GUARD_PARTS = (
     channel_axis,
     input_pattern,
     shape_problem,
-    axis_contains,
     axis_sizes,
     describe_axis,
     axis_problem,
