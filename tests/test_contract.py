@@ -74,6 +74,7 @@ BAD = {
     "float label": ((X, T, 1.0), r"input y must be a torch\.Tensor \(N,\) integer class labels .*got a float"),
     "float labels": ((X, T, torch.tensor([0.0, 1.0])), r"input y expects \(N,\) integer class labels, got torch\."),
     "bool label": ((X, T, False), r"input y must be a torch\.Tensor .*got a bool"),
+    "complex labels": ((X, T, torch.tensor([1j, 0j])), r"input y expects \(N,\) integer class labels, got torch\.c"),
 }
 
 
@@ -165,7 +166,7 @@ class TestOneContract:
         imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
         assert imports == [
             "from __future__ import annotations",
-            "from typing import NoReturn",
+            "from typing import Any, NoReturn",
             "import torch",
             "import torch.nn.functional as F",
             "from torch import nn",

@@ -3,9 +3,10 @@
 The file holds one ``nn.Module`` class whose submodules carry the graph's node names, whose
 ``state_dict`` keys equal the lowered GraphModule's, and whose ``forward`` reads like
 hand-written code with a shape comment per block. It imports only ``torch`` (plus
-``math``/``operator`` when the model uses them): small helper layers (the input guard,
-``pad="auto"``'s pad and crop, unetgraph's own leaf layers) are written out in plain
-PyTorch. Copy it into your code base and change it freely.
+``math``/``operator`` when the model uses them, and ``typing``): the input guard and
+``pad="auto"``'s pad and crop are :mod:`unetgraph.contract`'s definitions copied verbatim (the
+same checks and words as the lowered module), unetgraph's own leaf layers contribute their
+class source. Copy it into your code base and change it freely.
 
 The source is generated from the fx graph and the module types, not from block names, so
 new blocks mostly just work: ``torch.nn`` layers are rebuilt from their constructor
@@ -344,7 +345,7 @@ class _Writer:
             ctor, parts = runtime
             for part in parts:
                 self.helpers.setdefault(part.__name__, "\n" + inspect.getsource(part).strip("\n") + "\n")
-            self.imports.add("typing.NoReturn")
+            self.imports.update(("typing.Any", "typing.NoReturn"))  # the contract's annotations
             return ctor(module)
         if getattr(nn, cls.__name__, None) is cls:
             return _torch_ctor(module, path)
@@ -474,7 +475,10 @@ class _Writer:
         stdlib = [f"import {m}" for m in sorted(self.imports) if "." not in m]
         if "OrderedDict(" in body:
             stdlib.append("from collections import OrderedDict")
-        stdlib += [f"from {m.rsplit('.', 1)[0]} import {m.rsplit('.', 1)[1]}" for m in sorted(self.imports) if "." in m]
+        names: dict[str, list[str]] = {}
+        for m in sorted(i for i in self.imports if "." in i):
+            names.setdefault(m.rsplit(".", 1)[0], []).append(m.rsplit(".", 1)[1])
+        stdlib += [f"from {module} import {', '.join(items)}" for module, items in names.items()]
         third = (
             ["import torch"] + (["import torch.nn.functional as F"] if "F." in body else []) + ["from torch import nn"]
         )

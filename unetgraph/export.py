@@ -268,8 +268,10 @@ class _Spec:
 class ExportedUNet(nn.Module):
     """A loaded ``.pt2`` (a ``torch.export`` program or an AOTInductor package) that checks sizes first.
 
-    ``forward`` refuses an input of the wrong rank, channels or size with a
-    :class:`~unetgraph.errors.ShapeError` in the checker's words, then runs the artifact.
+    ``forward`` checks its inputs as the lowered module's guards do (a
+    :class:`~unetgraph.errors.ShapeError` in the checker's words for a wrong type, rank,
+    channels, batch or size; timesteps and labels given as one number or one value broadcast to
+    the batch), then runs the artifact.
     ``program`` is the ``ExportedProgram`` (``"program"`` kind only).
     """
 

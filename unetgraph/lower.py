@@ -59,8 +59,11 @@ def lower(
             ``None`` refuses sizes that do not fit.
         pad_mode: ``F.pad`` mode for ``pad="auto"``: ``"constant"`` (zeros), ``"reflect"``,
             ``"replicate"`` or ``"circular"``.
-        guard: check each input's rank, channels and size before any layer runs, raising
-            :class:`~unetgraph.errors.ShapeError` with the checker's message.
+        guard: check each input before any layer runs (its type, rank, channels, dtype,
+            device, batch and size), raising :class:`~unetgraph.errors.ShapeError` with the
+            checker's message; timesteps and labels given as one number or one value are
+            broadcast to the batch (:class:`unetgraph.contract.InputGuard`). ``False`` drops
+            the guards: inputs then go to the layers as given.
         device: where parameters are created; ``"meta"`` builds the structure without
             allocating or initialising any weight (fast; load weights later with
             ``gm.to_empty(device=...)`` and ``load_state_dict``).
@@ -79,7 +82,8 @@ def lower(
         with ``weights_from``, the transfer report (``ug.transfer_report(gm)``).
 
     Raises:
-        LoweringError: a block cannot be lowered, or ``pad="auto"`` cannot align the output.
+        LoweringError: a block cannot be lowered, ``pad="auto"`` cannot align the output (or
+            the graph has no spatial input to pad), or ``match`` is unknown.
     """
     if pad not in (None, "auto"):
         raise LoweringError(f"pad: expected None or 'auto', got {pad!r}")
