@@ -21,7 +21,7 @@ from .sizes import SizeFailure, SizeOp, apply_ops
 from .types import AXIS_NAMES, Role, format_dims
 from .util import paused_gc
 
-__all__ = ["Row", "CheckReport", "AxisRule", "SizeRules", "check", "valid_sizes"]
+__all__ = ["Row", "CheckReport", "AxisRule", "SizeRules", "check", "valid_sizes", "pad_rules"]
 
 Shape = tuple[int, ...]
 
@@ -221,7 +221,7 @@ def check(
     inputs = _input_shapes(g, input_shape)
     given = None
     if pad == "auto":
-        rules = valid_sizes(g)  # the sizes lower(pad="auto") pads to
+        rules = pad_rules(g)
         given = dict(inputs)
         x = inputs[rules.input]
         inputs[rules.input] = (*x[:2], *rules.padded(x[2:]))
@@ -459,6 +459,32 @@ def valid_sizes(g: UNetGraph, *, exact: bool = True) -> SizeRules:
                 step = lcm(step, t.scale[axis].denominator)
         rules.append(_axis_rule(plan, x, out, axis, step, AXIS_NAMES[dims][axis], g[out].type.dims == dims, exact))
     return SizeRules(x, _fit_whole_shape(g, plan, tuple(rules)))
+
+
+def pad_rules(g: UNetGraph) -> SizeRules:
+    """The valid sizes ``pad="auto"`` pads the spatial input up to (exact: nothing rounded away),
+    and so the output can be cropped back to the input's size.
+
+    Raises:
+        ShapeError: ``g`` has no single spatial input, no valid size, or a first output that is
+            not at the input's scale and aligned with it.
+    """
+    spatial = [n for n in g.inputs if g[n].type.dims > 0]
+    if len(spatial) != 1:
+        raise ShapeError(
+            f"pad='auto' pads the spatial input up to a valid size; graph {g.name} has "
+            + (f"{len(spatial)} spatial inputs" if spatial else "no spatial input")
+            + f" ({', '.join(f'{n} {g[n].type.pattern()}' for n in g.inputs)})"
+        )
+    rules = valid_sizes(g)
+    out = g[g.outputs[0]].type
+    if rules.margin is None or any(s != 1 for s in out.scale):
+        raise ShapeError(
+            f"pad='auto' needs an output at the input's scale and aligned with it; "
+            f"{g.outputs[0]} is at scale {out.scale}",
+            node=g.outputs[0],
+        )
+    return rules
 
 
 def input_shapes_at(

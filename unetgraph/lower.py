@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from .blocks.base import is_leaf_module
-from .check import SizeRules, check, valid_sizes
+from .check import SizeRules, check, pad_rules, valid_sizes
 from .errors import LoweringError, ShapeError, UNetGraphError
 from .graph import Node, UNetGraph
 from .inputs import input_shapes
@@ -92,7 +92,7 @@ def lower(
     if pad_mode not in ("constant", "reflect", "replicate", "circular"):
         raise LoweringError(f"pad_mode: expected 'constant', 'reflect', 'replicate' or 'circular', got {pad_mode!r}")
     # pad="auto" pads to the exact sizes; otherwise the guard refuses what check() refuses
-    rules = _rules(g, pad, exact=pad == "auto")
+    rules = _rules(g, pad)
     root = nn.Module()
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
@@ -155,31 +155,20 @@ def fx_node_names(gm: fx.GraphModule) -> dict[str, str]:
     return dict(lowered_record(gm, "this GraphModule").nodes)
 
 
-def _rules(g: UNetGraph, pad: str | None, exact: bool) -> SizeRules | None:
+def _rules(g: UNetGraph, pad: str | None) -> SizeRules | None:
+    if pad == "auto":
+        try:
+            rules = pad_rules(g)
+        except ShapeError as e:
+            raise LoweringError(f"{e}: lower it with pad=None") from None
+        _check_taps(g, rules)
+        return rules
     if not any(g[n].type.dims > 0 for n in g.inputs):
-        if pad == "auto":
-            raise LoweringError(
-                f"pad='auto' pads the spatial input up to a valid size; graph {g.name} has no spatial input "
-                f"({', '.join(f'{n} {g[n].type.pattern()}' for n in g.inputs)}): lower it with pad=None"
-            )
         return None
     try:
-        rules = valid_sizes(g, exact=exact)
+        return valid_sizes(g, exact=False)
     except ShapeError:
-        if pad == "auto":
-            raise LoweringError(
-                f"pad='auto' needs the valid sizes of {g.name}, which has several spatial inputs or no valid size"
-            ) from None
         return None
-    if pad == "auto":
-        out = g[g.outputs[0]].type
-        if rules.margin is None or any(s != 1 for s in out.scale):
-            raise LoweringError(
-                f"pad='auto' needs an output at the input's scale and aligned with it; "
-                f"{g.outputs[0]} is at scale {out.scale}"
-            ) from None
-        _check_taps(g, rules)
-    return rules
 
 
 def _check_taps(g: UNetGraph, rules: SizeRules) -> None:
