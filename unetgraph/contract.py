@@ -159,7 +159,7 @@ def padding(n: int, axis: tuple) -> tuple[int, int]:
     return left, padded - n - left
 
 
-def _call_module_node(module: nn.Module, *args: object) -> object:
+def _call_module_node(module: nn.Module, *args: object) -> Any:
     """Under ``torch.fx`` tracing (an argument is a Proxy): record ``module`` as one ``call_module``
     node, so any fx tracer keeps it whole instead of tracing its Python checks."""
     proxy = next(a for a in args if isinstance(a, torch.fx.Proxy))
@@ -226,7 +226,7 @@ class InputGuard(nn.Module):
     def forward(self, x: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             if isinstance(x, torch.fx.Proxy) or isinstance(first, torch.fx.Proxy):
-                return _call_module_node(self, x, first)  # type: ignore[return-value]
+                return _call_module_node(self, x, first)
             x = self._from_python(x, first)
         if self.per_sample:
             x = self._per_sample(x, first)
@@ -294,7 +294,7 @@ class InputGuard(nn.Module):
 
     def _match(self, x: torch.Tensor) -> None:
         """The device and dtype torch would otherwise refuse deep inside the first layer."""
-        like = self._buffers["like"]  # as self.like, without nn.Module.__getattr__ on every call
+        like: torch.Tensor = self._buffers["like"]  # type: ignore[assignment]  # self.like, without __getattr__
         if x.device != like.device:
             self.refuse(
                 f"input {self.name} is on {x.device} but the model is on {like.device}: "
@@ -328,7 +328,7 @@ class PadToValid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.fx.Proxy):
-            return _call_module_node(self, x)  # type: ignore[return-value]
+            return _call_module_node(self, x)
         if torch.jit.is_tracing():
             self.refuse(
                 "torch.jit.trace cannot capture pad='auto': the padding depends on the input size, so a trace "
@@ -357,7 +357,7 @@ class CropToInput(nn.Module):
 
     def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if isinstance(y, torch.fx.Proxy) or isinstance(x, torch.fx.Proxy):
-            return _call_module_node(self, y, x)  # type: ignore[return-value]
+            return _call_module_node(self, y, x)
         for dim, (n, axis) in enumerate(zip(x.shape[2:], self.sizes), start=2):
             left, _ = padding(n, axis)
             y = y.narrow(dim, left - axis[4], n)
