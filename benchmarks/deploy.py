@@ -421,7 +421,7 @@ def section_ddpm(peak: float) -> None:
     from diffusers import UNet2DModel
 
     import unetgraph as ug
-    from benchmarks.ddpm_vs_diffusers import CONFIG, diffusers_key
+    from benchmarks.ddpm_vs_diffusers import CONFIG
 
     class Call(torch.nn.Module):
         """One argument ``(x, t)`` for every model; diffusers' output unwrapped."""
@@ -438,7 +438,7 @@ def section_ddpm(peak: float) -> None:
     g = ug.presets.ddpm_unet(32)  # CONFIG gives attention_head_dim=None: one head, as the paper
     gm = g.lower().eval()
     theirs = peer.state_dict()
-    gm.load_state_dict({k: theirs[diffusers_key(k)] for k in gm.state_dict()})
+    gm.load_state_dict({k: theirs[v] for k, v in ug.interop.diffusers_keys(g, gm.state_dict()).items()})
     fast, _ = ug.optimize(gm)
     batch = max(2, ARGS.batch)
     xt = (torch.randn(batch, 3, 32, 32), torch.randint(0, 1000, (batch,)))

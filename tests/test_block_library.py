@@ -16,25 +16,61 @@ from unetgraph.types import TensorType
 # Extra inputs: "emb" (a time embedding through a cond edge), "ctx" (a context sequence),
 # "gate" (the block is a two-input merge fed by a skip and the decoder path).
 EXAMPLES = {
-    "ConvBlock": [ug.ConvBlock(channels=8, mid_channels=4, norm="group", groups=2)],
+    "ConvBlock": [
+        ug.ConvBlock(channels=8, mid_channels=4, norm="group", groups=2),
+        # activations with parameters (counted by the formulas), norm options, MONAI's layer order
+        ug.ConvBlock(
+            channels=6, norm="instance(affine=False)", act="prelu(channelwise=True)", order="NDA", dropout=0.1
+        ),
+    ],
     "Down": [ug.Down("conv", channels=8, kernel=3, padding=0, pad_end=1), ug.Down("pixel_unshuffle", channels=6)],
-    "Up": [ug.Up("pixel_shuffle", channels=4), ug.Up("nearest", channels=4, norm="batch", act="relu")],
-    "Head": [ug.Head(channels=3, kernel=3, norm="group", groups=2, act="silu")],
+    "Up": [
+        ug.Up("pixel_shuffle", channels=4),
+        ug.Up("nearest", channels=4, norm="batch", act="relu"),
+        ug.Up("transpose", factor=3, kernel=3, padding=1, output_padding=2, norm="batch", act="prelu", order="ADN"),
+        ug.Up("linear", channels=3, kernel=1, conv_first=True, align_corners=True, dropout=0.1),
+    ],
+    "Head": [
+        ug.Head(channels=3, kernel=3, norm="group", groups=2, act="silu"),
+        ug.Head(channels=2, act="prelu(channelwise=True)", dropout=0.2),
+    ],
     "Merge": [ug.Merge("concat")],
     "ResBlock": [
         ug.ResBlock(channels=8, groups=2),
         ug.ResBlock(channels=8, groups=2, cond="scale_shift", dropout=0.1),
         ug.ResBlock(channels=4, norm="batch", act="relu", pre_norm=False, stride=2),
+        ug.ResBlock(channels=8, groups=2, resample="avgpool", cond_act=False, output_scale=2.0),
+        ug.ResBlock(groups=2, resample="nearest", cond="scale_shift"),
     ],
-    "SelfAttention": [ug.SelfAttention(heads=2, groups=2)],
+    "SelfAttention": [
+        ug.SelfAttention(heads=2, groups=2),
+        ug.SelfAttention(norm="none", out_bias=False, output_scale=2.0),
+    ],
     "CrossAttention": [ug.CrossAttention(head_dim=2, groups=2)],
     "LinearAttention": [ug.LinearAttention(heads=2, head_dim=4)],
     "AttentionGate": [ug.AttentionGate(channels=3)],
     "SqueezeExcitation": [ug.SqueezeExcitation("scse", reduction=2), ug.SqueezeExcitation("cse", reduction=2)],
-    "TimestepEmbedding": [ug.TimestepEmbedding(dim=6, channels=8)],
+    "TimestepEmbedding": [
+        ug.TimestepEmbedding(dim=6, channels=8),
+        ug.TimestepEmbedding(dim=6, channels=8, encoding="fourier", scale=16.0, flip_sin_to_cos=True),
+    ],
+    "Transformer": [
+        ug.Transformer(heads=2, groups=2),
+        ug.Transformer(head_dim=2, groups=2, layers=2, linear_projection=True, only_cross_attention=True, ff="gelu"),
+    ],
+    "Affine": [ug.Affine(2.0, -1.0)],
+    "ScaleBy": [ug.ScaleBy("divide"), ug.ScaleBy("multiply")],
     "ClassEmbedding": [ug.ClassEmbedding(5, 8)],
     "Input": [ug.Input(channels=4, dims=2)],
     "Sequence": [ug.Sequence(ug.ConvBlock(channels=8, convs=1, norm="group", groups=2), ug.ResBlock(groups=2))],
+    "ResidualUnit": [
+        ug.ResidualUnit(channels=8, stride=2, subunits=2, act="prelu(channelwise=True)", dropout=0.1),
+        ug.ResidualUnit(channels=6, norm="group", groups=3, act="elu(alpha=0.5)", order="ADN", last_conv_only=True),
+    ],
+    "BasicResBlock": [
+        ug.BasicResBlock(channels=8, stride=2, act="prelu", dropout=0.1),
+        ug.BasicResBlock(norm="batch(eps=0.001)", act="relu", bias=True),
+    ],
 }
 ALL = [(name, spec) for name, specs in EXAMPLES.items() for spec in specs]
 SIZES = {1: (12,), 2: (12, 8), 3: (4, 8, 4)}
@@ -68,7 +104,10 @@ def wrap(spec: ug.BlockSpec, dims: int) -> ug.UNetGraph:
         b.input("t", kind="timestep")
         b.add("temb", ug.TimestepEmbedding(dim=4, channels=6), "embedding", None, ["t"])
         ins.append(ug.In("temb", "cond"))
-    if name == "CrossAttention":
+    if name == "ScaleBy":
+        b.input("t", kind="timestep")
+        ins.append(ug.In("t", "cond"))
+    if name in ("CrossAttention", "Transformer"):
         b.input("context", channels=5, kind="context")
         ins.append(ug.In("context", "cond"))
     if name in ("Merge", "AttentionGate"):
@@ -255,3 +294,63 @@ class TestBadInput:
     def test_bad_fields(self, make, message):
         with pytest.raises(ug.SpecError, match=message):
             make()
+
+
+class TestDiffusionBlocksRefuse:
+    """The blocks diffusers' models need refuse what they cannot run, in words, before building."""
+
+    def test_scale_by_needs_a_per_sample_scalar(self):
+        b = ug.GraphBuilder()
+        b.input("x", channels=4, dims=2)
+        with pytest.raises(ug.ShapeError, match=r"ScaleBy needs a per-sample scalar \(N,\): add a cond edge"):
+            b.add("s", ug.ScaleBy(), "head", 0, ["x"])
+        b.input("context", channels=3, kind="context")
+        with pytest.raises(ug.ShapeError, match=r"needs a per-sample scalar \(N,\) on its cond edge, got sequence"):
+            b.add("s", ug.ScaleBy(), "head", 0, ["x", ug.In("context", "cond")])
+        with pytest.raises(ug.SpecError, match=r"ScaleBy\.op: expected one of 'divide', 'multiply', got 'add'"):
+            ug.ScaleBy("add")
+
+    def test_transformer_context_rules(self):
+        b = ug.GraphBuilder()
+        b.input("x", channels=8, dims=2)
+        b.input("t", kind="timestep")
+        with pytest.raises(ug.ShapeError, match="only_cross_attention needs a cond edge from an Input"):
+            b.add("tr", ug.Transformer(groups=2, only_cross_attention=True), "encoder", 0, ["x"])
+        with pytest.raises(
+            ug.ShapeError, match=r"Transformer needs a context, a sequence \(N, L, D\) on its cond edge"
+        ):
+            b.add("tr", ug.Transformer(groups=2), "encoder", 0, ["x", ug.In("t", "cond")])
+        with pytest.raises(ug.ShapeError, match="heads=3 does not divide 8 channels"):
+            b.add("tr", ug.Transformer(heads=3, groups=2), "encoder", 0, ["x"])
+        with pytest.raises(ug.SpecError, match="give heads or head_dim, not both"):
+            ug.Transformer(heads=2, head_dim=4)
+        with pytest.raises(ug.SpecError, match=r"Transformer\.ff: expected one of 'geglu', 'gelu'"):
+            ug.Transformer(ff="swiglu")
+
+    def test_resampling_resblock_and_fourier_embedding_fields(self):
+        with pytest.raises(ug.SpecError, match=r"resample='avgpool' and stride=2: give one of them"):
+            ug.ResBlock(resample="avgpool", stride=2)
+        with pytest.raises(ug.SpecError, match=r"ResBlock\.resample: expected one of 'none', 'avgpool', 'nearest'"):
+            ug.ResBlock(resample="bilinear")
+        with pytest.raises(ug.SpecError, match=r"TimestepEmbedding\.dim: expected an even width for fourier, got 7"):
+            ug.TimestepEmbedding(dim=7, encoding="fourier")
+        # the resampled block's sizes: pooled (floor) or doubled, shortcut included
+        g = ug.GraphBuilder()
+        g.input("x", channels=4, dims=2)
+        g.add("down", ug.ResBlock(channels=8, groups=2, resample="avgpool"), "encoder", 0, ["x"])
+        g.add("up", ug.ResBlock(groups=2, resample="nearest"), "decoder", 0, ["down"])
+        report = g.build(["up"]).check((1, 4, 9, 6))
+        assert report["down"].output == (1, 8, 4, 3) and report["up"].output == (1, 8, 8, 6)
+
+    def test_fourier_frequencies_are_a_parameter_that_does_not_train(self):
+        spec = ug.TimestepEmbedding(dim=8, encoding="fourier", scale=16.0, mlp=False)
+        g = ug.GraphBuilder()
+        g.input("t", kind="timestep")
+        g.add("emb", spec, "embedding", None, ["t"])
+        gm = g.build(["emb"]).lower()
+        (name, frequencies), *_ = gm.named_parameters()
+        assert name == "emb.weight" and frequencies.shape == (4,) and not frequencies.requires_grad
+        assert frequencies.abs().max() > 1  # drawn with standard deviation 16
+        t = torch.tensor([0.5, 2.0])
+        angle = torch.log(t)[:, None] * frequencies[None] * 2 * torch.pi
+        assert torch.allclose(gm(t), torch.cat([angle.sin(), angle.cos()], dim=-1))

@@ -32,6 +32,7 @@ ORDER = [
     "eject",
     "render",
     "presets",
+    "interop",
     "cli",
 ]
 

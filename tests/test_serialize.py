@@ -94,6 +94,7 @@ def test_document_layout():
             "dropout": 0.0,
             "bias": None,
             "mid_channels": None,
+            "order": "NA",
         },
     }
     assert {"src": "enc1", "dst": "merge1", "kind": "skip", "port": 0} in doc["edges"]

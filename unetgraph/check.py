@@ -434,9 +434,10 @@ def valid_sizes(g: UNetGraph, *, exact: bool = True) -> SizeRules:
     ``exact=False`` gives every size :func:`check` accepts (they differ only where merges
     crop). The rule is found by evaluating the size ops along each axis: the smallest
     fitting size, then the pattern that repeats with the graph's total stride. Limits that
-    count all axes at once (an InstanceNorm needs more than one position, a GroupNorm more
-    than one value per group) then raise the minimum until the smallest sizes pass
-    :func:`check` at batch 1, so a valid size fits every batch size.
+    count all axes at once then raise the minimum until the smallest sizes pass :func:`check`
+    at batch 1, so a valid size fits every batch size: a norm's limits follow what its
+    statistics are taken over (``ug.NormKind.stats``, whatever the norm is called), e.g. one
+    per sample and channel needs more than one position, one per group more than one value.
 
     Raises:
         ShapeError: the graph has several spatial inputs, or no size up to 16384 fits.

@@ -16,11 +16,14 @@ from .conv import ConvBlock, Head
 from .embedding import ClassEmbedding, TimestepEmbedding
 from .gates import AttentionGate, SqueezeExcitation
 from .io import Input
-from .layers import ACTS, NORMS
+from .layers import ACTS, NORMS, ActKind, NormKind
 from .merge import Merge
+from .pointwise import Affine, ScaleBy
 from .resblock import ResBlock
+from .residual import BasicResBlock, ResidualUnit
 from .sampling import Down, Up
 from .sequence import Sequence
+from .transformer import Transformer
 
 __all__ = [
     "BlockSpec",
@@ -40,6 +43,8 @@ __all__ = [
     "Input",
     "Sequence",
     "ResBlock",
+    "ResidualUnit",
+    "BasicResBlock",
     "SelfAttention",
     "CrossAttention",
     "LinearAttention",
@@ -47,6 +52,11 @@ __all__ = [
     "ClassEmbedding",
     "AttentionGate",
     "SqueezeExcitation",
+    "Transformer",
+    "Affine",
+    "ScaleBy",
     "NORMS",
     "ACTS",
+    "NormKind",
+    "ActKind",
 ]

@@ -14,9 +14,21 @@ from ..errors import ShapeError, SpecError
 from ..sizes import SizeOp, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .layers import ACTS, NORMS, axes_text, conv_cls, conv_label, make_norm, norm_notes, validate_norm_act
+from .layers import (
+    act_params,
+    axes_text,
+    conv_cls,
+    conv_label,
+    groups_apply,
+    make_act,
+    make_norm,
+    norm_notes,
+    norm_params,
+    post_conv_layers,
+    validate_norm_act,
+)
 
-__all__ = ["ConvBlock", "Head", "same_padding", "check_groups"]
+__all__ = ["ConvBlock", "Head", "same_padding", "check_groups", "cond_input"]
 
 
 def same_padding(kernel: int, field: str) -> int:
@@ -27,8 +39,8 @@ def same_padding(kernel: int, field: str) -> int:
 
 
 def check_groups(norm: str, groups: int, channels: int, what: str = "") -> None:
-    """Refuse a GroupNorm whose ``groups`` do not divide ``channels``."""
-    if norm == "group" and channels % groups:
+    """Refuse a group norm (a norm whose statistics are per group) whose ``groups`` do not divide ``channels``."""
+    if groups_apply(norm) and channels % groups:
         where = f" ({what})" if what else ""
         raise SpecError(f"GroupNorm groups={groups} does not divide {channels} channels{where}")
 
@@ -40,10 +52,24 @@ def _spatial_input(spec: BlockSpec, inputs: Sequence[TensorType]) -> TensorType:
     return x
 
 
+def cond_input(
+    spec: BlockSpec, inputs: Sequence[TensorType], sources: Sequence[str], form: str, what: str, missing: str
+) -> TensorType:
+    """The conditioning input (port 1) of ``spec``, which must be of ``form`` (``what`` says it in
+    words); ``missing`` says how to add one when there is none. Raises :class:`ShapeError`."""
+    if len(inputs) < 2:
+        raise ShapeError(f"{spec.type_name} needs {what}: {missing}")
+    if inputs[1].form != form:
+        name = sources[1] if len(sources) > 1 else "the cond input"
+        raise ShapeError(f"{spec.type_name} needs {what} on its cond edge, got {inputs[1]} from {name}")
+    return inputs[1]
+
+
 @register_block
 @dataclass(frozen=True)
 class ConvBlock(BlockSpec):
-    """``convs`` × (convolution → norm → activation), then optional dropout.
+    """``convs`` × (convolution → norm → activation), then optional dropout; ``order`` moves the
+    norm, the activation and the dropout around each convolution (MONAI's ``adn_ordering``).
 
     Args:
         channels: output channels; ``None`` keeps the input's. Builders fill it per level.
@@ -54,11 +80,16 @@ class ConvBlock(BlockSpec):
         padding: ``"same"`` (keeps sizes, odd kernels), ``"valid"`` (no padding, as in
             Ronneberger et al. 2015) or explicit ints.
         stride: stride of the first convolution (a downsampling block when > 1).
-        norm: ``"batch"``, ``"group"``, ``"instance"``, ``"layer"`` (over channels) or ``"none"``.
+        norm: a ``ug.NORMS`` name (``"batch"``, ``"group"``, ``"instance"``, ``"layer"`` over
+            channels, …) with options if any (``"instance(affine=False)"``), or ``"none"``.
         groups: GroupNorm groups (``norm="group"``).
-        act: ``"relu"``, ``"leaky_relu"``, ``"silu"``, ``"gelu"`` or ``"none"``.
-        dropout: probability of the dropout after the last activation (0 = none).
+        act: a ``ug.ACTS`` name (``"relu"``, ``"leaky_relu"``, ``"prelu"``, ``"silu"``, ``"gelu"``, …)
+            with options if any (``"leaky_relu(negative_slope=0.1)"``), or ``"none"``.
+        dropout: dropout probability (0 = none): after the last activation, or after each
+            convolution where ``order`` puts a ``D``.
         bias: conv bias; ``None`` means "only without a norm" (a norm's shift makes it redundant).
+        order: what follows each convolution: ``"NA"`` (norm, act), ``"AN"``, or with ``D``
+            (dropout) in its place, ``"NDA"``, ``"DNA"``, …
 
     Shape:
         ``(N, C_in, *S) → (N, channels, *S')`` with ``S'`` from the kernel, padding and stride.
@@ -75,6 +106,7 @@ class ConvBlock(BlockSpec):
     dropout: float = 0.0
     bias: bool | None = None
     mid_channels: int | None = None
+    order: str = "NA"
 
     def validate(self) -> None:
         validate_norm_act(self)
@@ -152,11 +184,8 @@ class ConvBlock(BlockSpec):
             layers[f"conv{i}"] = conv(
                 cin, c, self._kernel(dims), stride=stride if i == 0 else 1, padding=pad, bias=self.has_bias
             )
-            if self.norm != "none":
-                layers[f"norm{i}"] = NORMS[self.norm][0](c, dims, self.groups)
-            if self.act != "none":
-                layers[f"act{i}"] = ACTS[self.act]()
-        if self.dropout:
+            layers.update(post_conv_layers(self.order, self.norm, self.act, self.dropout, c, dims, self.groups, str(i)))
+        if self.dropout and "D" not in self.order:
             layers["dropout"] = nn.Dropout(self.dropout)
         return nn.Sequential(layers)
 
@@ -165,9 +194,7 @@ class ConvBlock(BlockSpec):
         k, cout = prod(self._kernel(x.dims)), output.channels
         total = 0
         for cin, c in self._widths(x.channels, cout):
-            total += cin * c * k + (c if self.has_bias else 0)
-            if self.norm != "none":
-                total += NORMS[self.norm][1] * c
+            total += cin * c * k + (c if self.has_bias else 0) + norm_params(self.norm, c) + act_params(self.act, c)
         return total
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
@@ -182,20 +209,23 @@ class ConvBlock(BlockSpec):
 
     def label(self) -> str:
         head = f"{self.convs}×conv{axes_text(self.kernel)}"
-        return conv_label(self, head + (" valid" if self.padding == "valid" else ""))
+        label = conv_label(self, head + (" valid" if self.padding == "valid" else ""))
+        return label if self.order == "NA" else f"{label} ({self.order})"
 
 
 @register_block
 @dataclass(frozen=True)
 class Head(BlockSpec):
     """The output projection: one convolution (1×1 by default) to ``channels`` outputs, with bias,
-    optionally pre-activated by ``norm → act`` (DDPM's output block: GroupNorm → SiLU → conv3×3).
+    optionally pre-activated by ``norm → act`` (DDPM's output block: GroupNorm → SiLU → conv3×3)
+    and followed by dropout.
 
     Args:
         channels: output channels; builders set ``out_channels``.
         kernel: odd kernel size, an int or one per axis.
         norm, groups, eps: a norm before the convolution (``"none"`` by default).
         act: an activation before the convolution (``"none"`` by default).
+        dropout: dropout probability after the convolution (MONAI's ``UnetOutBlock``; 0 = none).
 
     Shape:
         ``(N, C_in, *S) → (N, channels, *S)``.
@@ -207,11 +237,15 @@ class Head(BlockSpec):
     groups: int = 32
     eps: float | None = None
     act: str = "none"
+    dropout: float = 0.0
 
     def validate(self) -> None:
         validate_norm_act(self)
         self._positive_int("channels", optional=True)
         self._int_or_tuple("kernel")
+        self._require(
+            isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "a probability in [0, 1)"
+        )
         for k in self.kernel if isinstance(self.kernel, tuple) else (self.kernel,):
             same_padding(k, f"{self.type_name}.kernel")
 
@@ -225,24 +259,26 @@ class Head(BlockSpec):
         (x,) = inputs
         kernel = tuple(self._per_axis("kernel", x.dims, a) for a in range(x.dims))
         conv = conv_cls(x.dims)(x.channels, output.channels, kernel, padding=tuple(k // 2 for k in kernel))
-        if self.norm == "none" and self.act == "none":
+        if self.norm == "none" and self.act == "none" and not self.dropout:
             return conv
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         if self.norm != "none":
             layers["norm"] = make_norm(self.norm, x.channels, x.dims, self.groups, self.eps)
         if self.act != "none":
-            layers["act"] = ACTS[self.act]()
+            layers["act"] = make_act(self.act, x.channels)
         layers["conv"] = conv
+        if self.dropout:
+            layers["dropout"] = nn.Dropout(self.dropout)
         return nn.Sequential(layers)
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         (x,) = inputs
         k = prod(self._per_axis("kernel", x.dims, a) for a in range(x.dims))
-        norm = NORMS[self.norm][1] * x.channels if self.norm != "none" else 0
-        return x.channels * output.channels * k + output.channels + norm
+        pre = norm_params(self.norm, x.channels) + act_params(self.act, x.channels)
+        return x.channels * output.channels * k + output.channels + pre
 
     def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
-        return norm_notes(self.norm, self.groups, inputs[0]) if self.norm != "none" else []
+        return norm_notes(self.norm, self.groups, inputs[0])
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         (x,) = inputs

@@ -15,7 +15,7 @@ from ..errors import ShapeError
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups
-from .layers import NORMS, conv_cls, make_norm, validate_norm_act
+from .layers import conv_cls, make_norm, norm_params, validate_norm_act
 
 __all__ = ["AttentionGate", "SqueezeExcitation", "AttentionGateModule", "SqueezeExcitationModule"]
 
@@ -101,8 +101,8 @@ class AttentionGate(BlockSpec):
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         x, g = inputs
         inner = self._inner(x.channels)
-        norm = NORMS[self.norm][1] if self.norm != "none" else 0
-        return (g.channels + x.channels) * inner + 2 * inner + 2 * norm * inner + inner + 1 + norm
+        norms = 2 * norm_params(self.norm, inner) + norm_params(self.norm, 1)
+        return (g.channels + x.channels) * inner + 2 * inner + inner + 1 + norms
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         x, g = inputs

@@ -16,7 +16,16 @@ from ..sizes import Pad, Scale, SizeOp, Transposed, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups, same_padding
-from .layers import ACTS, NORMS, axes_text, conv_cls, conv_transpose_cls, make_norm, norm_notes, validate_norm_act
+from .layers import (
+    act_params,
+    axes_text,
+    conv_cls,
+    conv_transpose_cls,
+    norm_notes,
+    norm_params,
+    post_conv_layers,
+    validate_norm_act,
+)
 
 __all__ = ["Down", "Up", "SpaceToDepth", "DepthToSpace"]
 
@@ -208,6 +217,17 @@ class Up(BlockSpec):
         bias: the convolution's bias.
         norm, groups, act: a norm and an activation after the convolution (``"none"`` by
             default; AttU_Net's ``up_conv`` is nearest ×2 → conv3×3 → batch norm → ReLU).
+        dropout: dropout probability after the convolution's norm and activation, or where
+            ``order`` puts its ``D``.
+        order: the order of norm (N), activation (A) and dropout (D) after the convolution
+            (``"NA"``; MONAI's ``"NDA"``, ``"ADN"``, …).
+        padding, output_padding: ``"transpose"`` only: the transposed convolution's padding and
+            output padding, an int or one per axis (``None``: the padding that makes the output
+            exactly ``n * factor``, MONAI's ``(kernel - 1) / 2`` and ``factor - 1`` among them);
+            they must give ``kernel - 2 * padding + output_padding == factor``.
+        align_corners: ``"linear"`` only: interpolate with the corner pixels aligned.
+        conv_first: interpolation modes only: convolve before interpolating (MONAI's
+            ``UpSample`` pre-convolution), at the input's resolution.
 
     Shape:
         ``(N, C, *S) → (N, channels, *(S * factor))``.
@@ -222,11 +242,20 @@ class Up(BlockSpec):
     norm: str = "none"
     groups: int = 32
     act: str = "none"
+    dropout: float = 0.0
+    order: str = "NA"
+    padding: int | tuple[int, ...] | None = None
+    output_padding: int | tuple[int, ...] | None = None
+    align_corners: bool = False
+    conv_first: bool = False
 
     def validate(self) -> None:
         validate_norm_act(self)
-        if not self.conv and (self.norm != "none" or self.act != "none"):
-            raise SpecError("Up.norm and Up.act follow the convolution; with conv=False there is none")
+        self._require(
+            isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "a probability in [0, 1)"
+        )
+        if not self.conv and (self.norm != "none" or self.act != "none" or self.dropout):
+            raise SpecError("Up.norm, Up.act and Up.dropout follow the convolution; with conv=False there is none")
         self._choice(
             "mode",
             ["transpose", "nearest", "linear", "pixel_shuffle"],
@@ -244,6 +273,18 @@ class Up(BlockSpec):
         if self.mode != "transpose" and self.kernel is not None:
             for k in self.kernel if isinstance(self.kernel, tuple) else (self.kernel,):
                 same_padding(k, "Up.kernel")
+        self._int_or_tuple("padding", zero=True, optional=True)
+        self._int_or_tuple("output_padding", zero=True, optional=True)
+        if self.mode != "transpose" and (self.padding is not None or self.output_padding is not None):
+            raise SpecError(f"Up.padding and Up.output_padding are for mode='transpose', not {self.mode!r}")
+        if self.output_padding is not None and self.padding is None:
+            raise SpecError("Up.output_padding needs padding too (padding=None computes both)")
+        self._require(isinstance(self.align_corners, bool), "align_corners", "True or False")
+        if self.align_corners and self.mode != "linear":
+            raise SpecError(f"Up.align_corners is for mode='linear', not {self.mode!r}")
+        self._require(isinstance(self.conv_first, bool), "conv_first", "True or False")
+        if self.conv_first and (self.mode not in ("nearest", "linear") or not self.conv):
+            raise SpecError("Up.conv_first is for interpolation modes with a convolution ('nearest', 'linear')")
 
     def _kernel(self, dims: int) -> tuple[int, ...]:
         if self.kernel is None:
@@ -251,19 +292,31 @@ class Up(BlockSpec):
         return _axes(self, "kernel", dims)
 
     def _transpose_padding(self, dims: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Padding and output padding that make a transposed conv output exactly ``n * factor``."""
-        pads, extras = [], []
+        """Padding and output padding of the transposed conv: given, or the ones that make its
+        output exactly ``n * factor``."""
+        if self.padding is not None:
+            pads = _axes(self, "padding", dims)
+            extras = (0,) * dims if self.output_padding is None else _axes(self, "output_padding", dims)
+            for k, f, p, e in zip(self._kernel(dims), _axes(self, "factor", dims), pads, extras):
+                if k - 2 * p + e != f:
+                    raise SpecError(
+                        f"Up: kernel {k}, padding {p} and output_padding {e} give n·{f} + {k - 2 * p + e - f} "
+                        f"positions, not n·{f}: kernel - 2·padding + output_padding must equal the factor"
+                    )
+                if e >= f:
+                    raise SpecError(f"Up.output_padding={e} must be smaller than the factor {f} (torch's rule)")
+            return pads, extras
+        computed: list[tuple[int, int]] = []
         for k, f in zip(self._kernel(dims), _axes(self, "factor", dims)):
             if k < f:
                 raise SpecError(f"Up.kernel={k} is smaller than the factor {f}: the output would have holes")
             p = -(-(k - f) // 2)
-            pads.append(p)
-            extras.append(2 * p - (k - f))
-        return tuple(pads), tuple(extras)
+            computed.append((p, 2 * p - (k - f)))
+        return tuple(p for p, _ in computed), tuple(e for _, e in computed)
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         x = _spatial_input(self, inputs)
-        self._check_axes(x.dims, "factor", "kernel")
+        self._check_axes(x.dims, "factor", "kernel", "padding", "output_padding")
         if self.mode == "transpose":
             self._transpose_padding(x.dims)
         factors = tuple(Fraction(f) for f in _axes(self, "factor", x.dims))
@@ -284,13 +337,14 @@ class Up(BlockSpec):
     def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:
         (x,) = inputs
         dims = x.dims
-        if self.norm == "none" and self.act == "none":
+        if self.norm == "none" and self.act == "none" and not self.dropout:
             return self._resample(x, output)
         layers = OrderedDict(_flatten_children(self._resample(x, output)))
-        if self.norm != "none":
-            layers["norm"] = make_norm(self.norm, output.channels, dims, self.groups)
-        if self.act != "none":
-            layers["act"] = ACTS[self.act]()
+        layers.update(
+            post_conv_layers(self.order, self.norm, self.act, self.dropout, output.channels, dims, self.groups)
+        )
+        if self.dropout and "D" not in self.order:
+            layers["dropout"] = nn.Dropout(self.dropout)
         return nn.Sequential(layers)
 
     def _resample(self, x: TensorType, output: TensorType) -> nn.Module:
@@ -310,28 +364,34 @@ class Up(BlockSpec):
         )
         if self.mode == "pixel_shuffle":
             return nn.Sequential(OrderedDict(conv=conv, shuffle=DepthToSpace(factor)))
-        upsample = nn.Upsample(scale_factor=tuple(float(f) for f in factor), mode=_INTERP[self.mode][dims - 1])
+        upsample = nn.Upsample(
+            scale_factor=tuple(float(f) for f in factor),
+            mode=_INTERP[self.mode][dims - 1],
+            align_corners=True if self.align_corners else None,
+        )
         if not self.conv:
             return upsample
+        if self.conv_first:
+            return nn.Sequential(OrderedDict(conv=conv, upsample=upsample))
         return nn.Sequential(OrderedDict(upsample=upsample, conv=conv))
 
     def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
-        return norm_notes(self.norm, self.groups, output) if self.norm != "none" else []
+        return norm_notes(self.norm, self.groups, output)
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         if not self.conv:
             return 0
         (x,) = inputs
         cout = self._conv_out(output.channels, x.dims)
-        norm = NORMS[self.norm][1] * output.channels if self.norm != "none" else 0
-        return x.channels * cout * prod(self._kernel(x.dims)) + cout * self.bias + norm
+        post = norm_params(self.norm, output.channels) + act_params(self.act, output.channels)
+        return x.channels * cout * prod(self._kernel(x.dims)) + cout * self.bias + post
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         if not self.conv:
             return 0
         (x,) = inputs
         # a transposed conv and the conv before a pixel shuffle work per *input* position
-        positions = prod(output[2:]) if self.mode in ("nearest", "linear") else prod(x[2:])
+        positions = prod(output[2:]) if self.mode in ("nearest", "linear") and not self.conv_first else prod(x[2:])
         cout = self._conv_out(output[1], len(x) - 2)
         return 2 * x[0] * positions * cout * x[1] * prod(self._kernel(len(x) - 2))
 
