@@ -81,3 +81,32 @@ def small_diffusion(**changes) -> ug.UNetGraph:
         num_classes=5,
     )
     return ug.diffusion_unet(3, **{**args, **changes})
+
+
+# Blocks whose modules hold torch containers as attributes, traced through when lowered: their
+# layers are named "seq.0", "heads.b-2", "scales.1" in the state_dict, which an ejected file
+# must keep (numbered Sequential, ModuleList, ModuleDict, ParameterList/Dict, nested).
+class _Containers(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
+        self.layers = nn.ModuleList([nn.Conv2d(c, c, 1), nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU())])
+        self.heads = nn.ModuleDict({"a": nn.Conv2d(c, c, 1), "b-2": nn.Conv2d(c, c, 1)})
+        self.nested = nn.Sequential(nn.ModuleList([nn.Conv2d(c, c, 1)]), nn.Sequential(nn.Identity()))
+        self.scales = nn.ParameterList([nn.Parameter(torch.rand(c)), nn.Parameter(torch.rand(c))])
+        self.shift = nn.ParameterDict({"all": nn.Parameter(torch.rand(c))})
+
+    def forward(self, x):
+        h = self.seq(x)
+        for layer in self.layers:
+            h = layer(h) + h
+        h = self.heads["a"](h) * self.heads["b-2"](h)
+        h = self.nested[1](self.nested[0][0](h))
+        scale = self.scales[0] * self.scales[1] + self.shift["all"]
+        return h * scale.reshape(1, -1, 1, 1) + x
+
+
+@dataclass(frozen=True)
+class Containers(KeepsType):
+    def build(self, inputs, output):
+        return _Containers(inputs[0].channels)

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 import torch
-from deploy_helpers import SinusoidalScale, randomize_norms, second_size_inputs, small_diffusion
+from deploy_helpers import Containers, SinusoidalScale, randomize_norms, second_size_inputs, small_diffusion
 
 import unetgraph as ug
 
@@ -60,6 +60,8 @@ CASES = {
     "group_3d": lambda: ug.unet(1, 2, widths=(8, 16), dims=3, block=ug.ConvBlock(norm="group", groups=4)),
     "optimized": lambda: ug.optimize(randomize_norms(ug.unet(3, 2, widths=(8, 16, 32)).lower()))[0],
     "buffer_arithmetic": lambda: ug.unet(1, 1, widths=(4, 8), bottleneck_block=SinusoidalScale()),
+    # torch containers inside a block: numbered Sequential, ModuleList, ModuleDict, ParameterList/Dict
+    "containers": lambda: ug.unet(1, 1, widths=(4, 8), bottleneck_block=Containers(), encoder_block=Containers()),
     # diffusion: a timestep and class labels through embeddings and cond edges, attention
     "diffusion_class_conditional": lambda: small_diffusion(resblock=ug.ResBlock(groups=4, cond="scale_shift")),
     "diffusion_cross_attention": lambda: ug.diffusion_unet(

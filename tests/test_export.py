@@ -38,7 +38,7 @@ def assert_refuses_like_the_checker(loaded, gm):
         gm(bad)
     assert str(checker.value).startswith(str(refused.value))
     assert "input height 18 is not a multiple of 4; H and W must be multiples of 4, at least 4" in str(refused.value)
-    with pytest.raises(ug.ShapeError, match=r"expects \(N, 3, \.\.\.\)"):
+    with pytest.raises(ug.ShapeError, match=r"input x expects 3 channels \(N, 3, H, W\), got 1"):
         loaded(torch.randn(1, 1, 8, 8))
 
 
@@ -170,3 +170,12 @@ def test_conditioned_diffusion_unet_round_trip(tmp_path, suffix):
         loaded(x, t)
     with pytest.raises(ug.ShapeError, match=r"input y expects \(N,\) integer class labels"):
         loaded(x, t, y.float())
+    with torch.no_grad():  # timesteps and labels as trainers pass them: one value for the batch
+        for t1, y1 in [(7, 1), (7.5, torch.tensor(1)), (torch.tensor(7.0), torch.tensor([1])), (torch.tensor([7]), 1)]:
+            assert torch.allclose(torch.as_tensor(loaded(x, t1, y1)), gm(x, t1, y1), atol=1e-5), (t1, y1)
+    with pytest.raises(ug.ShapeError, match=r"input t must be a torch\.Tensor \(N,\) .*got a bool \(True\)"):
+        loaded(x, True, y)
+    with pytest.raises(ug.ShapeError, match=r"input t has 3 values for a batch of 2 \(x\)"):
+        loaded(x, torch.ones(3), y)
+    with pytest.raises(ug.ShapeError, match=r"input x must be a torch\.Tensor \(N, 3, H, W\), got a numpy\.ndarray"):
+        loaded(x.numpy(), t, y)

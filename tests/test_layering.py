@@ -11,6 +11,7 @@ ORDER = [
     "util",
     "files",
     "artifact",
+    "contract",
     "types",
     "sizes",
     "blocks",

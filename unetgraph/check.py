@@ -14,17 +14,17 @@ from dataclasses import dataclass, replace
 from math import lcm
 from typing import Iterator, Mapping, Sequence
 
+from . import contract
 from .errors import ShapeError
 from .graph import Edge, Node, UNetGraph
 from .sizes import SizeFailure, SizeOp, apply_ops
 from .types import AXIS_NAMES, Role, format_dims
 from .util import paused_gc
 
-__all__ = ["Row", "CheckReport", "AxisRule", "SizeRules", "check", "valid_sizes"]
+__all__ = ["Row", "CheckReport", "AxisRule", "SizeRules", "check", "valid_sizes", "pad_rules"]
 
 Shape = tuple[int, ...]
 
-_AXIS_WORDS = {"L": "length", "D": "depth", "H": "height", "W": "width"}
 _SCAN_LIMIT = 1 << 14
 _FITTING: ContextVar[bool] = ContextVar("fitting", default=False)  # valid_sizes is running check
 
@@ -48,11 +48,19 @@ class CheckReport:
 
     ``report["enc2"].output`` is a node's output shape, ``report.outputs`` the model's,
     ``report.params`` the total parameter count; ``print(report)`` shows the table and a
-    Jupyter cell renders it as HTML.
+    Jupyter cell renders it as HTML. ``report.padded_from`` holds the input shapes given when
+    the report was made at the padded size (``check(g, shape, pad="auto")``), else ``None``.
     """
 
-    def __init__(self, graph: UNetGraph, inputs: Mapping[str, Shape], rows: Sequence[Row]) -> None:
+    def __init__(
+        self,
+        graph: UNetGraph,
+        inputs: Mapping[str, Shape],
+        rows: Sequence[Row],
+        padded_from: Mapping[str, Shape] | None = None,
+    ) -> None:
         self.name = graph.name
+        self.padded_from = None if padded_from is None else dict(padded_from)
         self.inputs = dict(inputs)
         self.rows = tuple(rows)
         self._by_name = {r.name: r for r in self.rows}
@@ -95,6 +103,9 @@ class CheckReport:
 
     def summary(self) -> str:
         ins = ", ".join(f"{k} {v}" for k, v in self.inputs.items())
+        if self.padded_from is not None:
+            given = [f"{k} {v}" for k, v in self.padded_from.items() if v != self.inputs[k]]
+            ins += f" (pad='auto' of {', '.join(given)})" if given else " (pad='auto': already valid)"
         outs = ", ".join(f"{k} {v}" for k, v in self.outputs.items())
         return f"{self.name}: {ins} → {outs} · {len(self.rows)} nodes · {self.params:,} params"
 
@@ -184,13 +195,18 @@ def _agree(step: _Step, sizes: Sequence[Shape]) -> Shape | str:
 
 
 @paused_gc()
-def check(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]) -> CheckReport:
+def check(
+    g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]], *, pad: str | None = None
+) -> CheckReport:
     """Compute every node's input and output shapes for ``input_shape``, statically.
 
     Args:
         g: the graph.
         input_shape: ``(N, C, *spatial)`` for a graph with one input, or a mapping from
             input names to shapes.
+        pad: ``"auto"``: the shapes a module lowered with ``pad="auto"`` runs at, the spatial
+            input padded up to the next valid size (:meth:`SizeRules.padded`); the report says
+            so (``report.padded_from`` holds the shapes given). ``None``: the shapes as given.
 
     Returns:
         A :class:`CheckReport`.
@@ -200,10 +216,18 @@ def check(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]
             reaches it (sizes that disagree at a merge, a size too small for a window). The
             message names the node, the edges and the sizes, and says which input sizes fit.
     """
+    if pad not in (None, "auto"):
+        raise ShapeError(f"pad: expected None or 'auto', got {pad!r}")
     inputs = _input_shapes(g, input_shape)
+    given = None
+    if pad == "auto":
+        rules = pad_rules(g)
+        given = dict(inputs)
+        x = inputs[rules.input]
+        inputs[rules.input] = (*x[:2], *rules.padded(x[2:]))
     rows = [Row(n, Role.INPUT, g[n].level, g[n].block.label(), (), inputs[n], 0) for n in g.inputs]
     _propagate(g, _plan(g), inputs, rows)
-    return CheckReport(g, inputs, rows)
+    return CheckReport(g, inputs, rows, padded_from=given)
 
 
 def _propagate(g: UNetGraph, plan: Sequence[_Step], inputs: Mapping[str, Shape], rows: list[Row] | None) -> None:
@@ -268,28 +292,21 @@ def _input_shapes(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequen
         given = {g.inputs[0]: input_shape}
     else:
         raise ShapeError(f"graph {g.name} has inputs {', '.join(g.inputs)}: give a dict of shapes")
-    shapes = {}
-    for name, shape in given.items():
+    shapes: dict[str, Shape] = {}
+    for name, given_shape in given.items():
         t = g[name].type
-        expect = t.pattern()
         try:
-            shape = tuple(shape)
+            shape = tuple(given_shape)
             ok = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
         except TypeError:
             ok = False
         if not ok:
-            raise ShapeError(f"input {name} expects a shape {expect} of positive integers, got {shape!r}", node=name)
-        if len(shape) != t.rank:
-            what = f"{t.dims}D with a batch axis" if t.form == "dense" else f"a {t.form} input"
             raise ShapeError(
-                f"input {name} expects rank {t.rank} {expect} ({what}), got rank {len(shape)}: {shape}", node=name
+                f"input {name} expects a shape {t.pattern()} of positive integers, got {given_shape!r}", node=name
             )
-        channel_axis = {"dense": 1, "sequence": 2}.get(t.form)
-        if channel_axis is not None and shape[channel_axis] != t.channels:
-            raise ShapeError(
-                f"input {name} expects {t.channels} channels {expect}, got {shape[channel_axis]} in {shape}",
-                node=name,
-            )
+        why = contract.shape_problem(name, shape, t.form, t.channels, t.axes if t.form == "dense" else ())
+        if why is not None:
+            raise ShapeError(why, node=name)
         shapes[name] = shape
     batches = {s[0] for s in shapes.values()}
     if len(batches) > 1:
@@ -334,48 +351,27 @@ class AxisRule:
     margin: int | None = 0
 
     def __contains__(self, n: object) -> bool:
-        return isinstance(n, int) and n >= self.minimum and (n - self.minimum) % self.step in self.offsets
+        return isinstance(n, int) and contract.axis_contains(n, self.minimum, self.step, self.offsets)
 
     def next(self, n: int) -> int:
         """The smallest valid size ``≥ n``."""
-        if n <= self.minimum:
-            return self.minimum
-        base = n - (n - self.minimum) % self.step
-        return min(c for c in (base + o for o in (*self.offsets, *(o + self.step for o in self.offsets))) if c >= n)
+        return contract.next_valid(n, self.minimum, self.step, self.offsets)
 
     def sizes(self, count: int = 4) -> list[int]:
         """The first ``count`` valid sizes."""
-        out: list[int] = []
-        k = 0
-        while len(out) < count:
-            out += [self.minimum + k * self.step + o for o in self.offsets]
-            k += 1
-        return out[:count]
+        return contract.axis_sizes(self.minimum, self.step, self.offsets, count)
 
     def describe(self, plural: bool = False) -> str:
-        if self.step == 1 and self.minimum == 1:
-            return "any size"
-        if self.offsets == (0,) and self.step == 1:
-            return f"at least {self.minimum}"
-        if self.offsets == (0,) and self.minimum % self.step == 0:
-            what = f"multiples of {self.step}" if plural else f"a multiple of {self.step}"
-            return f"{what}, at least {self.minimum}"
-        shown = ", ".join(map(str, self.sizes(3)))
-        if self.offsets == (0,):
-            r, k = self.minimum % self.step, self.minimum // self.step
-            return f"{self.step}k + {r} with k ≥ {k} ({shown}, …)"
-        return f"one of {shown}, … (every {self.step} from {self.minimum})"
+        return contract.describe_axis(self.minimum, self.step, self.offsets, plural)
 
     def explain(self, n: int) -> str | None:
         """Why ``n`` is not valid (``None`` if it is)."""
-        if n in self:
-            return None
-        word = _AXIS_WORDS.get(self.axis, self.axis)
-        if n < self.minimum:
-            return f"input {word} {n} is below the minimum {self.minimum}"
-        if self.offsets == (0,) and self.minimum % self.step == 0:
-            return f"input {word} {n} is not a multiple of {self.step}"
-        return f"input {word} {n} is not of the form {self.describe()}"
+        return contract.axis_problem(self.axis, n, self.minimum, self.step, self.offsets)
+
+    def as_tuple(self) -> tuple[str, int, int, tuple[int, ...], int]:
+        """``(axis, minimum, step, offsets, margin)``: the plain data the input contract
+        (:mod:`unetgraph.contract`, the lowered module's guard and padding) works on."""
+        return (self.axis, self.minimum, self.step, self.offsets, self.margin or 0)
 
 
 @dataclass(frozen=True)
@@ -408,6 +404,11 @@ class SizeRules:
     def next_valid(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """The smallest valid size at least ``spatial`` on every axis."""
         return tuple(r.next(n) for n, r in zip(spatial, self.axes))
+
+    def padded(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """The size ``lower(pad="auto")`` pads ``spatial`` to: the next valid size, with the margin a
+        valid-convolution network consumes padded too."""
+        return tuple(n + sum(contract.padding(n, r.as_tuple())) for n, r in zip(spatial, self.axes))
 
     def explain(self, spatial: Sequence[int]) -> str | None:
         """Why ``spatial`` does not fit (the first failing axis), or ``None``."""
@@ -459,6 +460,32 @@ def valid_sizes(g: UNetGraph, *, exact: bool = True) -> SizeRules:
                 step = lcm(step, t.scale[axis].denominator)
         rules.append(_axis_rule(plan, x, out, axis, step, AXIS_NAMES[dims][axis], g[out].type.dims == dims, exact))
     return SizeRules(x, _fit_whole_shape(g, plan, tuple(rules)))
+
+
+def pad_rules(g: UNetGraph) -> SizeRules:
+    """The valid sizes ``pad="auto"`` pads the spatial input up to (exact: nothing rounded away),
+    and so the output can be cropped back to the input's size.
+
+    Raises:
+        ShapeError: ``g`` has no single spatial input, no valid size, or a first output that is
+            not at the input's scale and aligned with it.
+    """
+    spatial = [n for n in g.inputs if g[n].type.dims > 0]
+    if len(spatial) != 1:
+        raise ShapeError(
+            f"pad='auto' pads the spatial input up to a valid size; graph {g.name} has "
+            + (f"{len(spatial)} spatial inputs" if spatial else "no spatial input")
+            + f" ({', '.join(f'{n} {g[n].type.pattern()}' for n in g.inputs)})"
+        )
+    rules = valid_sizes(g)
+    out = g[g.outputs[0]].type
+    if rules.margin is None or any(s != 1 for s in out.scale):
+        raise ShapeError(
+            f"pad='auto' needs an output at the input's scale and aligned with it; "
+            f"{g.outputs[0]} is at scale {out.scale}",
+            node=g.outputs[0],
+        )
+    return rules
 
 
 def input_shapes_at(
@@ -537,7 +564,7 @@ def _axis_rule(
         first = next((n for n in range(start, _SCAN_LIMIT + 1) if ok(n)), None)
         if first is None:
             raise ShapeError(
-                f"no input {_AXIS_WORDS.get(name, name)} up to {_SCAN_LIMIT} fits graph: "
+                f"no input {contract.axis_word(name)} up to {_SCAN_LIMIT} fits graph: "
                 "check the kernels, paddings and merges"
             )
         offsets = tuple(o for o in range(step) if ok(first + o))

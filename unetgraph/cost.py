@@ -80,8 +80,10 @@ class CostReport:
         inputs: Mapping[str, Shape] | None,
         dtype: torch.dtype,
         peak_bytes: int | None,
+        padded_from: Mapping[str, Shape] | None = None,
     ) -> None:
         self.name = graph.name
+        self.padded_from = None if padded_from is None else dict(padded_from)
         self.rows = tuple(rows)
         self.inputs = None if inputs is None else dict(inputs)
         self.dtype = dtype
@@ -151,7 +153,10 @@ class CostReport:
         """One line: inputs, totals."""
         parts = [self.name]
         if self.inputs is not None:
-            parts.append("input " + ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in self.inputs.items()))
+            parts.append("input " + ", ".join(f"{k} {_times(v)}" for k, v in self.inputs.items()))
+            if self.padded_from is not None:
+                given = [f"{k} {_times(v)}" for k, v in self.padded_from.items() if v != self.inputs[k]]
+                parts[-1] += f" (pad='auto' of {', '.join(given)})" if given else " (pad='auto': already valid)"
         parts.append(f"{self.params:,} params ({fmt_bytes(self.param_bytes)} {_dtype_name(self.dtype)})")
         if self.shaped:
             parts.append(f"{fmt_count(self.flops, 'FLOPs')} ({fmt_count(self.macs, 'MACs')})")
@@ -219,12 +224,17 @@ class CostReport:
         )
 
 
+def _times(shape: Shape) -> str:
+    return "×".join(map(str, shape))
+
+
 @paused_gc()
 def summary(
     g: UNetGraph,
     input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     *,
     dtype: torch.dtype = torch.float32,
+    pad: str | None = None,
 ) -> CostReport:
     """Parameters, FLOPs and activation memory of every node, before any tensor exists.
 
@@ -233,6 +243,8 @@ def summary(
         input_shape: ``(N, C, *spatial)`` (or a mapping from input names to shapes). Without
             it the report has parameters only.
         dtype: the element type for the byte counts.
+        pad: ``"auto"`` counts a module lowered with ``pad="auto"``: at the padded size of
+            ``input_shape`` (any size is accepted; the headline says what it was padded from).
 
     Returns:
         A :class:`CostReport`.
@@ -252,7 +264,7 @@ def summary(
     if not isinstance(dtype, torch.dtype):
         raise SpecError(f"dtype: expected a torch.dtype such as torch.float16, got {dtype!r}")
     itemsize = dtype.itemsize
-    report = None if input_shape is None else check(g, input_shape)
+    report = None if input_shape is None else check(g, input_shape, pad=pad)
     rows = []
     known: dict[object, int] = {}  # blocks repeat (same spec, same shapes): count each once
     for n in g:
@@ -267,7 +279,9 @@ def summary(
             NodeCost(n, node.role, node.level, node.block.label(), str(node.type), output, params, flops, nbytes)
         )
     peak = None if report is None else _peak(g, {r.name: r.activation_bytes or 0 for r in rows})
-    return CostReport(g, rows, None if report is None else report.inputs, dtype, peak)
+    if report is None:
+        return CostReport(g, rows, None, dtype, peak)
+    return CostReport(g, rows, report.inputs, dtype, peak, padded_from=report.padded_from)
 
 
 def _flops(name: str, block: Any, inputs: Sequence[Shape], output: Shape, known: dict[object, int]) -> int:

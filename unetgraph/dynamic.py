@@ -28,17 +28,16 @@ import torch.fx as fx
 from torch import nn
 
 from .check import AxisRule, SizeRules, check, valid_sizes
+from .contract import axis_word
 from .errors import LoweringError, ShapeError
 from .graph import UNetGraph
 from .inputs import example_inputs, input_shapes
 from .lower import lower
 from .record import find_record, lowered_record
-from .runtime import check_input_size
+from .runtime import check_input_size, guard_inputs, module_guards
 from .types import AXIS_NAMES
 
 __all__ = ["ServedAxis", "served_axes", "export_shapes", "mark_dynamic", "compile", "CompiledUNet", "graph_and_module"]
-
-_WORDS = {"L": "length", "D": "depth", "H": "height", "W": "width"}
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ def served_axes(model: UNetGraph | fx.GraphModule, *, max_size: int | None = Non
                 break
         if low is None:
             raise ShapeError(
-                f"no valid {_WORDS.get(rule.axis, rule.axis)} up to {max_size or 'the scan limit'} gives every "
+                f"no valid {axis_word(rule.axis)} up to {max_size or 'the scan limit'} gives every "
                 f"feature map of {g.name} two rows; {rules}"
             )
         axes.append(ServedAxis(AXIS_NAMES[dims][a], 2 + a, low, step, max_size))
@@ -201,7 +200,7 @@ def check_served(name: str, rules: SizeRules, axes: tuple[ServedAxis, ...], size
     check_input_size(name, rules, sizes)
     for n, axis in zip(sizes, axes):
         if n not in axis:
-            word = _WORDS.get(axis.axis, axis.axis)
+            word = axis_word(axis.axis)
             raise ShapeError(
                 f"input {name} {word} {n} is valid but outside what this artifact serves ({axis.describe()}): "
                 "dynamic export and compile need every feature map to keep at least two rows"
@@ -234,9 +233,11 @@ def _mark(x: torch.Tensor, axes: tuple[ServedAxis, ...], batch: bool) -> None:
 class CompiledUNet(nn.Module):
     """``torch.compile`` of a lowered U-Net with dynamic spatial sizes and a compilation count.
 
-    Each call checks the input size with the checker's rules (a clear
-    :class:`~unetgraph.errors.ShapeError`, not a guard failure), marks its spatial axes
-    dynamic within the served range, and runs the compiled module. ``compilations`` counts
+    Each call first runs the lowered module's input guards eagerly (a clear
+    :class:`~unetgraph.errors.ShapeError` for a bad input, not a guard failure; a timestep given
+    as a number becomes a tensor, so it never specialises the compiled code), checks the size
+    with the checker's rules, marks its spatial axes dynamic within the served range, and runs
+    the compiled module. ``compilations`` counts
     how many graphs the backend compiled so far (1 after the first call; more means a
     recompile).
 
@@ -262,6 +263,8 @@ class CompiledUNet(nn.Module):
     ) -> None:
         super().__init__()
         self.module = module
+        self.guards = module_guards(module, graph.inputs)
+        self.name = graph.name
         self.input = _spatial_input(graph)
         self.position = graph.inputs.index(self.input)
         self.rules = valid_sizes(graph)
@@ -283,7 +286,9 @@ class CompiledUNet(nn.Module):
         """Graphs compiled so far (each recompile adds one)."""
         return self._count[0]
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
+    def forward(self, *inputs: Any) -> Any:
+        if self.guards is not None:
+            inputs = guard_inputs(self.guards, inputs, self.name)
         x = inputs[self.position]
         check_served(self.input, self.rules, self.axes, tuple(x.shape[2:]))
         _mark(x, self.axes, self.batch)

@@ -3,9 +3,10 @@
 The file holds one ``nn.Module`` class whose submodules carry the graph's node names, whose
 ``state_dict`` keys equal the lowered GraphModule's, and whose ``forward`` reads like
 hand-written code with a shape comment per block. It imports only ``torch`` (plus
-``math``/``operator`` when the model uses them): small helper layers (the input guard,
-``pad="auto"``'s pad and crop, unetgraph's own leaf layers) are written out in plain
-PyTorch. Copy it into your code base and change it freely.
+``math``/``operator`` when the model uses them, and ``typing``): the input guard and
+``pad="auto"``'s pad and crop are :mod:`unetgraph.contract`'s definitions copied verbatim (the
+same checks and words as the lowered module), unetgraph's own leaf layers contribute their
+class source. Copy it into your code base and change it freely.
 
 The source is generated from the fx graph and the module types, not from block names, so
 new blocks mostly just work: ``torch.nn`` layers are rebuilt from their constructor
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import keyword
 import operator
+import re
 import textwrap
 from collections import OrderedDict
 from fractions import Fraction
@@ -29,8 +32,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from . import contract
 from .blocks.layers import NORM_TYPES
-from .check import SizeRules, check, valid_sizes
+from .check import check, valid_sizes
 from .dynamic import graph_and_module
 from .errors import LoweringError, ShapeError
 from .files import write_atomic
@@ -38,7 +42,6 @@ from .graph import UNetGraph
 from .inputs import input_shapes
 from .lower import fx_node_names
 from .record import lowered_record
-from .runtime import CropToInput, InputGuard, PadToValid
 from .types import AXIS_NAMES
 
 __all__ = ["eject", "eject_source"]
@@ -62,7 +65,6 @@ _BINARY = {
     operator.ge: ">=",
 }
 _UNARY = {operator.neg: "-", operator.pos: "+", operator.invert: "~", operator.not_: "not "}
-_WORDS = {"L": "length", "D": "depth", "H": "height", "W": "width"}
 
 
 def eject(
@@ -106,145 +108,29 @@ def eject_source(model: UNetGraph | fx.GraphModule, *, class_name: str | None = 
 
 
 # -- helpers written into the ejected file ----------------------------------------------------
-
-_GUARD_SOURCE = '''
-class InputGuard(nn.Module):
-    """Refuse a missing input, or one of the wrong rank, channels, dtype or spatial size,
-    before any layer runs.
-
-    ``kind`` is ``"dense"`` (N, channels, *spatial), ``"scalar"`` (N,) (a timestep),
-    ``"index"`` (N,) integers (class labels) or ``"sequence"`` (N, L, channels). ``axes``
-    holds per spatial axis ``(word, minimum, step, offsets, form)``: valid sizes are
-    ``minimum + step*k + o`` for ``k >= 0`` and ``o`` in ``offsets``.
-    """
-
-    def __init__(
-        self, name: str, channels: int, dims: int, axes: tuple = (), rule: str = "", hint: str = "", kind: str = "dense"
-    ) -> None:
-        super().__init__()
-        self.name, self.channels, self.dims, self.axes, self.rule, self.hint = name, channels, dims, axes, rule, hint
-        self.kind = kind
-        self.register_buffer("like", torch.empty(0), persistent=False)  # follows .to(): the inputs' device, dtype
-
-    def forward(self, x: torch.Tensor | None) -> torch.Tensor:
-        expect = {
-            "scalar": "(N,)",
-            "index": "(N,) integer labels",
-            "sequence": f"(N, L, {self.channels})",
-        }.get(self.kind, f"(N, {self.channels}, ...) with {self.dims} spatial axes")
-        if x is None:
-            raise ValueError(f"input {self.name} is missing: it must be a tensor {expect}")
-        rank = {"scalar": 1, "index": 1, "sequence": 3}.get(self.kind, self.dims + 2)
-        channel_axis = {"dense": 1, "sequence": 2}.get(self.kind)
-        if (
-            x.dim() != rank
-            or (self.kind == "index" and x.is_floating_point())
-            or (channel_axis is not None and x.shape[channel_axis] != self.channels)
-        ):
-            raise ValueError(f"input {self.name} expects {expect}, got shape {tuple(x.shape)} of {x.dtype}")
-        if x.device != self.like.device:
-            raise ValueError(f"input {self.name} is on {x.device} but the model is on {self.like.device}")
-        if self.kind in ("dense", "sequence") and x.dtype != self.like.dtype:
-            raise ValueError(f"input {self.name} is {x.dtype} but the model computes in {self.like.dtype}")
-        sizes = x.shape[2:]
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-            for n, (_, minimum, step, offsets, _) in zip(sizes, self.axes):
-                torch._check(n >= minimum)
-                if offsets == (0,):
-                    torch._check((n - minimum) % step == 0)
-            return x
-        for n, (word, minimum, step, offsets, form) in zip(sizes, self.axes):
-            why = ""
-            if n < minimum:
-                why = f"input {word} {n} is below the minimum {minimum}"
-            elif (n - minimum) % step not in offsets:
-                why = f"input {word} {n} is not {form}"
-            if why:
-                raise ValueError(
-                    f"input {self.name} of spatial size {'×'.join(map(str, sizes))} does not fit: "
-                    f"{why}; {self.rule}{self.hint}"
-                )
-        return x
-'''
-
-_PAD_SOURCE = '''
-def next_valid(n: int, minimum: int, step: int, offsets: tuple) -> int:
-    """The smallest valid size >= n: minimum + step*k + o, o in offsets."""
-    if n <= minimum:
-        return minimum
-    base = n - (n - minimum) % step
-    return min(c for c in [base + o for o in offsets] + [base + o + step for o in offsets] if c >= n)
+# The input guard and pad="auto"'s pad and crop are unetgraph.contract's definitions, copied
+# verbatim: the ejected file checks its inputs with the same code, in the same words.
 
 
-def padding(n: int, minimum: int, step: int, offsets: tuple, margin: int) -> tuple:
-    """(left, right) padding that makes n valid and keeps the output centred over the input."""
-    padded = next_valid(n + 2 * margin, minimum, step, offsets)
-    left = margin + (padded - 2 * margin - n) // 2
-    return left, padded - n - left
+def _guard_ctor(m: contract.InputGuard) -> str:
+    args = [repr(m.name), f"form={m.form!r}", f"channels={m.channels}"]
+    if m.axes:
+        args.append(f"axes={m.axes!r}")
+    if m.sizes:
+        args.append("sizes=(\n" + "".join(f"    {a!r},\n" for a in m.sizes) + ")")
+    args += [f"rule={m.rule!r}"] if m.rule else []
+    args += [f"hint={m.hint!r}"] if m.hint else []
+    args.append(f"signature={m.signature!r}")
+    if not m.match:
+        args.append("match=False")
+    return "InputGuard(\n" + "".join(textwrap.indent(a, "    ") + ",\n" for a in args) + ")"
 
 
-class PadToValid(nn.Module):
-    """Pad each spatial axis up to the next valid size, centred. ``axes``: (minimum, step, offsets, margin)."""
-
-    def __init__(self, axes: tuple, mode: str = "constant") -> None:
-        super().__init__()
-        self.axes, self.mode = axes, mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for n, axis in zip(reversed(x.shape[2:]), reversed(self.axes)):  # F.pad wants the last axis first
-            pads += padding(n, *axis)
-        return F.pad(x, pads, mode=self.mode)
-
-
-class CropToInput(nn.Module):
-    """Crop the output back to the input's spatial size, undoing PadToValid."""
-
-    def __init__(self, axes: tuple) -> None:
-        super().__init__()
-        self.axes = axes
-
-    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        for dim, (n, axis) in enumerate(zip(x.shape[2:], self.axes), start=2):
-            left, _ = padding(n, *axis)
-            y = y.narrow(dim, left - axis[3], n)
-        return y
-'''
-
-
-def _rule_axes(rules: SizeRules) -> tuple:
-    out = []
-    for r in rules.axes:
-        form = r.describe()
-        if r.offsets == (0,) and r.minimum % r.step == 0:
-            form = f"a multiple of {r.step}"
-        else:
-            form = f"of the form {form}"
-        out.append((_WORDS.get(r.axis, r.axis), r.minimum, r.step, r.offsets, form))
-    return tuple(out)
-
-
-def _guard_ctor(m: InputGuard) -> str:
-    if m.form != "dense":
-        return f"InputGuard({m.name!r}, {m.channels}, 0, kind={m.form!r})"
-    if m.rules is None:
-        return f"InputGuard({m.name!r}, {m.channels}, {m.dims})"
-    axes = "".join(f"        {a!r},\n" for a in _rule_axes(m.rules))
-    return (
-        f"InputGuard(\n    {m.name!r},\n    channels={m.channels},\n    dims={m.dims},\n    axes=(\n{axes}    ),\n"
-        f"    rule={str(m.rules)!r},\n    hint={m.hint!r},\n)"
-    )
-
-
-def _pad_axes(rules: SizeRules) -> tuple:
-    return tuple((r.minimum, r.step, r.offsets, r.margin or 0) for r in rules.axes)
-
-
-# module type -> (constructor source, helper source); helpers are written once, in this order
-_RUNTIME: dict[type, tuple[Callable[[Any], str], str]] = {
-    InputGuard: (_guard_ctor, _GUARD_SOURCE),
-    PadToValid: (lambda m: f"PadToValid({_pad_axes(m.rules)!r}, {m.mode!r})", _PAD_SOURCE),
-    CropToInput: (lambda m: f"CropToInput({_pad_axes(m.rules)!r})", _PAD_SOURCE),
+# module type -> (constructor source, the contract's definitions it needs)
+_RUNTIME: dict[type, tuple[Callable[[Any], str], tuple[Any, ...]]] = {
+    contract.InputGuard: (_guard_ctor, contract.GUARD_PARTS),
+    contract.PadToValid: (lambda m: f"PadToValid({m.sizes!r}, {m.mode!r})", contract.PAD_PARTS),
+    contract.CropToInput: (lambda m: f"CropToInput({m.sizes!r})", contract.PAD_PARTS),
 }
 
 # unetgraph's own leaf layers whose constructor arguments are not attributes
@@ -274,13 +160,13 @@ class _Writer:
         """Containers called as a whole: every child is called once, in order, as a one-input chain."""
         by_parent: dict[str, list[fx.Node]] = {}
         for n in self.nodes:
-            if n.op == "call_module" and "." in n.target:
-                by_parent.setdefault(n.target.rsplit(".", 1)[0], []).append(n)
+            if n.op == "call_module" and "." in str(n.target):
+                by_parent.setdefault(str(n.target).rsplit(".", 1)[0], []).append(n)
         chains = {}
         for parent, calls in by_parent.items():
             container = self.gm.get_submodule(parent)
             children = [name for name, _ in container.named_children()]
-            if [c.target.rsplit(".", 1)[1] for c in calls] != children or _own_state(container):
+            if [str(c.target).rsplit(".", 1)[1] for c in calls] != children or _own_state(container):
                 continue
             linked = all(len(c.args) == 1 and not c.kwargs for c in calls) and all(
                 b.args[0] is a and len(a.users) == 1 for a, b in pairwise(calls)
@@ -299,11 +185,11 @@ class _Writer:
             if n.op == "output":
                 continue
             if n.op == "get_attr":
-                names[n] = f"self.{n.target}"
+                names[n] = self._ref(str(n.target))
                 continue
             guarded = (
                 n.op == "call_module"
-                and isinstance(self.gm.get_submodule(n.target), InputGuard)
+                and isinstance(self.gm.get_submodule(n.target), contract.InputGuard)
                 and n.args[0].op == "placeholder"
             )
             if guarded:
@@ -364,32 +250,102 @@ class _Writer:
         ]
 
     def _module_lines(self, path: str, module: nn.Module) -> list[str]:
-        attr = f"self.{path}"
-        if path in self.called:
-            return [f"{attr} = {self._ctor(module, path)}"]
-        if path in self.chains:
-            inner = "".join(f"        {c}={self._ctor(m, f'{path}.{c}')},\n" for c, m in module.named_children())
-            return [f"{attr} = nn.Sequential(\n    OrderedDict(\n{inner}    )\n)"]
-        if not _has_state(module):  # nothing in the state_dict: called layers inside move to the root
+        """Statements that create the root's child ``path`` (and everything under it)."""
+        if path not in self.called and path not in self.chains and not _has_state(module):
+            # nothing in the state_dict: the layers called inside move to the root
             lines = []
             for sub, m in module.named_modules(prefix=path):
                 if sub in self.called:
-                    flat = sub.replace(".", "_")
+                    flat = self._flat_name(sub)
                     self.flat[sub] = flat
                     lines.append(f"self.{flat} = {self._ctor(m, sub)}")
             return lines
-        lines = [f"{attr} = nn.Module()"]
-        for name, t in _own_tensors(module):
-            lines += _tensor_lines(attr, name, t, module)
+        expr, fill = self._build(path, module)
+        return [f"self.{path} = {expr}", *fill]
+
+    def _flat_name(self, path: str) -> str:
+        name = re.sub(r"\W", "_", path.replace(".", "_"))
+        taken = set(self.flat.values()) | {n for n, _ in self.gm.named_children()}
+        base, i = name, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        return name
+
+    def _layout(self, path: str, module: nn.Module) -> str:
+        """How the ejected file holds the container at ``path``, from its structure (a GraphModule
+        keeps only plain ``nn.Module`` s above the layers it calls): ``"sequential"`` (a chain of
+        layers called as one), ``"list"`` (children ``0, 1, …``: an ``nn.ModuleList``), ``"dict"``
+        (children whose names are not identifiers: an ``nn.ModuleDict``), ``"params"`` (parameters
+        ``0, 1, …``: an ``nn.ParameterList``) or ``"module"`` (an ``nn.Module`` filled by attribute)."""
+        children = [c for c, _ in module.named_children()]
+        tensors = _own_tensors(module)
+        if path in self.chains:
+            return "sequential"
+        if tensors:
+            params = all(isinstance(t, nn.Parameter) for _, t in tensors)
+            return "params" if params and not children and _numbered([k for k, _ in tensors]) else "module"
+        if children and _numbered(children):
+            return "sequential" if isinstance(module, nn.Sequential) else "list"
+        if children and not all(_attribute(c) for c in children):
+            return "dict"
+        return "module"
+
+    def _build(self, path: str, module: nn.Module) -> tuple[str, list[str]]:
+        """``(expression, statements)``: an expression that creates ``module`` at ``path`` (whole, or
+        as a skeleton), then the statements that fill the skeleton, addressed through :meth:`_ref`."""
+        if path in self.called:
+            return self._ctor(module, path), []
+        layout = self._layout(path, module)
+        if layout == "params":
+            return _listed("nn.ParameterList([", [_tensor_expr(t) for _, t in _own_tensors(module)], "])"), []
+        if layout == "module":
+            ref = self._ref(path)
+            fill = []
+            for name, t in _own_tensors(module):
+                fill += _tensor_lines(ref, name, t, module)
+            for name, child in module.named_children():
+                expr, more = self._build(f"{path}.{name}", child)
+                assign = f"{ref}.{name} = {expr}" if _attribute(name) else f"{ref}.add_module({name!r}, {expr})"
+                fill += [assign, *more]
+            return "nn.Module()", fill
+        parts, fill = [], []
         for name, child in module.named_children():
-            lines += self._module_lines(f"{path}.{name}", child)
-        return lines
+            expr, more = self._build(f"{path}.{name}", child)
+            parts.append((name, expr))
+            fill += more
+        if layout == "sequential":
+            return _sequential(parts), fill
+        if layout == "list":
+            return _listed("nn.ModuleList([", [e for _, e in parts], "])"), fill
+        return _listed("nn.ModuleDict({", [f"{c!r}: {e}" for c, e in parts], "})"), fill
+
+    def _ref(self, path: str) -> str:
+        """The expression that reads the submodule, parameter or buffer at ``path`` in the ejected
+        class: ``self.mid.conv``, ``self.mid.seq[0]``, ``self.mid.heads["b-2"]``."""
+        if path in self.flat:
+            return f"self.{self.flat[path]}"
+        expr, owner, at = "self", self.gm, ""
+        for part in path.split("."):
+            layout = self._layout(at, owner) if at else "module"
+            if layout in ("sequential", "list", "params"):
+                expr += f"[{part}]"
+            elif layout == "dict":
+                expr += f"[{part!r}]"
+            elif _attribute(part):
+                expr += f".{part}"
+            else:
+                expr = f"getattr({expr}, {part!r})"
+            owner, at = getattr(owner, part), f"{at}.{part}" if at else part
+        return expr
 
     def _ctor(self, module: nn.Module, path: str) -> str:
         cls = type(module)
-        if cls in _RUNTIME:
-            ctor, helper = _RUNTIME[cls]
-            self.helpers.setdefault(helper, helper)
+        runtime = next((v for k, v in _RUNTIME.items() if isinstance(module, k)), None)
+        if runtime is not None:
+            ctor, parts = runtime
+            for part in parts:
+                self.helpers.setdefault(part.__name__, "\n" + inspect.getsource(part).strip("\n") + "\n")
+            self.imports.update(("typing.Any", "typing.NoReturn"))  # the contract's annotations
             return ctor(module)
         if getattr(nn, cls.__name__, None) is cls:
             return _torch_ctor(module, path)
@@ -426,7 +382,7 @@ class _Writer:
                 continue
             if n in chain_last:
                 first = self.chains[chain_last[n]][0]
-                expr = f"self.{chain_last[n]}({self._arg(first.args[0])})"
+                expr = f"{self._ref(chain_last[n])}({self._arg(first.args[0])})"
             else:
                 expr = self._expr(n)
             comment = f"  # {shapes[n.name]}" if n.name in shapes else ""
@@ -436,10 +392,9 @@ class _Writer:
     def _expr(self, n: fx.Node) -> str:
         args = ", ".join([*(self._arg(a) for a in n.args), *(f"{k}={self._arg(v)}" for k, v in n.kwargs.items())])
         if n.op == "call_module":
-            target = self.flat.get(n.target, n.target)
-            return f"self.{target}({args})"
+            return f"{self._ref(str(n.target))}({args})"
         if n.op == "get_attr":
-            return f"self.{n.target}"
+            return self._ref(str(n.target))
         if n.op == "call_method":
             head, *rest = n.args
             rest_args = [*(self._arg(a) for a in rest), *(f"{k}={self._arg(v)}" for k, v in n.kwargs.items())]
@@ -499,7 +454,11 @@ class _Writer:
     def source(self) -> str:
         init = self._init_lines()  # first: it registers the helpers
         forward = self._forward_lines()
-        inputs = ", ".join(f"{n}: torch.Tensor" for n in self.g.inputs)
+        # as the lowered module: with guards, a missing conditioning input reaches its guard as None
+        optional = {n.name for n in self.nodes if n.op == "placeholder" and n.args}
+        inputs = ", ".join(
+            f"{n}: torch.Tensor | None = None" if n in optional else f"{n}: torch.Tensor" for n in self.g.inputs
+        )
         ret = "dict[str, torch.Tensor]" if len(self.g.outputs) > 1 else "torch.Tensor"
         doc = self._docstring()
         body = "\n\n\n".join(
@@ -513,9 +472,13 @@ class _Writer:
                 + textwrap.indent("\n".join(forward), "        "),
             ]
         )
-        stdlib = [f"import {m}" for m in sorted(self.imports)]
+        stdlib = [f"import {m}" for m in sorted(self.imports) if "." not in m]
         if "OrderedDict(" in body:
             stdlib.append("from collections import OrderedDict")
+        names: dict[str, list[str]] = {}
+        for m in sorted(i for i in self.imports if "." in i):
+            names.setdefault(m.rsplit(".", 1)[0], []).append(m.rsplit(".", 1)[1])
+        stdlib += [f"from {module} import {', '.join(items)}" for module, items in names.items()]
         third = (
             ["import torch"] + (["import torch.nn.functional as F"] if "F." in body else []) + ["from torch import nn"]
         )
@@ -544,6 +507,36 @@ class _Writer:
         return lowered_record(self.gm).pad == "auto"
 
 
+def _numbered(names: list[str]) -> bool:
+    return bool(names) and names == [str(i) for i in range(len(names))]
+
+
+def _attribute(name: str) -> bool:
+    """Whether ``name`` can be written as ``obj.name``."""
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _listed(start: str, items: list[str], end: str) -> str:
+    """``start item, item end`` on one line when short, else one item per line (as ruff formats it)."""
+    line = start + ", ".join(items) + end
+    if len(line) <= 80 and "\n" not in line:
+        return line
+    inner = "".join(textwrap.indent(item, "        ") + ",\n" for item in items)
+    return f"{start[:-1]}\n    {start[-1]}\n{inner}    {end[0]}\n{end[1:]}"
+
+
+def _sequential(children: list[tuple[str, str]]) -> str:
+    """``nn.Sequential`` source for ``(name, expression)`` children, keeping their names (the
+    state_dict keys): positional for ``0, 1, …``, an ``OrderedDict`` otherwise."""
+    if [c for c, _ in children] == [str(i) for i in range(len(children))]:
+        return "nn.Sequential(\n" + "".join(f"    {e},\n" for _, e in children) + ")"
+    if all(_attribute(c) for c, _ in children):
+        inner = "".join(f"        {c}={e},\n" for c, e in children)
+        return f"nn.Sequential(\n    OrderedDict(\n{inner}    )\n)"
+    inner = "".join(f"        ({c!r}, {e}),\n" for c, e in children)
+    return f"nn.Sequential(\n    OrderedDict(\n        [\n{textwrap.indent(inner, '    ')}        ]\n    )\n)"
+
+
 def _own_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
 
@@ -556,12 +549,20 @@ def _has_state(module: nn.Module) -> bool:
     return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
+def _tensor_expr(t: torch.Tensor) -> str:
+    """An empty parameter of ``t``'s shape and dtype, to be loaded from the state_dict."""
+    dtype = "" if t.dtype == torch.get_default_dtype() else f", dtype={t.dtype}"
+    grad = "" if t.requires_grad else ", requires_grad=False"
+    return f"nn.Parameter(torch.empty({tuple(t.shape)!r}{dtype}){grad})"
+
+
 def _tensor_lines(owner: str, name: str, t: torch.Tensor, module: nn.Module) -> list[str]:
     shape = tuple(t.shape)
     dtype = "" if t.dtype == torch.get_default_dtype() else f", dtype={t.dtype}"
     if isinstance(t, nn.Parameter):
-        grad = "" if t.requires_grad else ", requires_grad=False"
-        return [f"{owner}.{name} = nn.Parameter(torch.empty({shape!r}{dtype}){grad})  # loaded from the state_dict"]
+        if not _attribute(name):
+            return [f"{owner}.register_parameter({name!r}, {_tensor_expr(t)})  # loaded from the state_dict"]
+        return [f"{owner}.{name} = {_tensor_expr(t)}  # loaded from the state_dict"]
     if name in module._non_persistent_buffers_set:
         if t.numel() > 4096:
             raise LoweringError(

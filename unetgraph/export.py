@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import json
 import logging
 import sys
@@ -36,7 +35,7 @@ from .errors import ArtifactError, LoweringError, ShapeError
 from .files import atomic_path, write_atomic
 from .graph import UNetGraph
 from .record import lowered_record
-from .runtime import InputGuard
+from .runtime import InputGuard, guard_inputs
 from .serialize import from_dict, to_dict
 
 __all__ = ["export", "load_exported", "ExportedUNet", "OnnxUNet", "FORMATS"]
@@ -257,37 +256,29 @@ class _Spec:
         self.source = source
         self.outputs = g.outputs
         self.spatial = self.rules.input
-        self.guards = [
-            InputGuard(
-                n, g[n].type.channels, g[n].type.dims, None, form=g[n].type.form, signature=g.inputs, match_module=False
-            )
-            for n in g.inputs
-        ]
+        self.guards = [InputGuard(n, g[n].type, signature=g.inputs, match_module=False) for n in g.inputs]
 
-    def prepare(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Check ``inputs`` in the checker's words; timesteps of another dtype (``int64`` from a
-        scheduler) are cast to the traced one, any other dtype mismatch is refused."""
-        if len(inputs) > len(self.guards):
-            raise ShapeError(f"{self.name} takes {len(self.guards)} inputs ({', '.join(self.graph.inputs)})")
-        ready = []
-        for guard, x in itertools.zip_longest(self.guards, inputs):
-            guard(x)  # rank, channels, dtype; names a missing input
+    def prepare(self, inputs: Sequence[Any]) -> tuple[torch.Tensor, ...]:
+        """Check ``inputs`` in the checker's words, as the lowered module's guards do (timesteps and
+        labels given as one number or one value are broadcast to the batch); timesteps of another
+        dtype (``int64`` from a scheduler) are cast to the traced one, any other dtype mismatch is refused."""
+        ready = list(guard_inputs(self.guards, inputs, self.name))
+        for i, (guard, x) in enumerate(zip(self.guards, ready)):
             if guard.name == self.spatial:
                 check_served(self.spatial, self.rules, self.served, tuple(x.shape[2:]))
             want = self.dtypes.get(guard.name, x.dtype)
             if x.dtype != want:
-                if guard.form not in ("scalar", "index"):
+                if not guard.per_sample:
                     raise ShapeError(
                         f"input {guard.name} is {x.dtype}; this artifact was exported for {want}: "
                         f"pass {guard.name}.to({want})",
                         node=guard.name,
                     )
-                x = x.to(want)
-            ready.append(x)
+                ready[i] = x.to(want)
         return tuple(ready)
 
     def describe(self) -> str:
-        ins = ", ".join(f"{g.name} {g._expect()}" for g in self.guards)
+        ins = ", ".join(f"{g.name} {g.expect()}" for g in self.guards)
         return f"{self.name} [{self.kind}]: {ins}; serves {', '.join(a.describe() for a in self.served)}"
 
 
@@ -310,8 +301,10 @@ def _run_artifact(spec: _Spec, step: Callable[[], Any]) -> Any:
 class ExportedUNet(nn.Module):
     """A loaded ``.pt2`` (a ``torch.export`` program or an AOTInductor package) that checks sizes first.
 
-    ``forward`` refuses an input of the wrong rank, channels or size with a
-    :class:`~unetgraph.errors.ShapeError` in the checker's words, then runs the artifact.
+    ``forward`` checks its inputs as the lowered module's guards do (a
+    :class:`~unetgraph.errors.ShapeError` in the checker's words for a wrong type, rank,
+    channels, batch or size; timesteps and labels given as one number or one value broadcast to
+    the batch), then runs the artifact.
     ``program`` is the ``ExportedProgram`` (``"program"`` kind only).
     """
 
@@ -329,7 +322,7 @@ class ExportedUNet(nn.Module):
         """The architecture the artifact was exported from."""
         return self.spec.graph
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
+    def forward(self, *inputs: Any) -> Any:
         inputs = self.spec.prepare(inputs)
         run = self.module if hasattr(self, "module") else self._run
         return _run_artifact(self.spec, lambda: run(*inputs))
@@ -390,7 +383,7 @@ class OnnxUNet:
         """The architecture the artifact was exported from."""
         return self.spec.graph
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    def __call__(self, *inputs: Any) -> torch.Tensor | dict[str, torch.Tensor]:
         inputs = self.spec.prepare(inputs)
         feeds = {n: x.detach().cpu().numpy() for n, x in zip(self.input_names, inputs)}
         outs = [torch.from_numpy(o) for o in _run_artifact(self.spec, lambda: self.session.run(None, feeds))]

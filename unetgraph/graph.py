@@ -427,11 +427,12 @@ class UNetGraph:
         )
 
     # -- downstream conveniences (the logic lives in check.py and lower.py) --------
-    def check(self, input_shape: Sequence[int] | dict[str, Sequence[int]]) -> CheckReport:
-        """Static shapes of every node for ``input_shape``: see :func:`unetgraph.check.check`."""
+    def check(self, input_shape: Sequence[int] | dict[str, Sequence[int]], *, pad: str | None = None) -> CheckReport:
+        """Static shapes of every node for ``input_shape`` (at the padded size with ``pad="auto"``):
+        see :func:`unetgraph.check.check`."""
         from .check import check
 
-        return check(self, input_shape)
+        return check(self, input_shape, pad=pad)
 
     def valid_sizes(self, *, exact: bool = True) -> SizeRules:
         """Which input sizes the graph accepts: see :func:`unetgraph.check.valid_sizes`."""

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from .blocks.base import is_leaf_module
-from .check import SizeRules, check, valid_sizes
+from .check import SizeRules, check, pad_rules, valid_sizes
 from .errors import LoweringError, ShapeError, UNetGraphError
 from .graph import Node, UNetGraph
 from .inputs import input_shapes
@@ -47,6 +47,7 @@ def lower(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     weights_from: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    match: Literal["spec", "shape"] = "spec",
 ) -> fx.GraphModule:
     """Lower ``g`` to a ``torch.fx.GraphModule`` with freshly initialised weights.
 
@@ -58,8 +59,11 @@ def lower(
             ``None`` refuses sizes that do not fit.
         pad_mode: ``F.pad`` mode for ``pad="auto"``: ``"constant"`` (zeros), ``"reflect"``,
             ``"replicate"`` or ``"circular"``.
-        guard: check each input's rank, channels and size before any layer runs, raising
-            :class:`~unetgraph.errors.ShapeError` with the checker's message.
+        guard: check each input before any layer runs (its type, rank, channels, dtype,
+            device, batch and size), raising :class:`~unetgraph.errors.ShapeError` with the
+            checker's message; timesteps and labels given as one number or one value are
+            broadcast to the batch (:class:`unetgraph.contract.InputGuard`). ``False`` drops
+            the guards: inputs then go to the layers as given.
         device: where parameters are created; ``"meta"`` builds the structure without
             allocating or initialising any weight (fast; load weights later with
             ``gm.to_empty(device=...)`` and ``load_state_dict``).
@@ -67,6 +71,9 @@ def lower(
         weights_from: an earlier lowered GraphModule (or a ``state_dict``): every node that
             kept its block and input types gets its tensors, the rest stay freshly
             initialised; see :func:`unetgraph.transfer.transfer_weights`.
+        match: how ``weights_from`` matches tensors: ``"spec"`` (a node's tensors when it kept
+            its block and input types) or ``"shape"`` (every tensor whose key and shape agree,
+            even in changed nodes).
 
     Returns:
         A GraphModule whose ``forward`` takes the graph's inputs in order and returns the
@@ -75,14 +82,17 @@ def lower(
         with ``weights_from``, the transfer report (``ug.transfer_report(gm)``).
 
     Raises:
-        LoweringError: a block cannot be lowered, or ``pad="auto"`` cannot align the output.
+        LoweringError: a block cannot be lowered, ``pad="auto"`` cannot align the output (or
+            the graph has no spatial input to pad), or ``match`` is unknown.
     """
     if pad not in (None, "auto"):
         raise LoweringError(f"pad: expected None or 'auto', got {pad!r}")
+    if match not in ("spec", "shape"):
+        raise LoweringError(f"match: expected 'spec' or 'shape', got {match!r}")
     if pad_mode not in ("constant", "reflect", "replicate", "circular"):
         raise LoweringError(f"pad_mode: expected 'constant', 'reflect', 'replicate' or 'circular', got {pad_mode!r}")
     # pad="auto" pads to the exact sizes; otherwise the guard refuses what check() refuses
-    rules = _rules(g, pad, exact=pad == "auto")
+    rules = _rules(g, pad)
     root = nn.Module()
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
@@ -95,18 +105,18 @@ def lower(
         env[name].meta["custom"] = _custom(g[name])
     placeholders = dict(env)
     main = spatial_inputs[0] if spatial_inputs else None
-    for name in g.inputs:
+    for i, name in enumerate(g.inputs):
         node = g[name]
         if guard:
             hint = " (lower with pad='auto' to accept any size)" if pad is None else ""
-            t = node.type
             size_rules = rules if pad is None and name == main else None
             with torch.device(device) if device is not None else contextlib.nullcontext():
-                check = InputGuard(name, t.channels, t.dims, size_rules, hint, form=t.form, signature=g.inputs)
-            env[name] = _call(
-                graph, root, f"{name}_guard", check if dtype is None else check.to(dtype), (env[name],), node
-            )
-    if pad == "auto":
+                check = InputGuard(name, node.type, size_rules, hint=hint, signature=g.inputs)
+            # every other input is checked against the first (its batch, device): numbers and
+            # single timesteps or labels are broadcast to that batch
+            guarded = (env[name],) if i == 0 else (env[name], env[g.inputs[0]])
+            env[name] = _call(graph, root, f"{name}_guard", check if dtype is None else check.to(dtype), guarded, node)
+    if pad == "auto" and main is not None and rules is not None:  # _rules refused pad="auto" without them
         env[main] = _call(graph, root, f"{main}_pad", PadToValid(rules, pad_mode), (env[main],), g[main])
     for name in g:
         node = g[name]
@@ -126,7 +136,7 @@ def lower(
             ) from e
         env[name] = _emit(graph, root, node, module, args)
     outputs = {o: env[o] for o in g.outputs}
-    if pad == "auto":
+    if pad == "auto" and main is not None and rules is not None:
         outputs = {
             o: _call(graph, root, f"{o}_crop", CropToInput(rules), (v, placeholders[main]), g[o])
             for o, v in outputs.items()
@@ -136,7 +146,7 @@ def lower(
     gm = fx.GraphModule(root, graph, class_name=g.name)
     attach_record(gm, LoweredRecord(g, {n: env[n].name for n in g}, pad))
     if weights_from is not None:
-        transfer_weights(gm, weights_from)
+        transfer_weights(gm, weights_from, match=match)
     return gm
 
 
@@ -145,26 +155,20 @@ def fx_node_names(gm: fx.GraphModule) -> dict[str, str]:
     return dict(lowered_record(gm, "this GraphModule").nodes)
 
 
-def _rules(g: UNetGraph, pad: str | None, exact: bool) -> SizeRules | None:
+def _rules(g: UNetGraph, pad: str | None) -> SizeRules | None:
+    if pad == "auto":
+        try:
+            rules = pad_rules(g)
+        except ShapeError as e:
+            raise LoweringError(f"{e}: lower it with pad=None") from None
+        _check_taps(g, rules)
+        return rules
     if not any(g[n].type.dims > 0 for n in g.inputs):
         return None
     try:
-        rules = valid_sizes(g, exact=exact)
+        return valid_sizes(g, exact=False)
     except ShapeError:
-        if pad == "auto":
-            raise LoweringError(
-                f"pad='auto' needs the valid sizes of {g.name}, which has several spatial inputs or no valid size"
-            ) from None
         return None
-    if pad == "auto":
-        out = g[g.outputs[0]].type
-        if rules.margin is None or any(s != 1 for s in out.scale):
-            raise LoweringError(
-                f"pad='auto' needs an output at the input's scale and aligned with it; "
-                f"{g.outputs[0]} is at scale {out.scale}"
-            ) from None
-        _check_taps(g, rules)
-    return rules
 
 
 def _check_taps(g: UNetGraph, rules: SizeRules) -> None:
@@ -232,29 +236,90 @@ def _flatten(seq: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]
     return out
 
 
-class _Tracer(fx.Tracer):
+class _BlockTracer(fx.Tracer):
+    """Traces one block's ``forward`` into an fx graph without patching anything process-wide.
+
+    ``fx.Tracer.trace`` swaps ``nn.Module.__call__`` and ``__getattr__`` for every module in the
+    process while it runs, so a module called from another thread meanwhile fails (and two
+    concurrent traces can leave the swap in place). Here only the block's own modules, freshly
+    built for this lowering and seen by no other thread, are given a private subclass for the
+    duration of the trace (as ``torch.nn.utils.parametrize`` does): its ``__call__`` goes through
+    :meth:`call_module` and its ``__getattr__`` turns parameters and buffers into ``get_attr``
+    nodes. Everything else is ``fx.Tracer``'s own machinery.
+    """
+
     # buffers become get_attr nodes, so arithmetic on them stays in the graph (and moves with .to())
     proxy_buffer_attributes = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attr_proxies: dict[str, fx.Proxy] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return is_leaf_module(m)
 
+    def trace_block(self, module: nn.Module, arity: int) -> tuple[fx.Graph, list[str]]:
+        """The graph of ``module.forward`` on ``arity`` tensors (placeholders ``in0``, …) and the
+        names of the tensor constants it stored on ``module`` (now non-persistent buffers)."""
+        self.root = module
+        self.submodule_paths = {m: name for name, m in module.named_modules()}
+        self.graph = fx.Graph(tracer_cls=type(self))
+        self.tensor_attrs = {}
+        for path, m in module.named_modules():
+            for key, value in vars(m).items():
+                if isinstance(value, torch.Tensor):
+                    self.tensor_attrs[value] = f"{path}.{key}" if path else key
+        before = set(vars(module))
+        originals = {m: type(m) for m in self.submodule_paths}
+        try:
+            for m, cls in originals.items():
+                m.__class__ = _traced_class(cls)
+                vars(m)[_TRACER] = self
+            inputs = [self.create_proxy("placeholder", f"in{i}", (), {}) for i in range(arity)]
+            result = module(*inputs)
+            self.create_node("output", "output", (self.create_arg(result),), {})
+        finally:
+            for m, cls in originals.items():
+                vars(m).pop(_TRACER, None)
+                m.__class__ = cls
+            self.submodule_paths = None
+        constants = [k for k in vars(module) if k not in before and isinstance(vars(module)[k], torch.Tensor)]
+        for key in constants:  # tensors the trace met as values: keep them with the block, moving with .to()
+            module.register_buffer(key, vars(module).pop(key), persistent=False)
+        return self.graph, constants
 
-@functools.cache
-def _wrapper_class(arity: int) -> type[nn.Module]:
-    """A module class whose forward takes exactly ``arity`` tensors, so fx can trace
-    blocks with ``*inputs`` signatures (fx gives ``*args`` a single placeholder)."""
-    params = ", ".join(f"in{i}" for i in range(arity))
-    namespace: dict[str, Any] = {}
-    exec(f"def forward(self, {params}):\n    return self.block({params})\n", namespace)  # fixed template
-    return type(f"_Arity{arity}", (nn.Module,), {"forward": namespace["forward"]})
+
+_TRACER = "_unetgraph_tracer"
+
+
+_TRACED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _traced_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """A private subclass of ``cls`` whose calls and parameter reads go to the instance's tracer.
+    It keeps ``cls``'s name and module, so leaf checks and messages see the original class."""
+    known = _TRACED_CLASSES.get(cls)
+    if known is not None:
+        return known
+
+    def __call__(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        tracer = vars(self)[_TRACER]
+        return tracer.call_module(self, functools.partial(cls.__call__, self), args, kwargs)
+
+    def __getattr__(self: nn.Module, attr: str) -> Any:
+        value = cls.__getattr__(self, attr)
+        tracer = vars(self).get(_TRACER)
+        return value if tracer is None else tracer.getattr(attr, value, tracer.attr_proxies)
+
+    namespace = {"__call__": __call__, "__getattr__": __getattr__, "__module__": cls.__module__}
+    traced = type(cls.__name__, (cls,), namespace)
+    traced.__qualname__ = cls.__qualname__
+    return _TRACED_CLASSES.setdefault(cls, traced)  # two threads may both make one: the first is kept
 
 
 def _inline(graph: fx.Graph, name: str, module: nn.Module, args: Sequence[fx.Node], meta: dict) -> fx.Node:
-    wrapper = _wrapper_class(len(args))()
-    wrapper.block = module
     try:
-        traced = _Tracer().trace(wrapper)
+        traced, _ = _BlockTracer().trace_block(module, len(args))
     except Exception as e:
         raise LoweringError(
             f"{name}: torch.fx cannot trace {type(module).__name__}.forward ({type(e).__name__}: {e}); "
@@ -272,19 +337,14 @@ def _inline(graph: fx.Graph, name: str, module: nn.Module, args: Sequence[fx.Nod
         if n.op in ("placeholder", "output"):
             continue
         target = n.target
-        if n.op == "get_attr" and not target.startswith("block."):
-            # a tensor literal the tracer stored on the wrapper: keep it with the block (not in state_dict)
-            module.register_buffer(target, getattr(wrapper, target), persistent=False)
-            target = f"block.{target}"
         if n.op in ("call_module", "get_attr"):
-            target = f"{name}.{target.removeprefix('block.')}" if target != "block" else name
-        local = n.name.removeprefix("block_")
+            target = f"{name}.{target}" if target else name
         new = graph.create_node(
             n.op,
             target,
             fx.map_arg(n.args, env.__getitem__),
             fx.map_arg(n.kwargs, env.__getitem__),
-            name=name if n is result else f"{name}_{local}",
+            name=name if n is result else f"{name}_{n.name}",
         )
         new.meta["custom"] = meta
         env[n] = new

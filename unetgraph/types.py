@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from fractions import Fraction
 
+from .contract import input_pattern, input_rank
+
 __all__ = ["format_dims", "Role", "EdgeKind", "TensorType", "AXIS_NAMES", "FORMS"]
 
 
@@ -78,7 +80,7 @@ class TensorType:
     @property
     def rank(self) -> int:
         """Number of tensor dimensions, batch included."""
-        return {"scalar": 1, "index": 1, "sequence": 3}.get(self.form, 2 + self.dims)
+        return input_rank(self.form, self.dims)
 
     @property
     def axes(self) -> tuple[str, ...]:
@@ -87,11 +89,7 @@ class TensorType:
 
     def pattern(self) -> str:
         """The expected shape in words: ``(N, 3, H, W)``, ``(N,)``, ``(N, L, 512)``."""
-        if self.form in ("scalar", "index"):
-            return "(N,)"
-        if self.form == "sequence":
-            return f"(N, L, {self.channels})"
-        return f"(N, {self.channels}{''.join(', ' + a for a in self.axes)})"
+        return input_pattern(self.form, self.channels, self.axes)
 
     def with_(self, **changes: object) -> TensorType:
         return replace(self, **changes)

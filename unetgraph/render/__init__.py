@@ -65,14 +65,15 @@ def _scene(
     annotate: Iterable[str] | None,
     heat: str | None,
     marks: Mapping[Any, str] | None,
+    pad: str | None = None,
 ) -> Scene:
     if isinstance(source, Scene):
-        if input_shape is not None or annotate is not None or heat is not None:
-            raise RenderError("a Scene is already annotated: pass input_shape/annotate/heat when building it")
+        if input_shape is not None or annotate is not None or heat is not None or pad is not None:
+            raise RenderError("a Scene is already annotated: pass input_shape/annotate/heat/pad when building it")
         return source.marked(marks) if marks else source
     if not isinstance(source, UNetGraph):
         raise RenderError(f"render: expected a UNetGraph or a Scene, got {type(source).__name__}")
-    return scene(source, detail, input_shape=input_shape, annotate=annotate, heat=heat, marks=marks)
+    return scene(source, detail, input_shape=input_shape, annotate=annotate, heat=heat, marks=marks, pad=pad)
 
 
 def to_dot(
@@ -85,9 +86,11 @@ def to_dot(
     heat: str | None = None,
     marks: Mapping[Any, str] | None = None,
     legend: bool = True,
+    pad: str | None = None,
 ) -> str:
     """The DOT source of the drawing :func:`render` makes; needs neither graphviz package nor ``dot``."""
-    return _scene_dot(_scene(source, detail, input_shape, annotate, heat, marks), direction=direction, legend=legend)
+    s = _scene(source, detail, input_shape, annotate, heat, marks, pad)
+    return _scene_dot(s, direction=direction, legend=legend)
 
 
 def render(
@@ -100,6 +103,7 @@ def render(
     heat: str | None = None,
     marks: Mapping[Any, str] | None = None,
     legend: bool = True,
+    pad: str | None = None,
 ) -> graphviz.Digraph:
     """Draw ``source`` as a U.
 
@@ -116,6 +120,9 @@ def render(
         marks: node name or ``(src, dst)`` edge → ``"added"``, ``"removed"`` or
             ``"changed"``, e.g. to draw a diff.
         legend: draw the legend (roles, edge kinds, marks, heat scale).
+        pad: ``"auto"`` draws a graph lowered with ``pad="auto"`` at the size it runs at:
+            ``input_shape`` may be any size and is padded up to the next valid one (as
+            :func:`unetgraph.check.check` with ``pad="auto"``).
 
     Returns:
         A ``graphviz.Digraph``: display it in a notebook, ``.render()``/``.pipe()`` it, or
@@ -125,7 +132,7 @@ def render(
         RenderError: a bad option, or the ``graphviz`` Python package is missing
             (``pip install 'unetgraph[graphviz]'``).
     """
-    s = _scene(source, detail, input_shape, annotate, heat, marks)
+    s = _scene(source, detail, input_shape, annotate, heat, marks, pad)
     lines = dot_lines(s, direction=direction, legend=legend)
     try:
         import graphviz

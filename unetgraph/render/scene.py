@@ -126,6 +126,7 @@ def scene(
     annotate: Iterable[str] | None = None,
     heat: str | None = None,
     marks: Marks | None = None,
+    pad: str | None = None,
 ) -> Scene:
     """The scene of ``g`` at ``detail``: see :func:`unetgraph.render.render` for the arguments."""
     if detail not in DETAILS:
@@ -135,7 +136,7 @@ def scene(
         raise RenderError(f"heat: expected one of {', '.join(map(repr, HEATS))} or None, got {heat!r}")
     if heat in ("flops", "memory") and input_shape is None:
         raise RenderError(f"heat={heat!r} needs an input shape: render(input_shape=(N, C, H, W), heat={heat!r})")
-    cost = summary(g, input_shape)
+    cost = summary(g, input_shape, pad=pad)
     if detail == "layers":
         from .layers import layer_scene
 
@@ -225,6 +226,9 @@ def title_line(g: UNetGraph, cost: CostReport) -> str:
     parts = [g.name]
     if cost.inputs is not None:
         ins = ", ".join("×".join(map(str, s)) for s in cost.inputs.values())
+        if cost.padded_from is not None:  # drawn at the size pad="auto" runs at
+            given = ", ".join("×".join(map(str, s)) for s in cost.padded_from.values())
+            ins = f"{given} (pad='auto': {ins})"
         outs = ", ".join("×".join(map(str, cost[o].output)) for o in g.outputs)  # type: ignore[arg-type]
         parts.append(f"{ins} → {outs}")
     parts.append(f"{fmt_count(cost.params)} params")
