@@ -15,6 +15,7 @@ __all__ = [
     "ShapeError",
     "LoweringError",
     "RenderError",
+    "SavedModelError",
 ]
 
 
@@ -81,3 +82,9 @@ class LoweringError(UNetGraphError):
 class RenderError(UNetGraphError):
     """A drawing cannot be made as asked: a bad option, or graphviz (the ``dot`` program or the
     ``graphviz`` Python package) is missing; the message says how to install what is missing."""
+
+
+class SavedModelError(UNetGraphError):
+    """A saved model folder (:func:`unetgraph.saved.load_model`) cannot be written or read as asked: a
+    missing, damaged or tampered file (the message starts with the file's name), or weights that do
+    not fit the graph (``.node`` names the graph node the tensor belongs to)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -47,6 +47,7 @@ def lower(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     weights_from: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    checkpoint: str | int | Iterable[str | int] | None = None,
 ) -> fx.GraphModule:
     """Lower ``g`` to a ``torch.fx.GraphModule`` with freshly initialised weights.
 
@@ -67,6 +68,11 @@ def lower(
         weights_from: an earlier lowered GraphModule (or a ``state_dict``): every node that
             kept its block and input types gets its tensors, the rest stay freshly
             initialised; see :func:`unetgraph.transfer.transfer_weights`.
+        checkpoint: nodes to run under activation checkpointing (their activations are
+            recomputed in the backward pass): ``"all"`` (every block), node names, roles
+            (``"decoder"``) or levels (ints), or a list of these; see
+            :func:`unetgraph.grouping.group_nodes`, which this calls (each graph node then runs as
+            one submodule; ``state_dict`` keys do not change).
 
     Returns:
         A GraphModule whose ``forward`` takes the graph's inputs in order and returns the
@@ -134,9 +140,13 @@ def lower(
     graph.output(next(iter(outputs.values())) if len(outputs) == 1 else outputs)
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name=g.name)
-    attach_record(gm, LoweredRecord(g, {n: env[n].name for n in g}, pad))
+    attach_record(gm, LoweredRecord(g, {n: env[n].name for n in g}, pad, pad_mode=pad_mode, guard=guard))
     if weights_from is not None:
         transfer_weights(gm, weights_from)
+    if checkpoint is not None:
+        from .grouping import group_nodes
+
+        gm = group_nodes(gm, checkpoint=checkpoint)
     return gm
 
 
