@@ -205,10 +205,13 @@ def _what_to_save(
     if weights is not None:
         raise SavedModelError("save_model: weights= goes with a graph; a module saves its own")
     module = model
-    for attr in ("_orig_mod", "module"):  # torch.compile's wrapper, DistributedDataParallel
-        inner = getattr(module, attr, None)
-        if isinstance(inner, nn.Module) and find_record(module) is None:
-            module = inner
+    while True:  # the module inside DistributedDataParallel / DataParallel and torch.compile's wrapper
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        else:
+            break
     record = find_record(module)
     if record is None:
         raise SavedModelError(
