@@ -84,9 +84,9 @@ def test_save_a_graph_with_weights_and_wrapped_modules(tmp_path):
     assert torch.equal(outputs(ug.load_model(tmp_path / "a"), x), outputs(ug.load_model(tmp_path / "b"), x))
     with pytest.raises(ug.SavedModelError, match="needs its weights"):
         ug.save_model(g, tmp_path / "c")
-    with pytest.raises(ug.SavedModelError, match="expected a module made by unetgraph.lower"):
+    with pytest.raises(ug.SavedModelError, match=r"expected a module made by unetgraph\.lower"):
         ug.save_model(torch.nn.Linear(2, 2), tmp_path / "d")
-    with pytest.raises(ug.SavedModelError, match="enc0.conv0.weight is missing"):
+    with pytest.raises(ug.SavedModelError, match=r"enc0\.conv0\.weight is missing"):
         ug.save_model(g, tmp_path / "e", weights={})
 
 
@@ -167,12 +167,12 @@ def test_truncated_or_garbled_weights_are_named(saved):
     folder, _ = saved
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ug.SavedModelError, match="model.safetensors: its contents changed"):
+    with pytest.raises(ug.SavedModelError, match=r"model\.safetensors: its contents changed"):
         ug.load_model(folder)
-    with pytest.raises(ug.SavedModelError, match="model.safetensors: not a valid safetensors file"):
+    with pytest.raises(ug.SavedModelError, match=r"model\.safetensors: not a valid safetensors file"):
         ug.load_model(folder, verify=False)
     (folder / "model.safetensors").write_bytes(b"\xff" * 8 + b"{not json" + data[17:])
-    with pytest.raises(ug.SavedModelError, match="model.safetensors: not a valid safetensors file"):
+    with pytest.raises(ug.SavedModelError, match=r"model\.safetensors: not a valid safetensors file"):
         ug.load_model(folder, verify=False)
 
 
@@ -234,7 +234,7 @@ def test_a_pickle_in_place_of_the_weights_never_runs(saved, tmp_path):
     rewrite = json.loads((folder / "unetgraph.json").read_text())
     rewrite["files"]["model.safetensors"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     (folder / "unetgraph.json").write_text(json.dumps(rewrite))
-    with pytest.raises(ug.SavedModelError, match="model.safetensors"):
+    with pytest.raises(ug.SavedModelError, match=r"model\.safetensors"):
         ug.load_model(folder)
     assert not marker.exists()
 
