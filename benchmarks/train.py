@@ -217,7 +217,10 @@ def section_classic() -> None:
     if not ARGS.no_compile:
         compiled_rows(
             rows,
-            {"hand-written compiled": (copy.deepcopy(hand), False, {}), "unetgraph compiled": (copy.deepcopy(gm), True, {})},
+            {
+                "hand-written compiled": (copy.deepcopy(hand), False, {}),
+                "unetgraph compiled": (copy.deepcopy(gm), True, {}),
+            },
             x,
             y,
         )
@@ -322,7 +325,9 @@ def section_ddpm() -> None:
     rows: dict[str, dict[str, Any]] = {}
     pairs: dict[str, str] = {}
     for mode, options in (("eager", {}), ("bf16 autocast", {"bf16": True})):
-        rows[f"diffusers UNet2DModel {mode}"] = {"step": trainer(copy.deepcopy(peer), xt, noise, sample=True, **options)}
+        rows[f"diffusers UNet2DModel {mode}"] = {
+            "step": trainer(copy.deepcopy(peer), xt, noise, sample=True, **options)
+        }
         rows[f"unetgraph {mode}"] = {"step": trainer(copy.deepcopy(gm), xt, noise, **options)}
         pairs[f"unetgraph {mode}"] = f"diffusers UNet2DModel {mode}"
     if not ARGS.no_compile:

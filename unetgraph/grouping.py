@@ -121,7 +121,7 @@ def _save_compute(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPol
 _selective_contexts = functools.partial(create_selective_checkpoint_contexts, _save_compute)
 # what selective checkpointing keeps goes through the caller's saved-tensor hooks (save_on_cpu), as
 # every other saved tensor does (torch's future default; older releases lack the option)
-_HOOKS = (
+_HOOKS: dict[str, Any] = (
     {"respect_saved_tensors_hooks": True}
     if "respect_saved_tensors_hooks" in inspect.signature(checkpoint).parameters
     else {}

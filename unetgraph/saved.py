@@ -208,10 +208,11 @@ def _what_to_save(
     while True:  # the module inside DistributedDataParallel / DataParallel and torch.compile's wrapper
         if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             module = module.module
-        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
-            module = module._orig_mod
         else:
-            break
+            inner = getattr(module, "_orig_mod", None)
+            if not isinstance(inner, nn.Module):
+                break
+            module = inner
     record = find_record(module)
     if record is None:
         raise SavedModelError(
