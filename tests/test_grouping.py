@@ -44,6 +44,50 @@ def test_checkpointed_gradients_equal_the_flat_module(which, policy):
         assert torch.equal(want[k], got[k]), k
 
 
+GRAPHS = {
+    "attention_gates_deep_supervision": lambda: ug.unet(
+        1,
+        2,
+        widths=(8, 16, 32),
+        gate=ug.AttentionGate(),
+        deep_supervision=1,
+        block=ug.ConvBlock(norm="group", groups=4),
+    ),
+    "nested_deep_supervision": lambda: ug.nested_unet(1, 2, widths=(4, 8, 16), deep_supervision=True),
+    "valid_convolutions_3d": lambda: ug.unet(
+        1,
+        2,
+        widths=(4, 8),
+        dims=3,
+        block=ug.ConvBlock(padding="valid", norm="group", groups=2),
+        merge=ug.Merge(crop=True),
+    ),
+    "tapped": lambda: gn_unet().tap("enc1"),
+    "cross_attention": lambda: small_diffusion(
+        num_classes=None, context_channels=6, cross_attention=ug.CrossAttention(heads=2, groups=4)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", GRAPHS)
+def test_every_topology_groups_and_checkpoints_with_equal_outputs_and_gradients(case):
+    g = GRAPHS[case]()
+    flat = g.lower()
+    size = [r.sizes(2)[1] for r in g.valid_sizes().axes]
+    inputs = tuple(ug.example_inputs(g, batch=2, size=size).values())
+    ckpt = ug.group_nodes(copy.deepcopy(flat), checkpoint="all")  # its own tensors: gradients apart
+    assert ug.lowered_record(ckpt).checkpoint
+    want, got = flat(*inputs), ckpt(*inputs)
+    outs = (want, got) if isinstance(want, dict) else ({"y": want}, {"y": got})
+    assert outs[0].keys() == outs[1].keys()
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+    total = [sum(v.square().mean() for v in o.values()) for o in outs]
+    total[0].backward()
+    total[1].backward()
+    for (k, a), (_, b) in zip(flat.named_parameters(), ckpt.named_parameters()):
+        assert a is not b and torch.equal(a.grad, b.grad), k
+
+
 def test_grouping_keeps_state_dict_keys_and_shares_tensors():
     flat = small_diffusion().lower()
     ckpt = ug.group_nodes(flat, checkpoint="all")
