@@ -263,11 +263,17 @@ def test_sync_batchnorm_keeps_the_lowered_module_valid():
         want, got = grads(plain, x), grads(synced, x)  # one process: SyncBatchNorm normalizes like BatchNorm
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+    # compiled and checkpointed: one graph, and the running statistics move once per step, as in eager
+    eager = copy.deepcopy(plain)
+    synced = ug.sync_batchnorm(ug.group_nodes(copy.deepcopy(plain), checkpoint="all"))
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
-    out = torch.compile(synced, fullgraph=True, backend=counter)(x)
-    out.sum().backward()
+    want, got = grads(eager, x), grads(torch.compile(synced, fullgraph=True, backend=counter), x)
     assert counter.frame_count == 1
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+    for k, v in eager.state_dict().items():
+        torch.testing.assert_close(synced.state_dict()[k], v, rtol=1e-5, atol=1e-6)
     with pytest.raises(ug.LoweringError, match=r"not made by unetgraph\.lower"):
         ug.sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)))
 
