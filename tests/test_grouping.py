@@ -231,8 +231,10 @@ def test_export_eject_and_optimize_see_the_flat_module(tmp_path):
     assert ug.eject_source(ckpt) == ug.eject_source(flat)
     x = torch.randn(2, 1, 32, 32)
     loaded = ug.load_exported(ug.export(ckpt, tmp_path / "ckpt.pt2", progress=False))
+    onnx = ug.load_exported(ug.export(ckpt, tmp_path / "ckpt.onnx", progress=False))
     with torch.no_grad():
         assert torch.allclose(loaded(x), flat(x), atol=1e-5)
+        assert torch.allclose(torch.as_tensor(onnx(x)), flat(x), atol=1e-4)
     fast, report = ug.optimize(ckpt, example_inputs=[x])
     assert report.max_abs_diff < 1e-4 and not ug.lowered_record(fast).grouped
     with pytest.raises(ug.LoweringError, match="inplace"):
