@@ -25,8 +25,8 @@ FIGURES = Path("../docs/figures") if Path("../docs/figures").is_dir() else Path(
 # %% [markdown]
 # ## A synthetic data set
 #
-# Each 48×48 image holds up to four shapes, disks and squares of the same brightness, on
-# Gaussian noise with a random offset. The mask labels each pixel 0 (background), 1 (disk) or
+# Each 48×48 image holds up to four shapes that do not touch, disks and squares of the same
+# brightness, on Gaussian noise with a random offset. The mask labels each pixel 0 (background), 1 (disk) or
 # 2 (square): the network must tell the shapes apart by their outline, not by intensity.
 
 
@@ -37,18 +37,24 @@ def make_shapes(n: int, size: int = 48, seed: int = 0) -> tuple[torch.Tensor, to
     images = torch.empty(n, 1, size, size)
     masks = torch.zeros(n, size, size, dtype=torch.long)
     for i in range(n):
-        for label in (1, 2, 1, 2):
+        mask = masks[i]
+        for label in (1, 2, 1, 2):  # up to two disks and two squares
             if torch.rand((), generator=gen) < 0.3:
                 continue
-            r = int(torch.randint(4, 9, (), generator=gen))
-            cy, cx = torch.randint(r, size - r, (2,), generator=gen).tolist()
+            for _ in range(5):  # a place where it touches no other shape
+                r = int(torch.randint(5, 11, (), generator=gen))
+                cy, cx = torch.randint(r, size - r, (2,), generator=gen).tolist()
+                if not mask[((yy - cy).abs() <= r + 2) & ((xx - cx).abs() <= r + 2)].any():
+                    break
+            else:
+                continue
             if label == 1:
                 inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
             else:
                 inside = ((yy - cy).abs() <= 0.85 * r) & ((xx - cx).abs() <= 0.85 * r)
-            masks[i][inside] = label
+            mask[inside] = label
         noise = 0.35 * torch.randn(size, size, generator=gen)
-        images[i, 0] = 0.8 * (masks[i] > 0) + noise + 0.2 * torch.rand((), generator=gen)
+        images[i, 0] = 0.8 * (mask > 0) + noise + 0.2 * torch.rand((), generator=gen)
     return images, masks
 
 
@@ -76,7 +82,7 @@ plt.show()
 
 # %%
 g = ug.unet(1, 3, widths=(16, 32, 64), block=ug.ConvBlock(norm="group", groups=8), name="ShapesUNet")
-print(g.summary((16, 1, 48, 48)).headline)
+print(g.summary((16, 1, 48, 48)).headline())
 model = g.lower()
 
 # %% [markdown]
@@ -84,7 +90,7 @@ model = g.lower()
 #
 # Cross-entropy plus a soft Dice term, AdamW with a one-cycle schedule, batches of 16. The loss
 # is printed every 50 steps with the validation Dice; training stops once the validation Dice
-# passes 0.93 (or after 600 steps).
+# passes 0.95 for both shapes (or after 600 steps).
 
 
 # %%
@@ -122,7 +128,7 @@ for step in range(1, steps + 1):
         val = dice_scores(model, val_x, val_y)
         took = time.perf_counter() - start
         print(f"step {step:4d}  loss {loss.item():.3f}  validation Dice {val[0]:.3f} / {val[1]:.3f}  {took:5.0f} s")
-        if min(val) >= 0.93:
+        if min(val) >= 0.95:
             break
 train_seconds = time.perf_counter() - start
 print(f"trained {step} steps in {train_seconds:.0f} s")
