@@ -293,3 +293,24 @@ def test_resume_training_from_a_saved_model_and_optimizer_state(tmp_path):
     step(resumed, resumed_opt)
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_atomic_dir_keeps_the_old_folder_when_writing_fails(tmp_path):
+    from unetgraph.files import atomic_dir
+
+    path = tmp_path / "out"
+    with atomic_dir(path) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_dir(path, overwrite=True) as tmp:
+        (tmp / "a.txt").write_text("new, half")
+        raise RuntimeError("disk full")
+    assert (path / "a.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    with pytest.raises(FileExistsError), atomic_dir(path):
+        pass
+    with atomic_dir(path, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in path.iterdir()) == ["b.txt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~mask  # a plain mkdir's mode, not mkdtemp's 0700
