@@ -6,7 +6,7 @@
 (1, 2, 64, 64)
 """
 
-from . import dynamic, interop, passes, presets, render
+from . import distributed, dynamic, grouping, interop, passes, presets, render, saved
 from .blocks import (
     ACTS,
     NORMS,
@@ -45,6 +45,7 @@ from .build import diffusion_unet, nested_unet, unet
 from .check import CheckReport, SizeRules, check, valid_sizes
 from .cost import CostReport, NodeCost, summary
 from .diff import GraphDiff, diff
+from .distributed import shard, sync_batchnorm
 from .dynamic import CompiledUNet, compile, export_shapes, served_axes
 from .eject import eject, eject_source
 from .errors import (
@@ -55,16 +56,19 @@ from .errors import (
     NodeNotFoundError,
     RegistryError,
     RenderError,
+    SavedModelError,
     ShapeError,
     SpecError,
     UNetGraphError,
 )
 from .export import ExportedUNet, OnnxUNet, export, load_exported
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
+from .grouping import checkpoint_nodes, group_nodes, node_modules, ungroup
 from .inputs import example_inputs, input_shapes
 from .lower import fx_node_names, lower
 from .passes import Optimized, OptimizeReport, PassResult, optimize
 from .record import LoweredRecord, lowered_record
+from .saved import load_model, save_model
 from .serialize import SCHEMA_VERSION, dumps, load, loads, save
 from .transfer import TransferReport, transfer_report, transfer_weights
 from .types import EdgeKind, Role, TensorType
@@ -149,6 +153,7 @@ __all__ = [
     "ArtifactError",
     "RenderError",
     "FileError",
+    "SavedModelError",
     "presets",
     "interop",
     "render",
@@ -168,4 +173,15 @@ __all__ = [
     "OnnxUNet",
     "eject",
     "eject_source",
+    "grouping",
+    "group_nodes",
+    "ungroup",
+    "node_modules",
+    "checkpoint_nodes",
+    "distributed",
+    "shard",
+    "sync_batchnorm",
+    "saved",
+    "save_model",
+    "load_model",
 ]

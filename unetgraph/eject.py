@@ -39,6 +39,7 @@ from .dynamic import graph_and_module
 from .errors import LoweringError, ShapeError
 from .files import write_atomic
 from .graph import UNetGraph
+from .grouping import ungroup
 from .inputs import input_shapes
 from .lower import fx_node_names
 from .record import lowered_record
@@ -100,6 +101,7 @@ def eject(
 def eject_source(model: UNetGraph | fx.GraphModule, *, class_name: str | None = None, verify: bool = True) -> str:
     """The source :func:`eject` writes, as a string."""
     g, gm = graph_and_module(model)
+    gm = ungroup(gm)  # a checkpointed module is written as the flat one (inference has nothing to recompute)
     writer = _Writer(g, gm, class_name or g.name)
     source = writer.source()
     if verify:

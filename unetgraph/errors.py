@@ -17,6 +17,7 @@ __all__ = [
     "ArtifactError",
     "RenderError",
     "FileError",
+    "SavedModelError",
 ]
 
 
@@ -104,3 +105,9 @@ class FileError(UNetGraphError, OSError):
     """A file cannot be read or written: missing, a directory, not readable or writable, the disk
     full. The message names the file and what the system said; the ``OSError`` it wraps is the
     ``__cause__``. Also an ``OSError``, so ``except OSError`` keeps working."""
+
+
+class SavedModelError(UNetGraphError):
+    """A saved model folder (:func:`unetgraph.saved.load_model`) cannot be written or read as asked: a
+    missing, damaged or tampered file (the message starts with the file's name), or weights that do
+    not fit the graph (``.node`` names the graph node the tensor belongs to)."""

@@ -34,6 +34,7 @@ from .dynamic import check_served, export_shapes, graph_and_module, served_axes,
 from .errors import ArtifactError, LoweringError, ShapeError
 from .files import atomic_path, write_atomic
 from .graph import UNetGraph
+from .grouping import ungroup
 from .record import lowered_record
 from .runtime import InputGuard, guard_inputs
 from .serialize import from_dict, to_dict
@@ -125,6 +126,7 @@ def _export(
     if fmt in ("program", "aoti") and path.suffix != ".pt2":
         raise LoweringError(f"a {fmt!r} export is a .pt2 archive; got {path.name}")
     g, gm = graph_and_module(model)
+    gm = ungroup(gm)  # a checkpointed module exports as the flat one
     if lowered_record(gm).pad == "auto":
         raise LoweringError("export needs a module lowered with pad=None: pad='auto' computes sizes in Python")
     gm = gm.eval()

@@ -1,6 +1,6 @@
-"""Atomic file writes: every file unetgraph writes appears whole or not at all.
+"""Atomic writes: every file (and saved-model folder) unetgraph writes appears whole or not at all.
 
-A write goes to a temporary file beside the target, then is renamed onto it. A process killed
+A write goes to a temporary file (or folder) beside the target, then is renamed onto it. A process killed
 in between (``kill -9``, a power cut) leaves its temporary file behind; the next write to that
 folder removes such leftovers. Only files that are surely ours are removed, by three rules
 that must all hold (see :func:`stale_temporaries`):
@@ -8,7 +8,8 @@ that must all hold (see :func:`stale_temporaries`):
 - the name has our pattern ``.<target>.ugtmp-<host>-<pid>-<random><suffix>``, where ``<host>``
   is 8 hex digits of this machine's name, ``<pid>`` the writer's process id and ``<random>``
   8 random hex digits;
-- the file is a regular file (not a link) owned by the current user;
+- the entry is a regular file or a folder (not a link) owned by the current user; a folder set
+  aside while another replaced it (``.old``) is removed only while that other folder exists;
 - its writer is gone: on this machine, no process with that id exists; a file written from
   another machine (a shared folder) or on a system without process ids is left alone until it
   is a day old.
@@ -17,21 +18,25 @@ that must all hold (see :func:`stale_temporaries`):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import hashlib
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
+import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import FileError
 from .util import short_repr
 
-__all__ = ["write_atomic", "atomic_path", "stale_temporaries", "TEMP_MARK", "STALE_AFTER_S"]
+__all__ = ["write_atomic", "atomic_path", "atomic_dir", "stale_temporaries", "TEMP_MARK", "STALE_AFTER_S"]
 
 TEMP_MARK = "ugtmp"
 """The word every temporary file name carries (``.net.yaml.ugtmp-1a2b3c4d-4242-k3j2h1g0.yaml``)."""
@@ -82,29 +87,50 @@ def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if not stat.S_ISREG(st.st_mode) or (uid is not None and st.st_uid != uid):
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) or (uid is not None and st.st_uid != uid):
             continue
+        if entry.name.endswith(".old") and not _target_exists(Path(entry.path)):
+            continue  # the only copy of a replaced folder: a rename was interrupted
         if _writer_gone(m["host"], int(m["pid"]), now - st.st_mtime):
             out.append(Path(entry.path))
     return out
 
 
+def _target_exists(tmp: Path) -> bool:
+    """Whether the target a temporary entry was written for exists; ``True`` where its name was
+    cut to fit (then the target cannot be told, and nothing is assumed lost)."""
+    target = tmp.name[1:].split(f".{TEMP_MARK}-")[0]
+    return len(target) >= 80 or os.path.lexists(tmp.parent / target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):  # another writer may have removed it first
+            path.unlink()
+
+
 def _remove_stale(folder: Path) -> None:
     for p in stale_temporaries(folder):
-        with contextlib.suppress(OSError):  # another writer may have removed it first
-            p.unlink()
+        _remove(p)
 
 
-def _create_temp(path: Path) -> Path:
-    """A new, empty temporary file beside ``path``, created with the mode a plain ``open()``
-    gives (0o666 less the umask), so no umask has to be read (reading it is not thread-safe)."""
+def _create_temp(path: Path, *, folder: bool = False) -> Path:
+    """A new, empty temporary file (or folder) beside ``path``, created with the mode a plain
+    ``open()`` (``mkdir()``) gives, the umask applied by the system, so no umask has to be read
+    (reading it is not thread-safe)."""
     for _ in range(100):
-        tmp = path.parent / f"{_prefix(path)}{secrets.token_hex(4)}{path.suffix or '.tmp'}"
+        suffix = ".partial" if folder else path.suffix or ".tmp"
+        tmp = path.parent / f"{_prefix(path)}{secrets.token_hex(4)}{suffix}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            if folder:
+                os.mkdir(tmp, 0o777)
+            else:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+                os.close(fd)
         except FileExistsError:
             continue
-        os.close(fd)
         return tmp
     raise FileExistsError(errno.EEXIST, "no free temporary file name")
 
@@ -165,3 +191,94 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
         except OSError as e:
             raise FileError(f"{path}: cannot write: {e.strerror or e}") from e
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it becomes ``path`` whole.
+
+    The files written into it are flushed to disk before the folder is renamed, so a kill at
+    any moment leaves either the old ``path`` or the new one, never a half-written folder.
+    Temporary folders of killed writers are removed by the next write (the module's rules).
+
+    Args:
+        path: the folder to create.
+        overwrite: replace an existing ``path``. On Linux the two folders are swapped in one
+            step (``renameat2(RENAME_EXCHANGE)``); elsewhere the old folder is first renamed
+            aside (``….old``, where a kill between the two renames leaves it).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        FileError: the folder cannot be made.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path.parent)
+    except OSError as e:
+        raise FileError(f"{path}: cannot write: {e.strerror or e}") from e
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(errno.EEXIST, "exists; pass overwrite=True to replace it", str(path))
+    tmp = _create_temp(path, folder=True)
+    try:
+        yield tmp
+        _sync_tree(tmp)
+        if not os.path.lexists(path):
+            os.rename(tmp, path)
+        elif not overwrite:
+            raise FileExistsError(errno.EEXIST, "appeared while writing", str(path))
+        elif _exchange(tmp, path):
+            _remove(tmp)  # now the old folder
+        else:
+            old = tmp.with_suffix(".old")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            _remove(old)
+        _sync(path.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            _sync(p)
+    _sync(folder)
+
+
+@functools.cache
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux); ``False`` where the system or file system cannot."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

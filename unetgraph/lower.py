@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -48,6 +48,7 @@ def lower(
     dtype: torch.dtype | None = None,
     weights_from: nn.Module | Mapping[str, torch.Tensor] | None = None,
     match: Literal["spec", "shape"] = "spec",
+    checkpoint: str | int | Iterable[str | int] | None = None,
 ) -> fx.GraphModule:
     """Lower ``g`` to a ``torch.fx.GraphModule`` with freshly initialised weights.
 
@@ -74,6 +75,11 @@ def lower(
         match: how ``weights_from`` matches tensors: ``"spec"`` (a node's tensors when it kept
             its block and input types) or ``"shape"`` (every tensor whose key and shape agree,
             even in changed nodes).
+        checkpoint: nodes to run under activation checkpointing (their activations are
+            recomputed in the backward pass): ``"all"`` (every block), node names, roles
+            (``"decoder"``) or levels (ints), or a list of these; see
+            :func:`unetgraph.grouping.group_nodes`, which this calls (each graph node then runs as
+            one submodule; ``state_dict`` keys do not change).
 
     Returns:
         A GraphModule whose ``forward`` takes the graph's inputs in order and returns the
@@ -144,9 +150,13 @@ def lower(
     graph.output(next(iter(outputs.values())) if len(outputs) == 1 else outputs)
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name=g.name)
-    attach_record(gm, LoweredRecord(g, {n: env[n].name for n in g}, pad))
+    attach_record(gm, LoweredRecord(g, {n: env[n].name for n in g}, pad, pad_mode=pad_mode, guard=guard))
     if weights_from is not None:
         transfer_weights(gm, weights_from, match=match)
+    if checkpoint is not None:
+        from .grouping import group_nodes
+
+        gm = group_nodes(gm, checkpoint=checkpoint)
     return gm
 
 

@@ -30,15 +30,28 @@ class LoweredRecord:
         nodes: graph node name → name of the fx node that holds its output.
         pad: the ``pad`` option it was lowered with (``None`` or ``"auto"``).
         transfer: the report of ``weights_from`` (a :class:`~unetgraph.transfer.TransferReport`), if any.
+        pad_mode: the ``pad_mode`` option (how ``pad="auto"`` fills the margin).
+        guard: whether the module checks its inputs (the ``guard`` option).
+        grouped: each graph node's layers run as one submodule of their own
+            (:func:`unetgraph.grouping.group_nodes`), not as separate calls of the root module.
+        checkpoint: the graph nodes that run under activation checkpointing (grouped modules only).
+        checkpoint_policy: ``"full"`` (recompute everything inside a checkpointed node) or
+            ``"selective"`` (keep the outputs of convolutions and matrix products, recompute the rest).
     """
 
     graph: UNetGraph
     nodes: Mapping[str, str]
     pad: str | None = None
     transfer: Any = None
+    pad_mode: str = "constant"
+    guard: bool = True
+    grouped: bool = False
+    checkpoint: tuple[str, ...] = ()
+    checkpoint_policy: str = "full"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", dict(self.nodes))  # a private copy: records are never changed in place
+        object.__setattr__(self, "checkpoint", tuple(self.checkpoint))
 
     def with_(self, **changes: Any) -> LoweredRecord:
         """A copy with ``changes`` applied."""

@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 
 from ..errors import LoweringError
+from ..grouping import ungroup
 from ..inputs import example_inputs as _example_inputs
 from ..record import find_record
 from .base import PassResult
@@ -85,7 +86,9 @@ def optimize(
 
     Args:
         gm: a module made by :func:`unetgraph.lower` (passes that need the graph, such as
-            channels-last, skip other GraphModules and say so).
+            channels-last, skip other GraphModules and say so). A grouped or checkpointed
+            module (``lower(checkpoint=...)``) is optimized in its flat form
+            (:func:`~unetgraph.grouping.ungroup`), never in place.
         for_inference: see above.
         channels_last: ``None`` lets the pass decide (wide enough convolutions), ``True``
             forces it, ``False`` skips it.
@@ -117,6 +120,14 @@ def optimize(
         raise LoweringError(
             "optimize: dtype is for inference; for training keep float32 weights and wrap the step in torch.autocast"
         )
+    record = find_record(gm)
+    if record is not None and record.grouped:
+        if inplace:
+            raise LoweringError(
+                "optimize(inplace=True): this module runs each node as a submodule (lower(checkpoint=...)); "
+                "optimize its flat form instead: ug.optimize(ug.ungroup(gm), inplace=True)"
+            )
+        gm = ungroup(gm)
     if atol is None:
         atol = 1e-4 if dtype is None else 5e-2
     reference = None
