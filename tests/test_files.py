@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from unetgraph.errors import FileError
-from unetgraph.files import STALE_AFTER_S, atomic_path, stale_temporaries, write_atomic
+from unetgraph.files import STALE_AFTER_S, atomic_dir, atomic_path, stale_temporaries, write_atomic
 
 
 def test_write_atomic_creates_with_normal_mode(tmp_path):
@@ -134,3 +134,23 @@ def test_write_errors_are_typed_and_name_the_file(tmp_path):
     with pytest.raises(FileError, match=f"{tmp_path}: cannot write: it is a folder"):
         write_atomic(tmp_path, "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_killed_folder_writer_leaves_nothing_after_the_next_write(tmp_path):
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "w.bin").write_bytes(b"old")
+    pid = os.fork()
+    if pid == 0:  # the child: replace the folder, die by SIGKILL halfway (no cleanup can run)
+        try:
+            with atomic_dir(target, overwrite=True) as tmp:
+                (tmp / "w.bin").write_bytes(b"half")
+                os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    (left,) = [p for p in tmp_path.iterdir() if p.name != "model"]
+    assert left.is_dir() and left.name.endswith(".partial")
+    assert (target / "w.bin").read_bytes() == b"old"
+    write_atomic(tmp_path / "other.json", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "other.json"]

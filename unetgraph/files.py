@@ -8,8 +8,9 @@ that must all hold (see :func:`stale_temporaries`):
 - the name has our pattern ``.<target>.ugtmp-<host>-<pid>-<random><suffix>``, where ``<host>``
   is 8 hex digits of this machine's name, ``<pid>`` the writer's process id and ``<random>``
   8 random hex digits;
-- the entry is a regular file or a folder (not a link) owned by the current user; a folder set
-  aside while another replaced it (``.old``) is removed only while that other folder exists;
+- the entry is a regular file, or a folder named ``….partial`` (being written) or ``….old`` (set
+  aside while a new folder replaced it), not a link, owned by the current user; an ``.old``
+  folder is removed only while the folder that replaced it exists;
 - its writer is gone: on this machine, no process with that id exists; a file written from
   another machine (a shared folder) or on a system without process ids is left alone until it
   is a day old.
@@ -43,6 +44,8 @@ TEMP_MARK = "ugtmp"
 
 STALE_AFTER_S = 24 * 3600
 """Age after which a temporary file whose writer cannot be checked (another machine) is removed."""
+
+_FOLDER_SUFFIXES = (".partial", ".old")
 
 _TEMP_NAME = re.compile(rf"^\..+\.{TEMP_MARK}-(?P<host>[0-9a-f]{{8}})-(?P<pid>[0-9]{{1,10}})-[0-9a-f]{{8}}(\.[^/]*)?$")
 
@@ -87,7 +90,8 @@ def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) or (uid is not None and st.st_uid != uid):
+        folder_ok = stat.S_ISDIR(st.st_mode) and entry.name.endswith(_FOLDER_SUFFIXES)
+        if not (stat.S_ISREG(st.st_mode) or folder_ok) or (uid is not None and st.st_uid != uid):
             continue
         if entry.name.endswith(".old") and not _target_exists(Path(entry.path)):
             continue  # the only copy of a replaced folder: a rename was interrupted
