@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from fractions import Fraction
+from itertools import pairwise
 from typing import Callable, Sequence, Union
 
 from .blocks import (
@@ -211,7 +212,7 @@ def _encoder_unet(
     if len(enc.outputs) < 2:
         raise SpecError(f"encoder: {encoder.label()} has one output; a U-Net encoder needs one per scale")
     bad = [k for k, lv in enumerate(levels) if lv is None or lv < 1]
-    if bad or any(a >= b_ for a, b_ in zip(levels, levels[1:])):
+    if bad or any(a >= b_ for a, b_ in pairwise(levels)):
         scales = ", ".join(str(t.scale[0]) for t in enc.outputs)
         raise SpecError(
             f"encoder: {encoder.label()}'s outputs are at scales {scales}; the decoder needs one output per "
@@ -254,7 +255,8 @@ def _encoder_unet(
                 skip = b.add(f"gate{level}", gate, Role.MERGE, level, [skip, h])
             pair = [skip, h] if skip_first else [h, skip]
             h = b.add(f"merge{level}", _part(merge, level, Merge, "merge"), Role.MERGE, level, pair)
-        h = b.add(f"dec{level}", _block(decoder_block or block, level, width, "decoder_block"), Role.DECODER, level, [h])
+        dec = _block(decoder_block or block, level, width, "decoder_block")
+        h = b.add(f"dec{level}", dec, Role.DECODER, level, [h])
     head = _head(head, out_channels)
     outputs = [b.add("head", head, Role.HEAD, 0, [h])]
     outputs += [b.add(f"head{i}", head, Role.HEAD, i, [f"dec{i}"]) for i in range(1, deep_supervision + 1)]

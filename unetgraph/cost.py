@@ -26,7 +26,7 @@ import torch
 from .check import check, outputs_text
 from .errors import NodeNotFoundError, SpecError, UNetGraphError
 from .graph import UNetGraph
-from .types import Role, format_dims
+from .types import Role
 from .util import paused_gc
 
 __all__ = ["NodeCost", "CostReport", "summary", "measure", "flop_counter", "fmt_count", "fmt_bytes"]

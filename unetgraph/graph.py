@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .check import CheckReport, SizeRules
     from .cost import CostReport
 
-__all__ = ["Node", "Edge", "Level", "In", "UNetGraph", "GraphBuilder"]
+__all__ = ["Node", "Edge", "Level", "In", "UNetGraph", "GraphBuilder", "port_levels"]
 
 
 @dataclass(frozen=True)
@@ -343,7 +343,9 @@ class UNetGraph:
     def edge_records(self) -> list[tuple[str, str, EdgeKind, int] | tuple[str, str, EdgeKind, int, int]]:
         """``(src, dst, kind, port)`` per edge, ``(src, dst, kind, port, out)`` for one from output
         ``out > 0`` of a node with several: the constructor's ``edges``."""
-        return [(e.src, e.dst, e.kind, e.port, e.out) if e.out else (e.src, e.dst, e.kind, e.port) for e in self.edges()]
+        return [
+            (e.src, e.dst, e.kind, e.port, e.out) if e.out else (e.src, e.dst, e.kind, e.port) for e in self.edges()
+        ]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, UNetGraph):
@@ -428,11 +430,13 @@ class UNetGraph:
 
         return add(self, name, block, inputs, **options)
 
-    def add_edge(self, src: str, dst: str, kind: EdgeKind | str = EdgeKind.DATA, port: int | None = None) -> UNetGraph:
+    def add_edge(
+        self, src: str, dst: str, kind: EdgeKind | str = EdgeKind.DATA, port: int | None = None, *, out: int = 0
+    ) -> UNetGraph:
         """A copy with an edge ``src → dst``: see :func:`unetgraph.edit.add_edge`."""
         from .edit import add_edge
 
-        return add_edge(self, src, dst, kind, port)
+        return add_edge(self, src, dst, kind, port, out=out)
 
     def remove_edge(self, src: str, dst: str) -> UNetGraph:
         """A copy without the edge ``src → dst``: see :func:`unetgraph.edit.remove_edge`."""
@@ -469,6 +473,14 @@ class UNetGraph:
         from .edit import untap
 
         return untap(self, *nodes)
+
+    def replace_backbone(
+        self, block: BlockSpec, *, node: str = "encoder", decoder_channels: Sequence[int] | None = None
+    ) -> UNetGraph:
+        """A copy with another backbone, skips kept by level: see :func:`unetgraph.edit.replace_backbone`."""
+        from .edit import replace_backbone
+
+        return replace_backbone(self, block, node=node, decoder_channels=decoder_channels)
 
     def copy(self, *, name: str | None = None) -> UNetGraph:
         """An equal graph, optionally renamed: see :func:`unetgraph.edit.copy`."""
@@ -686,11 +698,12 @@ def _infer(g: nx.DiGraph, n: str) -> None:
         raise SpecError(f"{n} ({block.label()}): {type(e).__name__}: {e}", node=n) from e
     if not isinstance(outs, tuple) or not outs or not all(isinstance(t, TensorType) for t in outs):
         raise SpecError(
-            f"{n}: {type(block).__name__}.infer returned {outs!r}, expected a TensorType (infer_outputs: a tuple of them)",
+            f"{n}: {type(block).__name__}.infer returned {outs!r}, expected a TensorType "
+            "(infer_outputs: a tuple of them)",
             node=n,
         )
     a["inputs"], a["type"], a["outputs"] = types, outs[-1], outs
-    a["levels"] = _port_levels(a["level"], types, outs)
+    a["levels"] = port_levels(a["level"], types, outs)
 
 
 def _port_type(g: nx.DiGraph, u: str, v: str) -> TensorType:
@@ -727,7 +740,7 @@ def _check_skip_level(g: nx.DiGraph, u: str, v: str) -> None:
         )
 
 
-def _port_levels(
+def port_levels(
     level: int | None, inputs: Sequence[TensorType], outputs: Sequence[TensorType]
 ) -> tuple[int | None, ...]:
     """The level of each output: the node's own for one output; for several, the node's level plus

@@ -107,9 +107,7 @@ class Backbone(BlockSpec):
             stages = tuple(self.stages) if isinstance(self.stages, (list, tuple)) else self.stages
             self._set("stages", stages)
             self._require(
-                isinstance(stages, tuple)
-                and len(stages) > 0
-                and all((isinstance(s, int) and not isinstance(s, bool) and s >= 0) or isinstance(s, str) for s in stages),
+                isinstance(stages, tuple) and len(stages) > 0 and all(_stage(s) for s in stages),
                 "stages",
                 "a non-empty tuple of feature indices or names",
             )
@@ -118,7 +116,9 @@ class Backbone(BlockSpec):
             "pretrained",
             "True or False (a weights name such as 'IMAGENET1K_V1' with source='torchvision')",
         )
-        self._require(self.weights is None or (isinstance(self.weights, str) and bool(self.weights)), "weights", "a path or None")
+        self._require(
+            self.weights is None or (isinstance(self.weights, str) and bool(self.weights)), "weights", "a path or None"
+        )
         self._set("kwargs", self._normal_kwargs())
         if self.features is not None:
             feats = tuple(tuple(f) if isinstance(f, (list, tuple)) else f for f in self.features)
@@ -210,16 +210,13 @@ class Backbone(BlockSpec):
     def infer_outputs(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> tuple[TensorType, ...]:
         x = self._input(inputs)
         feats = self.found(x.channels)
-        return tuple(
-            TensorType(c, x.scale).rescaled((Fraction(1, r),) * x.dims) for c, r in zip(feats.channels, feats.reductions)
-        )
+        pairs = zip(feats.channels, feats.reductions)
+        return tuple(TensorType(c, x.scale).rescaled((Fraction(1, r),) * x.dims) for c, r in pairs)
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         return self.infer_outputs(inputs, sources)[-1]
 
-    def output_size_ops(
-        self, inputs: Sequence[TensorType], dims: int, axis: int
-    ) -> tuple[tuple[SizeOp, ...], ...]:
+    def output_size_ops(self, inputs: Sequence[TensorType], dims: int, axis: int) -> tuple[tuple[SizeOp, ...], ...]:
         """Each feature is exactly ``1/r`` of the input: a size that ``r`` does not divide is refused
         (the decoder's ×2 upsamplings could not meet the skips)."""
         feats = self.found(self._input(inputs).channels)
@@ -275,6 +272,11 @@ def _flops(spec: Backbone, shape: tuple[int, ...]) -> int:
     with counter, torch.no_grad():
         model(x)
     return counter.get_total_flops()
+
+
+def _stage(s: object) -> bool:
+    """A feature index (``int ≥ 0``) or name."""
+    return isinstance(s, str) or (isinstance(s, int) and not isinstance(s, bool) and s >= 0)
 
 
 def _tuples(value: Any) -> Any:

@@ -311,11 +311,11 @@ def _timm_all(name: str, in_channels: int, kwargs: tuple[tuple[str, Any], ...]) 
     model = _timm_model(name, in_channels, dict(kwargs), None, meta=True)
     info = model.feature_info
     if getattr(model, "output_fmt", "NCHW") not in ("NCHW", None) and str(model.output_fmt) != "NCHW":
-        raise SpecError(f"Backbone {name!r}: timm returns its features channels-last ({model.output_fmt}); not supported")
+        raise SpecError(
+            f"Backbone {name!r}: timm returns its features channels-last ({model.output_fmt}); not supported"
+        )
     names = tuple(info.module_name())
-    return Features(
-        names, tuple(range(len(names))), tuple(info.channels()), tuple(int(r) for r in info.reduction()), 0
-    )
+    return Features(names, tuple(range(len(names))), tuple(info.channels()), tuple(int(r) for r in info.reduction()), 0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -370,9 +370,7 @@ def _torchvision() -> Any:
     return torchvision
 
 
-def _torchvision_classifier(
-    spec: Backbone, in_channels: int, *, meta: bool = False, load: bool = False
-) -> nn.Module:
+def _torchvision_classifier(spec: Backbone, in_channels: int, *, meta: bool = False, load: bool = False) -> nn.Module:
     """The classification model, its first convolution changed for ``in_channels`` (as smp does)."""
     tv = _torchvision()
     known = tv.models.list_models(module=tv.models)
@@ -440,13 +438,10 @@ def find_stages(model: nn.Module, in_channels: int, name: str) -> tuple[str, ...
     for size in _PROBE_SIZES:
         record: dict[str, Any] = {}
         order: list[str] = []
-
-        def hook(mod: nn.Module, args: Any, out: Any, n: str = "") -> None:
-            if isinstance(out, torch.Tensor) and out.dim() == 4:
-                record[n] = out
-                order.append(n)
-
-        handles = [m.register_forward_hook(functools.partial(hook, n=n)) for n, m in candidates.items()]
+        handles = [
+            m.register_forward_hook(functools.partial(_keep_output, record=record, order=order, name=n))
+            for n, m in candidates.items()
+        ]
         try:
             _meta_call(model, torch.empty(1, in_channels, size, size, device="meta"))
         except Exception as e:
@@ -475,6 +470,15 @@ def find_stages(model: nn.Module, in_channels: int, name: str) -> tuple[str, ...
     if not stages:
         raise SpecError(f"Backbone {name!r}: found no feature maps; give stages=(...) (torchvision node names)")
     return stages
+
+
+def _keep_output(
+    module: nn.Module, args: Any, out: Any, *, record: dict[str, Any], order: list[str], name: str
+) -> None:
+    """A forward hook: keep a module's 4D output by its name, in execution order."""
+    if isinstance(out, torch.Tensor) and out.dim() == 4:
+        record[name] = out
+        order.append(name)
 
 
 def replace_first_conv(model: nn.Module, in_channels: int) -> None:

@@ -85,9 +85,7 @@ class BlockSpec:
         """
         return (self.infer(inputs, sources),)
 
-    def output_size_ops(
-        self, inputs: Sequence[TensorType], dims: int, axis: int
-    ) -> tuple[tuple[SizeOp, ...], ...]:
+    def output_size_ops(self, inputs: Sequence[TensorType], dims: int, axis: int) -> tuple[tuple[SizeOp, ...], ...]:
         """Per output port, how the block maps a spatial size along ``axis`` (default: :meth:`size_ops`)."""
         return (self.size_ops(dims, axis),)
 
