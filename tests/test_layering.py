@@ -25,6 +25,7 @@ ORDER = [
     "runtime",
     "transfer",
     "lower",
+    "freezing",
     "passes",
     "dynamic",
     "export",

@@ -53,6 +53,7 @@ from .errors import (
     UNetGraphError,
 )
 from .export import ExportedUNet, OnnxUNet, export, load_exported
+from .freezing import Frozen, freeze, unfreeze
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
 from .inputs import example_inputs, input_shapes
 from .lower import fx_node_names, lower
@@ -153,4 +154,7 @@ __all__ = [
     "OnnxUNet",
     "eject",
     "eject_source",
+    "freeze",
+    "unfreeze",
+    "Frozen",
 ]

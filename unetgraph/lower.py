@@ -36,7 +36,7 @@ from .runtime import CropToInput, InputGuard, PadToValid
 from .transfer import transfer_weights
 from .types import Role
 
-__all__ = ["lower", "fx_node_names"]
+__all__ = ["lower", "fx_node_names", "output_fx_names"]
 
 
 def lower(
@@ -236,7 +236,7 @@ def _emit_outputs(
     other module is one ``call_module`` whose outputs are picked by ``block.output_keys``. Each
     output's fx node is named after the node and the output (``encoder_layer2``)."""
     name, meta, count = node.name, _custom(node), len(node.outputs)
-    names = [f"{name}_{_identifier(n)}" for n in node.block.output_names(node.inputs)]
+    names = output_fx_names(node)
     root.add_module(name, module)
     if isinstance(module, fx.GraphModule):
         result = next(n for n in module.graph.nodes if n.op == "output").args[0]
@@ -279,6 +279,11 @@ def _copy_graph(
         new.meta["custom"] = meta
         env[n] = new
     return tuple(env[r] for r in result)
+
+
+def output_fx_names(node: Node) -> tuple[str, ...]:
+    """The fx node names lowering gives the outputs of a node with several: ``encoder_layer2``."""
+    return tuple(f"{node.name}_{_identifier(n)}" for n in node.block.output_names(node.inputs))
 
 
 def _identifier(text: str) -> str:

@@ -41,6 +41,8 @@ __all__ = [
     "create",
     "inline_graph",
     "replace_first_conv",
+    "creation",
+    "Creation",
     "SOURCES",
 ]
 
@@ -399,7 +401,10 @@ def _torchvision_classifier(spec: Backbone, in_channels: int, *, meta: bool = Fa
         state = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
         model.load_state_dict(state)
     if in_channels != 3:
-        replace_first_conv(model, in_channels)
+        try:
+            replace_first_conv(model, in_channels)
+        except ValueError as e:
+            raise SpecError(f"Backbone {spec.name!r}: {e}") from None
     return model
 
 
@@ -513,7 +518,7 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> None:
                             new.bias.copy_(conv.bias)
                 setattr(parent, child_name, new)
                 return
-    raise SpecError(f"{type(model).__name__} has no 3-channel Conv2d to take {in_channels} input channels")
+    raise ValueError(f"{type(model).__name__} has no 3-channel Conv2d to take {in_channels} input channels")
 
 
 class _no_device:
@@ -605,6 +610,58 @@ def _load_file(model: nn.Module, path: str, name: str, *, strict: bool) -> None:
         problems.append(f"missing keys: {', '.join(missing[:5])}")
     if problems:
         raise SpecError(f"Backbone {name!r}.weights: {path} does not fit: " + "; ".join(problems))
+
+
+# -- the same creation as source code (for eject) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Creation:
+    """How a standalone file creates the extractor: ``lines`` assign it to their target, after
+    ``imports``; ``helpers`` are functions the lines call (their source goes into the file)."""
+
+    imports: tuple[str, ...]
+    lines: tuple[str, ...]
+    helpers: tuple[Callable[..., Any], ...] = ()
+
+
+def creation(spec: Backbone, in_channels: int, target: str) -> Creation:
+    """The Python statements that create ``spec``'s extractor (without weights) as ``target``.
+
+    Raises:
+        SpecError: a backbone made from a module instance (its constructor arguments are unknown).
+    """
+    feats = probe(spec, in_channels)
+    kwargs = "".join(f", {k}={v!r}" for k, v in spec.kwargs)
+    if spec.source == "timm":
+        indices = tuple(int(k) for k in _select(spec, _timm_all(spec.name, in_channels, spec.kwargs)).keys)
+        return Creation(
+            ("import timm",),
+            (
+                f"{target} = timm.create_model(\n    {spec.name!r}, features_only=True, out_indices={indices!r}, "
+                f"in_chans={in_channels}{kwargs}\n)",
+            ),
+        )
+    if spec.source == "torchvision":
+        local = target.rsplit(".", 1)[-1] + "_classifier"
+        lines = [f"{local} = torchvision.models.get_model({spec.name!r}{kwargs})"]
+        helpers: tuple[Callable[..., Any], ...] = ()
+        if in_channels != 3:
+            lines.append(f"replace_first_conv({local}, {in_channels})")
+            helpers = (replace_first_conv,)
+        lines.append(f"{target} = create_feature_extractor({local}, return_nodes={[str(k) for k in feats.keys]!r})")
+        imports = ("import torchvision", "from torchvision.models.feature_extraction import create_feature_extractor")
+        return Creation(imports, tuple(lines), helpers)
+    if spec.module is not None:
+        raise SpecError(
+            f"a backbone made from a module instance ({type(spec.module).__qualname__}) cannot be written as code: "
+            "its constructor arguments are unknown; register the class and use "
+            f"Backbone({spec.name!r}, source='module', kwargs=...)"
+        )
+    cls = backbone_class(spec.name)
+    module, _, qualname = import_path(cls).partition(":")
+    head = qualname.split(".")[0]
+    return Creation((f"from {module} import {head}",), (f"{target} = {qualname}({kwargs.removeprefix(', ')})",))
 
 
 # -- tracing for lowering ---------------------------------------------------------------------------------------
