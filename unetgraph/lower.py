@@ -26,6 +26,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .blocks.backbone_sources import keep_unused_state
 from .blocks.base import is_leaf_module
 from .check import SizeRules, check, valid_sizes
 from .errors import LoweringError, ShapeError, UNetGraphError
@@ -141,6 +142,8 @@ def lower(
     graph.output(next(iter(outputs.values())) if len(outputs) == 1 else outputs)
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name=g.name)
+    for name in dict.fromkeys(n for n, _ in ports):  # an inlined backbone keeps its unused weights
+        keep_unused_state(gm, root.get_submodule(name), name)
     attach_record(gm, LoweredRecord(g, {n: env[n].name for n in g}, pad))
     if weights_from is not None:
         transfer_weights(gm, weights_from)
@@ -283,13 +286,12 @@ def _copy_graph(
 
 def output_fx_names(node: Node) -> tuple[str, ...]:
     """The fx node names lowering gives the outputs of a node with several: ``encoder_layer2``."""
-    return tuple(f"{node.name}_{_identifier(n)}" for n in node.block.output_names(node.inputs))
+    return tuple(f"{node.name}_{_name_part(n)}" for n in node.block.output_names(node.inputs))
 
 
-def _identifier(text: str) -> str:
-    """``"stages.0"`` → ``"stages_0"``: a name part for fx nodes."""
-    out = "".join(c if c.isalnum() or c == "_" else "_" for c in str(text))
-    return out if out and not out[0].isdigit() else f"out{out}"
+def _name_part(text: str) -> str:
+    """``"stages.0"`` → ``"stages_0"``: what follows ``<node>_`` in an fx node name."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in str(text))
 
 
 def _flatten(seq: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]]:

@@ -437,7 +437,7 @@ def _smp_encoder(encoder_name: str, depth: int, weights: str | bool | None) -> B
         if weights not in (None, True, False, "imagenet"):
             raise SpecError(f"smp_unet encoder_weights: 'tu-' encoders take True or None, got {weights!r}")
         spec = Backbone(timm_name, source="timm", depth=depth, pretrained=weights not in (None, False))
-        reductions = spec.found(3).reductions
+        reductions = spec.with_(depth=None).found(3).reductions
         first = reductions[0] if reductions else None
         if first not in (2, 4) or list(reductions) != [first * 2**i for i in range(len(reductions))]:
             raise SpecError(

@@ -174,18 +174,25 @@ class Backbone(BlockSpec):
         in_channels: int = 3,
         stages: Sequence[int | str] | None = None,
         depth: int | None = None,
+        features: Sequence[tuple[int, int]] | None = None,
         inline: bool = True,
     ) -> Backbone:
         """A backbone from a module instance that returns a list, tuple or dict of feature maps.
 
         Its features are found once, here, by running it on meta tensors (nothing computed, the
-        module's weights and mode untouched). Each lowering starts from a copy of the module, with
-        its current weights. Such a spec cannot be saved in a document: register the class
+        module's weights and mode untouched); a module that cannot run there (it reads a tensor's
+        value) declares them: ``features=((channels, reduction), ...)`` for the outputs ``stages``
+        names (its dict keys or list positions). Each lowering starts from a copy of the module,
+        with its current weights. Such a spec cannot be saved in a document: register the class
         (``@ug.register_backbone``) and use ``Backbone("pkg.mod:Class", source="module", kwargs=...)``.
         """
         if not isinstance(module, nn.Module):
             raise SpecError(f"Backbone.from_module: expected an nn.Module, got {module!r}")
-        draft = cls(import_path(type(module)), source="module", stages=stages, depth=depth, inline=inline)
+        draft = cls(
+            import_path(type(module)), source="module", stages=stages, depth=depth, features=features, inline=inline
+        )
+        if features is not None:
+            return draft.with_(module=module)
         found = find_features(module, in_channels, draft)
         return cls(
             import_path(type(module)),

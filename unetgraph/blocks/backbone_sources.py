@@ -43,6 +43,7 @@ __all__ = [
     "replace_first_conv",
     "creation",
     "Creation",
+    "keep_unused_state",
     "SOURCES",
 ]
 
@@ -703,12 +704,39 @@ def inline_graph(model: nn.Module, keys: Sequence[int | str]) -> fx.GraphModule 
         return None
     output.args = (picked,)
     gm = fx.GraphModule(root, graph, class_name=type(model).__name__)
-    gm.graph.eliminate_dead_code()
+    gm.graph.eliminate_dead_code()  # stages after the deepest feature do not run; their weights stay
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
+    keep_unused_state(gm, model, "")
     gm.train(model.training)
     return gm
+
+
+def keep_unused_state(gm: nn.Module, source: nn.Module, prefix: str) -> None:
+    """Give ``gm`` every parameter, buffer and submodule of ``source`` (at ``prefix``) that no fx
+    node uses, which building a GraphModule leaves out: an inlined backbone keeps its own
+    ``state_dict`` keys (its checkpoints load with ``strict=True``), unused stages included
+    (``prefix=""``: at the top of ``gm``)."""
+    have = set(gm.state_dict())
+    for key, tensor in source.state_dict(keep_vars=True).items():
+        full = f"{prefix}.{key}" if prefix else key
+        if full in have:
+            continue
+        *path, leaf = full.split(".")
+        owner_src = source.get_submodule(".".join(key.split(".")[:-1]))
+        owner = gm
+        for part in path:
+            child = owner._modules.get(part)
+            if child is None:
+                child = nn.Module()
+                owner.add_module(part, child)
+            owner = child
+        if leaf in owner_src._parameters:
+            owner.register_parameter(leaf, owner_src._parameters[leaf])
+        else:
+            persistent = leaf not in owner_src._non_persistent_buffers_set
+            owner.register_buffer(leaf, tensor, persistent=persistent)
 
 
 def _code(graph: fx.Graph) -> str:
