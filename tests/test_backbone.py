@@ -4,10 +4,6 @@ Small models keep this quick (resnet18 at depth 2–3, mobilenetv3_small_050, re
 convnext_atto); the parity tests run smp's models themselves.
 """
 
-import json
-import subprocess
-import sys
-import textwrap
 import threading
 
 import pytest
@@ -15,7 +11,7 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
-from deploy_helpers import randomize_norms
+from deploy_helpers import randomize_norms, run_fresh
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -354,48 +350,19 @@ def test_pt2_serves_two_sizes_and_onnx(small_gm, tmp_path):
         assert _close(torch.as_tensor(onnx(x)), small_gm(x))
 
 
-RUNNER = textwrap.dedent(
-    """
-    import importlib.util, json, sys
-    import torch
-    spec = importlib.util.spec_from_file_location("ejected", sys.argv[1])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = getattr(module, sys.argv[2])()
-    model.load_state_dict(torch.load(sys.argv[3], weights_only=True))
-    model.eval()
-    with torch.no_grad():
-        torch.save(model(torch.load(sys.argv[4], weights_only=True)), sys.argv[5])
-    print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("unetgraph", "timm", "torchvision"))))
-    """
-)
-
-
 def test_eject_reproduces_outputs_in_a_fresh_process(tmp_path):
     g = ug.unet(1, 2, encoder=ug.Backbone("resnet18", depth=2), decoder_channels=(8, 4))
     gm = _randomize(g.lower()).eval()
     path = ug.eject(gm, tmp_path / "net.py")
     text = path.read_text()
-    assert "self.encoder = timm.create_model(" in text
+    assert "import timm" in text and "self.encoder = timm.create_model(" in text
     assert "'resnet18', features_only=True, out_indices=(0, 1), in_chans=1" in text
     assert "encoder_layer1 = encoder_features[1]  # (B, 64, H/4, W/4)" in text
     x = torch.randn(2, 1, 32, 32)
-    torch.save(gm.state_dict(), tmp_path / "state.pt")
-    torch.save(x, tmp_path / "x.pt")
-    (tmp_path / "run.py").write_text(RUNNER)
-    out = subprocess.run(
-        [sys.executable, str(tmp_path / "run.py"), str(path), g.name]
-        + [str(tmp_path / f) for f in ("state.pt", "x.pt", "y.pt")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    imported = json.loads(out.stdout.strip().splitlines()[-1])
-    assert not any(m.startswith("unetgraph") for m in imported) and "timm" in imported
+    y, info = run_fresh(tmp_path, path, g.name, gm, [x])  # a new interpreter, no unetgraph imported
+    assert info["imported"] == [] and info["keys"] == list(gm.state_dict())
     with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), gm(x))
+        assert torch.equal(y, gm(x))
 
 
 def test_eject_torchvision_with_one_input_channel():
@@ -403,7 +370,10 @@ def test_eject_torchvision_with_one_input_channel():
     gm = _randomize(g.lower()).eval()
     source = ug.eject_source(gm)  # verify=True: the source runs and gives the module's outputs exactly
     assert "replace_first_conv(encoder_classifier, 1)" in source and "def replace_first_conv(" in source
-    assert "create_feature_extractor(encoder_classifier, return_nodes=['relu', 'layer1'])" in source
+    assert (
+        "create_feature_extractor(\n            encoder_classifier, return_nodes=['relu', 'layer1']\n        )"
+        in source
+    )
 
 
 # -- edits ----------------------------------------------------------------------------------------------

@@ -650,7 +650,8 @@ def creation(spec: Backbone, in_channels: int, target: str) -> Creation:
         if in_channels != 3:
             lines.append(f"replace_first_conv({local}, {in_channels})")
             helpers = (replace_first_conv,)
-        lines.append(f"{target} = create_feature_extractor({local}, return_nodes={[str(k) for k in feats.keys]!r})")
+        nodes = [str(k) for k in feats.keys]
+        lines.append(f"{target} = create_feature_extractor(\n    {local}, return_nodes={nodes!r}\n)")
         imports = ("import torchvision", "from torchvision.models.feature_extraction import create_feature_extractor")
         return Creation(imports, tuple(lines), helpers)
     if spec.module is not None:
