@@ -135,10 +135,8 @@ def training(theirs: Any, gm: Any, args: argparse.Namespace, peak: float) -> Non
             step(compiled, torch.optim.SGD(compiled.parameters(), lr=1e-3), x, target)
             print(f"{name} compiled training: first step (compile) {time.perf_counter() - t:.1f} s")
             models[f"{name} compiled"] = compiled
-    steps = {
-        name: (lambda m=m, o=torch.optim.SGD(m.parameters(), lr=1e-3): step(m, o, x, target))
-        for name, m in models.items()
-    }
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3) for name, m in models.items()}
+    steps = {name: (lambda m=m, o=optimizers[name]: step(m, o, x, target)) for name, m in models.items()}
     ms = interleaved_ms(steps, args.repeat)
     print(f"== one training step, batch {args.train_batch}, {args.size}² (forward, backward, SGD)")
     for name, t in ms.items():

@@ -60,6 +60,7 @@ g.render("blocks", input_shape=(1, 3, 256, 256))
 # norms in evaluation mode (their statistics stay as pretrained, even in `gm.train()`). The task:
 # find the bright squares in noisy 64×64 images.
 
+
 # %%
 def batch(n=8, size=64):
     x = torch.randn(n, 3, size, size) * 0.3
