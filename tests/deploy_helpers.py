@@ -1,6 +1,10 @@
 """Helpers shared by the deployment tests (passes, export, eject)."""
 
+import json
 import math
+import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass
 
 import torch
@@ -110,3 +114,41 @@ class _Containers(nn.Module):
 class Containers(KeepsType):
     def build(self, inputs, output):
         return _Containers(inputs[0].channels)
+
+
+RUNNER = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    import torch
+    spec = importlib.util.spec_from_file_location("ejected", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = getattr(module, sys.argv[2])()
+    state = torch.load(sys.argv[3], weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    xs = torch.load(sys.argv[4], weights_only=True)
+    with torch.no_grad():
+        torch.save(model(*xs), sys.argv[5])
+    ours = sorted(m for m in sys.modules if m.split(".")[0] == "unetgraph")
+    print(json.dumps({"keys": list(model.state_dict()), "imported": ours}))
+    """
+)
+
+
+def run_fresh(tmp_path, path, class_name, gm, xs):
+    """Import the ejected file in a new interpreter (no unetgraph imported), load gm's weights, run xs."""
+    torch.save(gm.state_dict(), tmp_path / "state.pt")
+    torch.save(list(xs), tmp_path / "x.pt")
+    (tmp_path / "runner.py").write_text(RUNNER)
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "runner.py"), str(path), class_name]
+        + [str(tmp_path / f) for f in ("state.pt", "x.pt", "y.pt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    return torch.load(tmp_path / "y.pt", weights_only=True), info

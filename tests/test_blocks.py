@@ -115,7 +115,7 @@ class TestParams:
         for name in ug.block_names():
             cls = ug.get_block(name)
             if (
-                name in ("Input", "TimestepEmbedding", "ClassEmbedding", "CrossAttention", "ScaleBy")
+                name in ("Input", "TimestepEmbedding", "ClassEmbedding", "CrossAttention", "ScaleBy", "Backbone")
                 or cls.min_inputs > 1
             ):
                 continue

@@ -28,6 +28,7 @@ ORDER = [
     "transfer",
     "lower",
     "grouping",
+    "freezing",
     "passes",
     "dynamic",
     "export",

@@ -13,6 +13,7 @@ from .blocks import (
     ActKind,
     Affine,
     AttentionGate,
+    Backbone,
     BasicResBlock,
     BlockSpec,
     ClassEmbedding,
@@ -38,6 +39,7 @@ from .blocks import (
     create_block,
     get_block,
     leaf_module,
+    register_backbone,
     register_block,
     unregister_block,
 )
@@ -62,6 +64,7 @@ from .errors import (
     UNetGraphError,
 )
 from .export import ExportedUNet, OnnxUNet, export, load_exported
+from .freezing import Frozen, freeze, unfreeze
 from .graph import Edge, GraphBuilder, In, Level, Node, UNetGraph
 from .grouping import checkpoint_nodes, group_nodes, node_modules, ungroup
 from .inputs import example_inputs, input_shapes
@@ -88,6 +91,8 @@ __all__ = [
     "Level",
     "In",
     "BlockSpec",
+    "Backbone",
+    "register_backbone",
     "ConvBlock",
     "Down",
     "Up",
@@ -184,4 +189,7 @@ __all__ = [
     "saved",
     "save_model",
     "load_model",
+    "freeze",
+    "unfreeze",
+    "Frozen",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from fractions import Fraction
+from itertools import pairwise
 from typing import Callable, Sequence, Union
 
 from .blocks import (
@@ -50,6 +52,8 @@ def unet(
     skip_first: bool = True,
     gate: BlockSpec | None = None,
     deep_supervision: int = 0,
+    encoder: BlockSpec | None = None,
+    decoder_channels: Sequence[int] | None = None,
     name: str = "UNet",
 ) -> UNetGraph:
     """Build the standard U-Net graph: ``len(widths)`` levels, one skip per level.
@@ -84,6 +88,15 @@ def unet(
             and ``up{i}``; ``merge{i}`` then takes ``gate{i}`` and ``up{i}`` (Attention U-Net).
         deep_supervision: extra heads ``head1`` … ``head{k}`` on the decoder levels 1 … k
             (copies of ``head``); the model then returns a dict ``{"head": …, "head1": …}``.
+        encoder: a block with one output per scale, e.g. a pretrained :class:`~unetgraph.Backbone`,
+            in place of the encoder levels: one node ``encoder`` whose outputs feed the merges as
+            skips (``encoder[k]→merge{i}``; each output's level is its number of halvings) and whose
+            deepest output feeds the decoder (or ``mid``, with a ``bottleneck_block``). The decoder
+            has a level for every halving down to the deepest output; a level without a feature
+            (level 0, or 1 below a stride-4 stem) has no merge. ``widths``, ``down`` and
+            ``encoder_block`` are then not used.
+        decoder_channels: with ``encoder``, the decoder's channels from deep to shallow, one per
+            decoder level (smp's order); default the first of ``(256, 128, 64, 32, 16)``.
         name: the model name (the lowered class's name).
 
     Every part may also be a list with one entry per level (``down``, ``up``: per
@@ -102,6 +115,27 @@ def unet(
         >>> str(g.valid_sizes())
         'H and W must be multiples of 4, at least 4'
     """
+    if encoder is not None:
+        return _encoder_unet(
+            in_channels,
+            out_channels,
+            encoder,
+            decoder_channels,
+            dims=dims,
+            block=block,
+            encoder_block=encoder_block,
+            bottleneck_block=bottleneck_block,
+            decoder_block=decoder_block,
+            up=up,
+            merge=merge,
+            head=head,
+            skip_first=skip_first,
+            gate=gate,
+            deep_supervision=deep_supervision,
+            name=name,
+        )
+    if decoder_channels is not None:
+        raise SpecError("decoder_channels: give it with encoder=...; without one, widths sets every level's channels")
     _check_common(in_channels, out_channels, widths, dims)
     depth = len(widths)
     if decoder_widths is None:
@@ -154,6 +188,94 @@ def unet(
         h = b.add(
             f"dec{i}", _block(decoder_block or block, i, decoder_widths[i], "decoder_block"), Role.DECODER, i, [h]
         )
+    head = _head(head, out_channels)
+    outputs = [b.add("head", head, Role.HEAD, 0, [h])]
+    outputs += [b.add(f"head{i}", head, Role.HEAD, i, [f"dec{i}"]) for i in range(1, deep_supervision + 1)]
+    return b.build(outputs=outputs)
+
+
+_SMP_DECODER = (256, 128, 64, 32, 16)
+
+
+def _encoder_unet(
+    in_channels: int,
+    out_channels: int,
+    encoder: BlockSpec,
+    decoder_channels: Sequence[int] | None,
+    *,
+    dims: int,
+    block: Part,
+    encoder_block: Part | None,
+    bottleneck_block: Part | None,
+    decoder_block: Part | None,
+    up: Part,
+    merge: Part,
+    head: BlockSpec | None,
+    skip_first: bool,
+    gate: BlockSpec | None,
+    deep_supervision: int,
+    name: str,
+) -> UNetGraph:
+    """:func:`unet` around a multi-output ``encoder`` (a backbone): its outputs are the skips."""
+    if not isinstance(encoder, BlockSpec):
+        raise SpecError(f"encoder: expected a block spec such as ug.Backbone('resnet34'), got {encoder!r}")
+    if encoder_block is not None:
+        raise SpecError("encoder_block: the encoder= block is the whole encoder; give one or the other")
+    _positive("in_channels", in_channels)
+    _positive("out_channels", out_channels)
+    b = GraphBuilder(name)
+    x = b.input("x", channels=in_channels, dims=dims)
+    b.add("encoder", encoder, Role.ENCODER, 0, [x])
+    enc = b.node("encoder")
+    levels = enc.levels
+    if len(enc.outputs) < 2:
+        raise SpecError(f"encoder: {encoder.label()} has one output; a U-Net encoder needs one per scale")
+    bad = [k for k, lv in enumerate(levels) if lv is None or lv < 1]
+    if bad or any(a >= b_ for a, b_ in pairwise(levels)):
+        scales = ", ".join(str(t.scale[0]) for t in enc.outputs)
+        raise SpecError(
+            f"encoder: {encoder.label()}'s outputs are at scales {scales}; the decoder needs one output per "
+            "halving, each smaller than the one before and below the input's scale"
+        )
+    deepest = levels[-1]
+    if decoder_channels is None:
+        if deepest > len(_SMP_DECODER):
+            raise SpecError(f"decoder_channels: the encoder goes down {deepest} levels; give {deepest} channel counts")
+        decoder_channels = _SMP_DECODER[:deepest]
+    if isinstance(decoder_channels, (str, bytes)) or not isinstance(decoder_channels, Sequence):
+        raise SpecError(f"decoder_channels: expected a sequence of channel counts, got {decoder_channels!r}")
+    if len(decoder_channels) != deepest:
+        raise SpecError(
+            f"decoder_channels: the encoder's deepest output is {deepest} halvings down, so the decoder has "
+            f"{deepest} levels; got {len(decoder_channels)} channel counts {tuple(decoder_channels)}"
+        )
+    for i, w in enumerate(decoder_channels):
+        _positive(f"decoder_channels[{i}]", w)
+    most = max(0, deepest - 1)
+    if not isinstance(deep_supervision, int) or isinstance(deep_supervision, bool) or not 0 <= deep_supervision <= most:
+        raise SpecError(f"deep_supervision: expected 0 … {most} extra heads, got {deep_supervision!r}")
+    at = {lv: k for k, lv in enumerate(levels)}
+    h: str | In = In("encoder", EdgeKind.DATA, len(levels) - 1)
+    if bottleneck_block is not None:
+        channels = enc.outputs[-1].channels
+        h = b.add("mid", _block(bottleneck_block, deepest, channels, "bottleneck_block"), Role.BOTTLENECK, deepest, [h])
+    for i, level in enumerate(reversed(range(deepest))):
+        width = decoder_channels[i]
+        below = b.type_of(h) if isinstance(h, str) else b.type_of(h.src, h.out)
+        up_i = _part(up, level, Up, "up")
+        if isinstance(up, str):
+            up_i = up_i.with_(factor=_factor(below.rescaled((Fraction(2),) * below.dims), below))
+        if _has_field(up_i, "channels") and getattr(up_i, "conv", True) and up_i.channels is None:
+            up_i = up_i.with_(channels=width)
+        h = b.add(f"up{level}", up_i, Role.UP, level, [h])
+        if level in at:
+            skip: str | In = In("encoder", EdgeKind.SKIP, at[level])
+            if gate is not None:
+                skip = b.add(f"gate{level}", gate, Role.MERGE, level, [skip, h])
+            pair = [skip, h] if skip_first else [h, skip]
+            h = b.add(f"merge{level}", _part(merge, level, Merge, "merge"), Role.MERGE, level, pair)
+        dec = _block(decoder_block or block, level, width, "decoder_block")
+        h = b.add(f"dec{level}", dec, Role.DECODER, level, [h])
     head = _head(head, out_channels)
     outputs = [b.add("head", head, Role.HEAD, 0, [h])]
     outputs += [b.add(f"head{i}", head, Role.HEAD, i, [f"dec{i}"]) for i in range(1, deep_supervision + 1)]

@@ -12,7 +12,7 @@ import html
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from math import lcm
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from . import contract
 from .errors import ShapeError
@@ -21,7 +21,7 @@ from .sizes import SizeFailure, SizeOp, apply_ops
 from .types import AXIS_NAMES, Role, format_dims
 from .util import paused_gc
 
-__all__ = ["Row", "CheckReport", "AxisRule", "SizeRules", "check", "valid_sizes", "pad_rules"]
+__all__ = ["Row", "CheckReport", "AxisRule", "SizeRules", "check", "valid_sizes", "pad_rules", "outputs_text"]
 
 Shape = tuple[int, ...]
 
@@ -41,6 +41,13 @@ class Row:
     output: Shape
     params: int
     note: str = ""
+    outputs: tuple[Shape, ...] = ()
+    """Every output's shape, in port order: ``(output,)``, or a backbone's feature maps (``output``
+    is then the last, deepest one)."""
+
+    def __post_init__(self) -> None:
+        if not self.outputs:
+            object.__setattr__(self, "outputs", (self.output,))
 
 
 class CheckReport:
@@ -95,7 +102,7 @@ class CheckReport:
                 "" if r.level is None else str(r.level),
                 r.block,
                 " + ".join(format_dims(s) for s in r.inputs),
-                format_dims(r.output),
+                outputs_text(r.outputs),
                 f"{r.params:,}",
             ]
             for r in self.rows
@@ -138,6 +145,18 @@ class CheckReport:
         )
 
 
+def outputs_text(outputs: Sequence[Shape]) -> str:
+    """One output's dims, or every output's of a node with several: ``64×128×128 … 512×8×8 (5)``."""
+    if len(outputs) == 1:
+        return format_dims(outputs[0])
+    return f"{format_dims(outputs[0])} … {format_dims(outputs[-1])} ({len(outputs)})"
+
+
+def _at(shapes: Mapping[object, Any], e: Edge) -> Any:
+    """The shape on edge ``e``: of the output it takes (``(node, out)`` keys for nodes with several)."""
+    return shapes[(e.src, e.out)] if (e.src, e.out) in shapes else shapes[e.src]
+
+
 def _spatial(sizes: Sequence[int]) -> str:
     return "×".join(map(str, sizes))
 
@@ -151,6 +170,7 @@ class _Step:
     edges: tuple[Edge, ...]  # all inputs, port order
     spatial: tuple[int, ...]  # indices into edges of the spatial inputs
     ops: tuple[tuple[SizeOp, ...], ...]  # per axis
+    port_ops: tuple[tuple[tuple[SizeOp, ...], ...], ...] = ()  # per output, per axis: nodes with several outputs
 
 
 def _plan(g: UNetGraph) -> list[_Step]:
@@ -162,11 +182,15 @@ def _plan(g: UNetGraph) -> list[_Step]:
         edges = tuple(g.in_edges(n))
         spatial = tuple(i for i, e in enumerate(edges) if e.type.dims > 0)
         dims = node.type.dims
+        port_ops: tuple[tuple[tuple[SizeOp, ...], ...], ...] = ()
         try:
-            ops = tuple(node.block.size_ops(dims, a) for a in range(dims)) if spatial else ()
+            ops = tuple(node.block.size_ops(dims, a) for a in range(dims)) if spatial and len(node.outputs) == 1 else ()
+            if spatial and len(node.outputs) > 1:
+                per_axis = [node.block.output_size_ops(node.inputs, dims, a) for a in range(dims)]
+                port_ops = tuple(tuple(axis[k] for axis in per_axis) for k in range(len(node.outputs)))
         except ShapeError as e:
             raise e.at(n, node.block.label()) from e
-        steps.append(_Step(node, edges, spatial, ops))
+        steps.append(_Step(node, edges, spatial, ops, port_ops))
     return steps
 
 
@@ -233,48 +257,61 @@ def check(
 def _propagate(g: UNetGraph, plan: Sequence[_Step], inputs: Mapping[str, Shape], rows: list[Row] | None) -> None:
     """Walk ``plan`` from ``inputs``, raising where a node cannot take what reaches it; append
     each node's :class:`Row` to ``rows`` when given (``None``: only the verdict)."""
-    shapes = dict(inputs)
+    shapes: dict[object, Shape] = dict(inputs)
     for step in plan:
         node = step.node
-        ins = tuple(shapes[e.src] for e in step.edges)
+        ins = tuple(_at(shapes, e) for e in step.edges)
         batch = ins[0][0]
         notes: list[str] = []
+        outs: tuple[Shape, ...] = ()
         if not step.spatial:
             out: Shape = (batch, node.type.channels) + (() if node.type.dims == 0 else ins[0][2:])
         else:
             base = _agree(step, [s[2:] for s in ins])
             if isinstance(base, str):
                 raise ShapeError(base + _hint(g, shapes), node=node.name)
-            size = []
-            lossy = []
-            for axis, ops in enumerate(step.ops):
-                try:
-                    n, exact = apply_ops(ops, base[axis])
-                except SizeFailure as e:
-                    src = step.edges[step.spatial[-1]].describe()
-                    raise ShapeError(
-                        f"{node.describe()} receives {_spatial(base)} from {src}: {e}"
-                        + _hint(g, shapes, too_small=True),
-                        node=node.name,
-                    ) from None
-                size.append(n)
-                if not exact:
-                    lossy.append(axis)
-            if lossy:
-                axes = AXIS_NAMES[node.type.dims]
-                notes.append(
-                    f"drops trailing positions of {', '.join(f'{axes[a]}={base[a]}' for a in lossy)} "
-                    "(floor); the next layers see a shifted grid"
-                )
-            out = (batch, node.type.channels, *size)
+            for k, ops in enumerate(step.port_ops or (step.ops,)):
+                size, lossy = _apply(g, shapes, step, ops, base)
+                if lossy:
+                    axes = AXIS_NAMES[node.type.dims]
+                    notes.append(
+                        f"drops trailing positions of {', '.join(f'{axes[a]}={base[a]}' for a in lossy)} "
+                        "(floor); the next layers see a shifted grid"
+                    )
+                outs += ((batch, node.outputs[k].channels, *size),)
+            out = outs[-1]
         try:
             notes += node.block.shape_notes(ins, out)
         except ShapeError as e:
             raise e.at(node.name, node.block.label()) from None
         shapes[node.name] = out
+        if len(outs) > 1:
+            shapes.update(((node.name, k), s) for k, s in enumerate(outs))
         if rows is not None:
             label, params = node.block.label(), node.params
-            rows.append(Row(node.name, node.role, node.level, label, ins, out, params, "; ".join(notes)))
+            if len(outs) > 1:
+                notes = list(dict.fromkeys(notes))
+            rows.append(Row(node.name, node.role, node.level, label, ins, out, params, "; ".join(notes), outs))
+
+
+def _apply(
+    g: UNetGraph, shapes: Mapping[object, Shape], step: _Step, ops: Sequence[tuple[SizeOp, ...]], base: Shape
+) -> tuple[list[int], list[int]]:
+    """The spatial size one output of ``step`` gets from ``base``, and the axes where a floor dropped positions."""
+    size, lossy = [], []
+    for axis, axis_ops in enumerate(ops):
+        try:
+            n, exact = apply_ops(axis_ops, base[axis])
+        except SizeFailure as e:
+            src = step.edges[step.spatial[-1]].describe()
+            raise ShapeError(
+                f"{step.node.describe()} receives {_spatial(base)} from {src}: {e}" + _hint(g, shapes, too_small=True),
+                node=step.node.name,
+            ) from None
+        size.append(n)
+        if not exact:
+            lossy.append(axis)
+    return size, lossy
 
 
 def _input_shapes(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequence[int]]) -> dict[str, Shape]:
@@ -314,7 +351,7 @@ def _input_shapes(g: UNetGraph, input_shape: Sequence[int] | Mapping[str, Sequen
     return shapes
 
 
-def _hint(g: UNetGraph, shapes: Mapping[str, Shape], too_small: bool = False) -> str:
+def _hint(g: UNetGraph, shapes: Mapping[object, Shape], too_small: bool = False) -> str:
     """``": input height 70 is not a multiple of 16"``, or nothing when the sizes can't explain it."""
     if _FITTING.get():
         return ""
@@ -455,9 +492,9 @@ def valid_sizes(g: UNetGraph, *, exact: bool = True) -> SizeRules:
     for axis in range(dims):
         step = 1
         for n in g:
-            t = g[n].type
-            if t.dims == dims:
-                step = lcm(step, t.scale[axis].denominator)
+            for t in g[n].outputs:
+                if t.dims == dims:
+                    step = lcm(step, t.scale[axis].denominator)
         rules.append(_axis_rule(plan, x, out, axis, step, AXIS_NAMES[dims][axis], g[out].type.dims == dims, exact))
     return SizeRules(x, _fit_whole_shape(g, plan, tuple(rules)))
 
@@ -530,25 +567,28 @@ def _from_next(r: AxisRule) -> AxisRule:
     return replace(r, minimum=first, offsets=tuple(sorted((r.minimum + o - first) % r.step for o in r.offsets)))
 
 
-def _run_axis(plan: Sequence[_Step], x: str, axis: int, n: int, exact: bool) -> dict[str, int] | None:
+def _run_axis(plan: Sequence[_Step], x: str, axis: int, n: int, exact: bool) -> dict[object, int] | None:
     """Sizes along ``axis`` of every node for input size ``n``; ``None`` if it does not fit."""
-    sizes = {x: n}
+    sizes: dict[object, int] = {x: n}
     for step in plan:
         if not step.spatial:
             continue
-        vals = [sizes[step.edges[i].src] for i in step.spatial]
+        vals = [_at(sizes, step.edges[i]) for i in step.spatial]
         base = vals[-1]
         if step.node.block.size_policy == "crop":
             if any(v < base for v in vals):
                 return None
         elif any(v != base for v in vals):
             return None
-        try:
-            size, whole = apply_ops(step.ops[axis], base)
-        except SizeFailure:
-            return None
-        if exact and not whole:
-            return None
+        for k, ops in enumerate(step.port_ops or (step.ops,)):
+            try:
+                size, whole = apply_ops(ops[axis], base)
+            except SizeFailure:
+                return None
+            if exact and not whole:
+                return None
+            if step.port_ops:
+                sizes[(step.node.name, k)] = size
         sizes[step.node.name] = size
     return sizes
 

@@ -23,10 +23,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from .check import check
+from .check import check, outputs_text
 from .errors import NodeNotFoundError, SpecError, UNetGraphError
 from .graph import UNetGraph
-from .types import Role, format_dims
+from .types import Role
 from .util import paused_gc
 
 __all__ = ["NodeCost", "CostReport", "summary", "measure", "flop_counter", "fmt_count", "fmt_bytes"]
@@ -45,7 +45,10 @@ class NodeCost:
         output: the output shape ``(N, C, *S)``; ``None`` without an input shape.
         params: parameter count.
         flops: floating-point operations of one forward (``None`` without an input shape).
-        activation_bytes: bytes of the output tensor (``None`` without an input shape).
+        activation_bytes: bytes of the output tensor, of every output for a node with several
+            (``None`` without an input shape).
+        outputs: every output's shape for a node with several (a backbone's feature maps;
+            ``output`` is the last); ``(output,)`` otherwise.
     """
 
     name: str
@@ -57,6 +60,11 @@ class NodeCost:
     params: int
     flops: int | None
     activation_bytes: int | None
+    outputs: tuple[Shape, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.outputs and self.output is not None:
+            object.__setattr__(self, "outputs", (self.output,))
 
     @property
     def macs(self) -> int | None:
@@ -176,7 +184,7 @@ class CostReport:
                     r.role.value,
                     "" if r.level is None else str(r.level),
                     r.block,
-                    format_dims(r.output),  # type: ignore[arg-type]
+                    outputs_text(r.outputs),
                     f"{r.params:,}",
                     fmt_count(r.flops),
                     f"{100 * r.flops / total:.1f}",  # type: ignore[operator]
@@ -273,10 +281,11 @@ def summary(
             output, flops, nbytes, params = None, None, None, node.params
         else:
             r = report[n]
-            output, nbytes, params = r.output, prod(r.output) * itemsize, r.params
+            output, nbytes, params = r.output, sum(prod(o) for o in r.outputs) * itemsize, r.params
             flops = 0 if node.role is Role.INPUT else _flops(node.name, node.block, r.inputs, r.output, known)
+        outs = () if report is None else report[n].outputs
         rows.append(
-            NodeCost(n, node.role, node.level, node.block.label(), str(node.type), output, params, flops, nbytes)
+            NodeCost(n, node.role, node.level, node.block.label(), str(node.type), output, params, flops, nbytes, outs)
         )
     peak = None if report is None else _peak(g, {r.name: r.activation_bytes or 0 for r in rows})
     if report is None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .blocks.base import block_from_dict
+from .errors import SpecError
 from .graph import Edge, Node, UNetGraph
 from .types import Role
 
@@ -111,6 +112,7 @@ class EdgeDiff:
             for what, a, b in (
                 ("kind", self.old.kind.value, self.new.kind.value),
                 ("port", self.old.port, self.new.port),
+                ("out", self.old.out, self.new.out),
                 ("type", self.old.type, self.new.type),
             )
             if a != b
@@ -301,12 +303,21 @@ def _node_diff(a: UNetGraph, b: UNetGraph, name: str) -> NodeDiff:
         for k in ("role", "level")
         if getattr(old, k) != getattr(new, k)
     ]
-    fields += _block_changes(old.block.to_dict(), new.block.to_dict(), "")
+    fields += _spec_changes(old.block, new.block)
     if fields:
         return NodeDiff(name, "changed", old, new, tuple(fields))
-    if old.inputs != new.inputs or old.type != new.type:
+    if old.inputs != new.inputs or old.outputs != new.outputs:
         return NodeDiff(name, "retyped", old, new)
     return NodeDiff(name, "same", old, new)
+
+
+def _spec_changes(old: Any, new: Any) -> list[FieldChange]:
+    """Field changes between two specs; a spec that is not data (a backbone holding a module
+    instance) is compared whole."""
+    try:
+        return _block_changes(old.to_dict(), new.to_dict(), "")
+    except SpecError:
+        return [] if old == new else [FieldChange("block", BlockLabel(old.label()), BlockLabel(new.label()))]
 
 
 def _block_changes(old: Any, new: Any, path: str) -> list[FieldChange]:
@@ -343,6 +354,6 @@ def _plain(value: Any) -> Any:
 def _edge_diff(old: Edge | None, new: Edge | None, key: tuple[str, str]) -> EdgeDiff:
     if old is None or new is None:
         return EdgeDiff(*key, "added" if old is None else "removed", old, new)
-    if (old.kind, old.port) != (new.kind, new.port):
+    if (old.kind, old.port, old.out) != (new.kind, new.port, new.out):
         return EdgeDiff(*key, "changed", old, new)
     return EdgeDiff(*key, "retyped" if old.type != new.type else "same", old, new)

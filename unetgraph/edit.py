@@ -29,7 +29,7 @@ from .blocks.base import BlockSpec
 from .blocks.merge import Merge
 from .check import valid_sizes
 from .errors import GraphError, NodeNotFoundError, ShapeError, SpecError, UNetGraphError
-from .graph import Edge, In, Node, UNetGraph, as_inputs, check_node_name, edge_kind
+from .graph import Edge, In, Node, UNetGraph, as_inputs, check_node_name, edge_kind, port_levels
 from .types import EdgeKind, Role
 from .util import short_repr
 
@@ -49,9 +49,35 @@ __all__ = [
     "tap",
     "untap",
     "copy",
+    "replace_backbone",
 ]
 
-EdgeRec = tuple[str, str, EdgeKind, int]
+# (src, dst, kind, port), or (src, dst, kind, port, out) from output out > 0 of a node with several
+EdgeRec = tuple[Any, ...]
+
+
+def _rec(src: str, dst: str, kind: EdgeKind, port: int, out: int = 0) -> EdgeRec:
+    """An edge record, with its ``out`` only when it is not 0 (as ``UNetGraph.edge_records`` gives them)."""
+    return (src, dst, kind, port, out) if out else (src, dst, kind, port)
+
+
+def _at_port(e: EdgeRec, port: int) -> EdgeRec:
+    """The edge record ``e`` moved to input ``port``."""
+    return (*e[:3], port, *e[4:])
+
+
+def _out(e: EdgeRec) -> int:
+    """Which output of its source an edge record takes."""
+    return e[4] if len(e) > 4 else 0
+
+
+def _several(g: UNetGraph, node: str) -> None:
+    """Refuse an edit that would take "the" output of a node with several (a backbone)."""
+    n = g[node]
+    if len(n.outputs) > 1:
+        raise GraphError(
+            f"{node} ({n.block.label()}) has {len(n.outputs)} outputs; edit the nodes that use them", node=node
+        )
 
 
 class _Draft:
@@ -89,20 +115,20 @@ class _Draft:
             raise GraphError(f"a node named {name!r} exists already; pick another name", node=name)
         self.nodes.insert(at, [name, block, role, level])
 
-    def connect(self, src: str, dst: str, kind: EdgeKind | str, port: int) -> None:
+    def connect(self, src: str, dst: str, kind: EdgeKind | str, port: int, out: int = 0) -> None:
         """Add ``src→dst`` at ``port``, moving the inputs at ``port`` and after one port on."""
         if any(e[0] == src and e[1] == dst for e in self.edges):
             raise GraphError(f"{src} feeds {dst} already (an edge {src}→{dst} exists)", edge=f"{src}→{dst}")
         path = self.path(dst, src)
         if path:
             raise GraphError(f"edge {src}→{dst} would close a cycle: {' → '.join(path)} → {dst}", edge=f"{src}→{dst}")
-        self.edges = [(s, d, k, p + 1 if d == dst and p >= port else p) for s, d, k, p in self.edges]
-        self.edges.append((src, dst, edge_kind(kind), port))
+        self.edges = [_at_port(e, e[3] + 1) if e[1] == dst and e[3] >= port else e for e in self.edges]
+        self.edges.append(_rec(src, dst, edge_kind(kind), port, out))
 
     def path(self, start: str, end: str) -> list[str]:
         """A path of edges from ``start`` to ``end`` (its nodes), or ``[]`` when there is none."""
         outs: dict[str, list[str]] = {}
-        for s, d, _, _ in self.edges:
+        for s, d, *_ in self.edges:
             outs.setdefault(s, []).append(d)
         came: dict[str, str | None] = {start: None}
         todo = [start]
@@ -121,30 +147,37 @@ class _Draft:
 
     def disconnect(self, src: str, dst: str) -> EdgeRec:
         """Remove ``src→dst``; the inputs after it move one port down. Returns the removed edge."""
-        edge = next((e for e in self.edges if e[0] == src and e[1] == dst), None)
+        edge = self.edge(src, dst)
         if edge is None:
             raise GraphError(f"there is no edge {src}→{dst}", edge=f"{src}→{dst}")
         self.edges.remove(edge)
-        self.edges = [(s, d, k, p - 1 if d == dst and p > edge[3] else p) for s, d, k, p in self.edges]
+        self.edges = [_at_port(e, e[3] - 1) if e[1] == dst and e[3] > edge[3] else e for e in self.edges]
         return edge
+
+    def edge(self, src: str, dst: str) -> EdgeRec | None:
+        """The record of ``src→dst``, if there is one."""
+        return next((e for e in self.edges if e[0] == src and e[1] == dst), None)
 
     def bypass(self, name: str, keep: str) -> None:
         """Drop ``name``; its consumers (and the outputs) take ``keep``'s output instead."""
-        for s, d, k, p in self.outs(name):
-            if any(e[0] == keep and e[1] == d for e in self.edges):
+        kept = self.edge(keep, name)
+        out = _out(kept) if kept is not None else 0
+        for e in self.outs(name):
+            _, d, k, p = e[:4]
+            if any(f[0] == keep and f[1] == d for f in self.edges):
                 raise GraphError(
                     f"bypassing {name} would feed {d} from {keep} twice (it is fed by {keep} already)",
                     edge=f"{keep}→{d}",
                 )
-            self.edges.remove((s, d, k, p))
-            self.edges.append((keep, d, k, p))
+            self.edges.remove(e)
+            self.edges.append(_rec(keep, d, k, p, out))
         self.outputs = list(dict.fromkeys(keep if o == name else o for o in self.outputs))
         self.drop(name)
 
     def drop(self, name: str) -> None:
         """Remove ``name``, its edges and its place among the outputs."""
         self.nodes.remove(self.record(name))
-        for s, d, _, _ in [e for e in self.edges if name in (e[0], e[1])]:
+        for s, d, *_ in [e for e in self.edges if name in (e[0], e[1])]:
             self.disconnect(s, d)
         self.outputs = [o for o in self.outputs if o != name]
 
@@ -357,6 +390,7 @@ def insert_after(
     with _refusing(what):
         a = _graph(g)[anchor]
         _block(block)
+        _several(g, anchor)
 
     def change(d: _Draft) -> None:
         new = _derived_name(d, anchor, block) if name is None else name
@@ -415,15 +449,17 @@ def insert_before(
                 node=anchor,
             )
         where = g[edge.src] if a.role is Role.MERGE else a
+        # on a skip from a node with several outputs, the new node sits at the level of the output it takes
+        where_level = where.levels[edge.out] if a.role is Role.MERGE else where.level
 
     def change(d: _Draft) -> None:
         new = _derived_name(d, anchor, block) if name is None else name
         d.new_node(
-            new, block, where.role if role is None else role, where.level if level is None else level, d.index(anchor)
+            new, block, where.role if role is None else role, where_level if level is None else level, d.index(anchor)
         )
-        d.edges.remove((edge.src, anchor, edge.kind, edge.port))
+        d.edges.remove(_rec(edge.src, anchor, edge.kind, edge.port, edge.out))
         d.edges.append((new, anchor, edge.kind, edge.port))
-        d.connect(edge.src, new, EdgeKind.DATA, 0)
+        d.connect(edge.src, new, EdgeKind.DATA, 0, edge.out)
 
     return _edit(what, g, change)
 
@@ -446,6 +482,7 @@ def remove(g: UNetGraph, node: str, *, keep: str | None = None) -> UNetGraph:
         n = _graph(g)[node]
         if n.role is Role.INPUT:
             raise GraphError(f"{node} is a graph input; inputs cannot be removed", node=node)
+        _several(g, node)
         ins = [e for e in g.in_edges(node) if e.kind is not EdgeKind.COND]
         if keep is None:
             data = [e for e in ins if e.kind is EdgeKind.DATA]
@@ -497,7 +534,7 @@ def add(
     def change(d: _Draft) -> None:
         d.new_node(name, block, role, lvl, max(d.index(i.src) for i in items) + 1 if items else len(d.nodes))
         for port, item in enumerate(items):
-            d.connect(item.src, name, item.kind, port)
+            d.connect(item.src, name, item.kind, port, item.out)
         d.outputs.append(name)
 
     return _edit(what, g, change)
@@ -507,12 +544,19 @@ def add(
 
 
 def add_edge(
-    g: UNetGraph, src: str, dst: str, kind: EdgeKind | str = EdgeKind.DATA, port: int | None = None
+    g: UNetGraph,
+    src: str,
+    dst: str,
+    kind: EdgeKind | str = EdgeKind.DATA,
+    port: int | None = None,
+    *,
+    out: int = 0,
 ) -> UNetGraph:
     """``g`` with an edge ``src → dst`` of ``kind`` at input ``port``; later ports move one on.
 
     The default port: a skip goes just before the main (last) input, as in ``ug.unet``'s
-    merges; a data edge after the other inputs; a cond edge last.
+    merges; a data edge after the other inputs; a cond edge last. ``out`` picks an output of a
+    ``src`` with several (a backbone's feature map).
 
     Raises:
         GraphError: the edge exists, would close a cycle, ``dst`` does not take another input,
@@ -529,7 +573,7 @@ def add_edge(
         at = {EdgeKind.COND: len(ins), EdgeKind.SKIP: max(main - 1, 0)}.get(new_kind, main)
         if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= len(ins)):
             raise GraphError(f"port must be an integer in 0..{len(ins)}, got {short_repr(port)}", edge=f"{src}→{dst}")
-        d.connect(src, dst, new_kind, at if port is None else port)
+        d.connect(src, dst, new_kind, at if port is None else port, out)
 
     return _edit(what, g, change)
 
@@ -566,8 +610,9 @@ def add_skip(
     *,
     merge: str | BlockSpec | None = None,
     name: str | None = None,
+    out: int = 0,
 ) -> UNetGraph:
-    """``g`` with a skip edge ``src → dst``.
+    """``g`` with a skip edge ``src → dst`` (from output ``out`` of a ``src`` with several).
 
     When ``dst`` takes another input (a merge), the skip joins it just before its main (last)
     input; ``merge`` then also changes how it merges (as :func:`set_skip`). When ``dst``
@@ -601,7 +646,7 @@ def add_skip(
 
         def join(d: _Draft) -> None:
             d.record(dst)[1] = block
-            d.connect(src, dst, EdgeKind.SKIP, max(len(ins) - 1, 0))
+            d.connect(src, dst, EdgeKind.SKIP, max(len(ins) - 1, 0), out)
 
         return _edit(what, g, join)
     main = ins[-1]
@@ -609,10 +654,10 @@ def add_skip(
     def change(d: _Draft) -> None:
         new = f"{dst}_merge" if name is None else name
         d.new_node(new, spec, Role.MERGE, t.level if t.level is not None else s.level, d.index(dst))
-        d.edges.remove((main.src, dst, main.kind, main.port))
+        d.edges.remove(_rec(main.src, dst, main.kind, main.port, main.out))
         d.edges.append((new, dst, main.kind, main.port))
-        d.connect(src, new, EdgeKind.SKIP, 0)
-        d.connect(main.src, new, EdgeKind.DATA, 1)
+        d.connect(src, new, EdgeKind.SKIP, 0, out)
+        d.connect(main.src, new, EdgeKind.DATA, 1, main.out)
 
     return _edit(what, g, change)
 
@@ -704,7 +749,7 @@ def tap(g: UNetGraph, *nodes: str) -> UNetGraph:
     what = f"tap {', '.join(map(_say, nodes))}"
     with _refusing(what):
         for n in nodes:
-            _graph(g)[n]
+            _several(_graph(g), n)
     return _edit(what, g, lambda d: d.outputs.extend(dict.fromkeys(n for n in nodes if n not in d.outputs)))
 
 
@@ -736,3 +781,89 @@ def copy(g: UNetGraph, *, name: str | None = None) -> UNetGraph:
         d.name = g.name if name is None else name
 
     return _edit("copy", g, change)
+
+
+# -- backbones --------------------------------------------------------------------------------
+
+
+def replace_backbone(
+    g: UNetGraph,
+    block: BlockSpec,
+    *,
+    node: str = "encoder",
+    decoder_channels: Sequence[int] | None = None,
+) -> UNetGraph:
+    """``g`` with the backbone ``node`` (a node with several outputs) replaced by ``block``, in one edit.
+
+    Each edge from the old backbone moves to the new one's output at the same level, so a skip
+    still joins the merge of its level: ``resnet34`` → ``convnext_atto`` keeps the skips at 1/4 …
+    1/16 and drops the one at 1/2 (a merge left with one input is removed, as by
+    :func:`remove_skip`). The decoder's convolutions take the new channels. With
+    ``decoder_channels`` (deep to shallow, one per decoder level, as in ``ug.unet``) every decoder
+    block, and every upsampler with a convolution, of each level gets that level's channels.
+
+    Raises:
+        GraphError: ``node`` has one output, or a data edge (the path to the decoder) needs an
+            output at a level the new backbone lacks.
+        ShapeError, SpecError: the new backbone does not take the input, or the channels do not fit.
+    """
+    what = f"replace_backbone {_say(node)}"
+    with _refusing(what):
+        old = _graph(g)[node]
+        _block(block)
+        if len(old.outputs) < 2:
+            raise GraphError(f"{node} ({old.block.label()}) has one output; use replace()", node=node)
+        try:
+            outs = block.infer_outputs(old.inputs)
+        except UNetGraphError as e:
+            raise type(e)(f"{block.label()}: {e.message}", node=node) from e
+        levels = _decoder_levels(g, decoder_channels)
+    new_levels = port_levels(old.level, old.inputs, outs)
+    at = {lv: k for k, lv in enumerate(new_levels) if lv is not None}
+
+    def change(d: _Draft) -> None:
+        d.record(node)[1] = block
+        for e in list(d.outs(node)):
+            dst, kind = e[1], e[2]
+            level = old.levels[_out(e)]
+            if level in at:
+                d.edges[d.edges.index(e)] = _rec(node, dst, kind, e[3], at[level])
+            elif kind is EdgeKind.SKIP:
+                _cut(d, node, dst)
+                left = _nonc(d, dst)
+                if len(left) == 1 and d.record(dst)[1].min_inputs > 1:
+                    d.bypass(dst, left[0][0])
+            else:
+                raise GraphError(
+                    f"{dst} takes {node}'s output at level {level}, and {block.label()} has none there "
+                    f"(its outputs are at levels {', '.join(map(str, new_levels))})",
+                    node=dst,
+                )
+        for (name, field_owner), width in levels.items():
+            d.record(name)[1] = field_owner.with_(channels=width)
+
+    return _edit(what, g, change)
+
+
+def _decoder_levels(g: UNetGraph, decoder_channels: Sequence[int] | None) -> dict[tuple[str, BlockSpec], int]:
+    """``(node, block) → channels`` for the decoder blocks and conv upsamplers of each decoder level."""
+    if decoder_channels is None:
+        return {}
+    levels = sorted({n.level for n in g.nodes(role=Role.DECODER) if n.level is not None}, reverse=True)
+    if not isinstance(decoder_channels, (list, tuple)) or not all(
+        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in decoder_channels
+    ):
+        raise SpecError(f"decoder_channels: expected positive integers, got {short_repr(decoder_channels)}")
+    widths = list(decoder_channels)
+    if len(widths) != len(levels):
+        raise SpecError(
+            f"decoder_channels has {len(widths)} entries; the decoder has {len(levels)} levels "
+            f"({', '.join(map(str, levels))}, deep to shallow)"
+        )
+    out = {}
+    for level, width in zip(levels, widths):
+        for n in g.nodes(role=(Role.DECODER, Role.UP), level=level):
+            fields_ = n.block.to_dict()
+            if "channels" in fields_ and (n.role is Role.DECODER or fields_.get("conv", True)):
+                out[(n.name, n.block)] = width
+    return out

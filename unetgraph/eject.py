@@ -33,15 +33,18 @@ import torch.fx as fx
 from torch import nn
 
 from . import contract
+from .blocks.backbone import Backbone
+from .blocks.backbone_sources import create as create_backbone
+from .blocks.backbone_sources import creation
 from .blocks.layers import NORM_TYPES
 from .check import check, valid_sizes
 from .dynamic import graph_and_module
-from .errors import LoweringError, ShapeError
+from .errors import LoweringError, ShapeError, SpecError
 from .files import write_atomic
 from .graph import UNetGraph
 from .grouping import ungroup
 from .inputs import input_shapes
-from .lower import fx_node_names
+from .lower import fx_node_names, output_fx_names
 from .record import lowered_record
 from .types import AXIS_NAMES
 
@@ -156,6 +159,8 @@ class _Writer:
         self.chains = self._chains()
         self.flat: dict[str, str] = {}  # stateless called modules moved to the root: path -> name
         self.names = self._names()
+        self.backbones = _backbones(g, gm)  # written as their creation (timm / torchvision / a class)
+        self.third: list[str] = []  # third-party imports the backbones need
 
     # -- structure ------------------------------------------------------------------------
     def _chains(self) -> dict[str, list[fx.Node]]:
@@ -180,7 +185,7 @@ class _Writer:
     def _names(self) -> dict[fx.Node, str]:
         """Readable names: a graph node's name for its output; the input keeps its name through its
         guard (which returns it unchanged); parameters and buffers are read in place (``self.mid.scale``)."""
-        holders = {fx_name: node for node, fx_name in fx_node_names(self.gm).items()}
+        holders = {fx_name: node for node, fx_name in fx_node_names(self.gm).items() if len(self.g[node].outputs) == 1}
         names: dict[fx.Node, str] = {}
         used: set[str] = {"self", "torch", "nn", "F", "math", "operator"}
         for n in self.nodes:
@@ -215,6 +220,9 @@ class _Writer:
         for name, t in _own_tensors(self.gm):
             lines += _tensor_lines("self", name, t, self.gm)
         for name, child in self.gm.named_children():
+            if name in self.backbones:
+                lines += self._backbone_init(name)
+                continue
             lines += self._module_lines(name, child)
         lines += self._precision_lines()
         # weights an optimize()d module keeps channels-last (the layout picks the conv kernel,
@@ -375,8 +383,13 @@ class _Writer:
         shapes = _shape_comments(self.g, self.gm)
         chain_last = {calls[-1]: parent for parent, calls in self.chains.items()}
         inside = {c for calls in self.chains.values() for c in calls[:-1]}
+        grouped = _backbone_groups(self.nodes, self.backbones)
         lines = []
         for n in self.nodes:
+            if n in grouped:
+                if grouped[n][0] is n:  # the backbone's first layer: one call in its place
+                    lines += self._backbone_call(grouped[n], shapes)
+                continue
             if n.op in ("placeholder", "get_attr") or n in inside:
                 continue
             if n.op == "output":
@@ -484,6 +497,7 @@ class _Writer:
         third = (
             ["import torch"] + (["import torch.nn.functional as F"] if "F." in body else []) + ["from torch import nn"]
         )
+        third += sorted(dict.fromkeys(self.third), key=lambda line: (line.startswith("from"), line))
         head = (
             f'"""{self.class_name}: a U-Net in plain PyTorch, ejected from its graph.\n\n'
             "Edit it freely. Load trained weights with\n"
@@ -492,6 +506,38 @@ class _Writer:
             "from __future__ import annotations\n\n" + ("\n".join(stdlib) + "\n\n" if stdlib else "") + "\n".join(third)
         )
         return f"{head}\n\n\n{body}\n"
+
+    # -- backbones: written as their creation, not layer by layer -----------------------------
+    def _backbone_init(self, name: str) -> list[str]:
+        node = self.g[name]
+        try:
+            made = creation(node.block, node.inputs[0].channels, f"self.{name}")
+        except SpecError as e:
+            raise LoweringError(f"{name}: {e.message}", node=name) from None
+        self.third += made.imports
+        for fn in made.helpers:
+            source = textwrap.dedent(inspect.getsource(fn))
+            self.helpers.setdefault(fn.__name__, "\n" + source + "\n")
+        return [f"# {name}: {node.block.label()}; its weights come from the state_dict", *made.lines]
+
+    def _backbone_call(self, group: list[fx.Node], shapes: dict[str, str]) -> list[str]:
+        """``encoder_features = self.encoder(x)`` and one line per output it hands on."""
+        name = group[0].meta["custom"]["unet_node"]
+        node = self.g[name]
+        members = set(group)
+        outside = [a for n in group for a in n.all_input_nodes if a not in members and a.op != "get_attr"]
+        if len(set(outside)) != 1:
+            raise LoweringError(f"{name}: the backbone's layers take {len(set(outside))} inputs, expected one")
+        features = f"{name}_features"
+        lines = [f"{features} = self.{name}({self._arg(outside[0])})"]
+        by_name = {n.name: n for n in group}
+        for key, fx_name in zip(node.block.output_keys(node.inputs), output_fx_names(node)):
+            port = by_name.get(fx_name)
+            if port is None or not port.users:
+                continue
+            comment = f"  # {shapes[fx_name]}" if fx_name in shapes else ""
+            lines.append(f"{self.names[port]} = {features}[{key!r}]{comment}")
+        return lines
 
     def _docstring(self) -> str:
         g = self.g
@@ -537,6 +583,34 @@ def _sequential(children: list[tuple[str, str]]) -> str:
         return f"nn.Sequential(\n    OrderedDict(\n{inner}    )\n)"
     inner = "".join(f"        ({c!r}, {e}),\n" for c, e in children)
     return f"nn.Sequential(\n    OrderedDict(\n        [\n{textwrap.indent(inner, '    ')}        ]\n    )\n)"
+
+
+def _backbones(g: UNetGraph, gm: fx.GraphModule) -> dict[str, Backbone]:
+    """The backbones the file can create by name: those whose layers are as created (not changed
+    by a pass such as ``optimize()``'s batch-norm folding); the rest are written layer by layer."""
+    out = {}
+    for name in g:
+        block = g[name].block
+        if not isinstance(block, Backbone) or name not in dict(gm.named_children()):
+            continue
+        with torch.device("meta"):
+            try:
+                fresh, _ = create_backbone(block, g[name].inputs[0].channels, load=False)
+            except SpecError:
+                continue
+        if set(fresh.state_dict()) == set(gm.get_submodule(name).state_dict()):
+            out[name] = block
+    return out
+
+
+def _backbone_groups(nodes: list[fx.Node], backbones: dict[str, Backbone]) -> dict[fx.Node, list[fx.Node]]:
+    """Each fx node of a backbone → all of that backbone's fx nodes, in order."""
+    groups: dict[str, list[fx.Node]] = {}
+    for n in nodes:
+        owner = n.meta.get("custom", {}).get("unet_node")
+        if owner in backbones and n.op not in ("placeholder", "output"):
+            groups.setdefault(owner, []).append(n)
+    return {n: group for group in groups.values() for n in group}
 
 
 def _own_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -685,6 +759,12 @@ def _shape_comments(g: UNetGraph, gm: fx.GraphModule) -> dict[str, str]:
     names = fx_node_names(gm)
     out = {}
     for node in g:
+        for k, fx_name in enumerate(output_fx_names(g[node]) if len(g[node].outputs) > 1 else ()):
+            a, b = reports[0][node].outputs[k], reports[1][node].outputs[k]
+            dims = [
+                _affine(Fraction(v - u, s[1] - s[0]), u, s[0], ax) for u, v, s, ax in zip(a[2:], b[2:], sizes, axes)
+            ]
+            out[fx_name] = "(" + ", ".join(["B", str(a[1]), *dims]) + ")"
         a, b = reports[0][node].output, reports[1][node].output
         if g[node].type.form != "dense":  # timesteps, labels (B,); a context (B, L, D)
             out[names[node]] = "(B,)" if len(a) == 1 else f"(B, L, {a[-1]})"

@@ -44,6 +44,7 @@ __all__ = [
     "check_node_name",
     "edge_kind",
     "as_inputs",
+    "port_levels",
 ]
 
 
@@ -57,7 +58,12 @@ class Node:
         level: resolution level (0 = input resolution), ``None`` for nodes outside the U.
         block: the block spec.
         inputs: the types arriving at each input port, in port order.
-        type: the output type.
+        type: the output type; for a node with several outputs (a backbone's feature maps), the
+            last output's (the deepest feature, where the main path continues).
+        outputs: the type of each output port, in port order (``(type,)`` for most blocks).
+        levels: the level of each output port: the node's level for one output; for several,
+            the node's level plus how many halvings each output is below the node's input
+            (``None`` where that is not a power of two).
     """
 
     name: str
@@ -66,6 +72,14 @@ class Node:
     block: BlockSpec
     inputs: tuple[TensorType, ...]
     type: TensorType
+    outputs: tuple[TensorType, ...] = ()
+    levels: tuple[int | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.outputs:
+            object.__setattr__(self, "outputs", (self.type,))
+        if not self.levels:
+            object.__setattr__(self, "levels", (self.level,) * len(self.outputs))
 
     @property
     def params(self) -> int:
@@ -79,28 +93,41 @@ class Node:
 
 @dataclass(frozen=True)
 class Edge:
-    """A typed edge: ``src``'s output feeds input ``port`` of ``dst``."""
+    """A typed edge: output ``out`` of ``src`` feeds input ``port`` of ``dst``.
+
+    ``out`` is 0 unless ``src`` has several outputs (a backbone's feature maps); ``type`` is the
+    type of that output. Two nodes are joined by at most one edge, so ``src→dst`` names it.
+    """
 
     src: str
     dst: str
     kind: EdgeKind
     port: int
     type: TensorType
+    out: int = 0
 
     @property
     def name(self) -> str:
         return f"{self.src}→{self.dst}"
 
+    @property
+    def source(self) -> str:
+        """The source output: ``enc1``, or ``encoder[2]`` for output 2 of a node with several."""
+        return f"{self.src}[{self.out}]" if self.out else self.src
+
     def describe(self) -> str:
-        """How messages refer to the edge: ``up1`` for data, ``skip enc1→merge1`` otherwise."""
-        return self.src if self.kind is EdgeKind.DATA else f"{self.kind.value} {self.name}"
+        """How messages refer to the edge: ``up1`` for data, ``skip enc1→merge1`` otherwise
+        (``skip encoder[2]→merge3`` from output 2 of a backbone)."""
+        return self.source if self.kind is EdgeKind.DATA else f"{self.kind.value} {self.source}→{self.dst}"
 
 
 class In(NamedTuple):
-    """An input of a node being added: ``In("enc1", EdgeKind.SKIP)``; a bare name means data."""
+    """An input of a node being added: ``In("enc1", EdgeKind.SKIP)``; a bare name means data.
+    ``out`` picks an output of a node with several (``In("encoder", EdgeKind.SKIP, out=2)``)."""
 
     src: str
     kind: EdgeKind = EdgeKind.DATA
+    out: int = 0
 
 
 @dataclass(frozen=True)
@@ -212,7 +239,7 @@ def edge_kind(kind: object) -> EdgeKind:
 
 def as_inputs(items: object) -> list[In]:
     """The inputs of a node being added, in port order: each item a node name (a data edge),
-    an :class:`In` or a ``(src, kind)`` pair. Raises :class:`SpecError` for anything else,
+    an :class:`In` or a ``(src, kind)`` or ``(src, kind, out)`` tuple. Raises :class:`SpecError` for anything else,
     :class:`GraphError` for an unknown kind."""
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise SpecError(f"inputs: expected a list of node names or In(src, kind), got {short_repr(items)}")
@@ -220,10 +247,13 @@ def as_inputs(items: object) -> list[In]:
     for i, item in enumerate(items):
         if isinstance(item, str):
             out.append(In(item))
-        elif isinstance(item, tuple) and len(item) in (1, 2) and isinstance(item[0], str):
-            out.append(In(item[0], edge_kind(item[1]) if len(item) == 2 else EdgeKind.DATA))
+        elif isinstance(item, tuple) and len(item) in (1, 2, 3) and isinstance(item[0], str):
+            port = item[2] if len(item) == 3 else 0
+            if not isinstance(port, int) or isinstance(port, bool) or port < 0:
+                raise SpecError(f"inputs[{i}]: out must be a non-negative integer, got {short_repr(port)}")
+            out.append(In(item[0], edge_kind(item[1]) if len(item) >= 2 else EdgeKind.DATA, port))
         else:
-            raise SpecError(f"inputs[{i}]: expected a node name or In(src, kind), got {short_repr(item)}")
+            raise SpecError(f"inputs[{i}]: expected a node name or In(src, kind, out), got {short_repr(item)}")
     return out
 
 
@@ -232,7 +262,8 @@ class UNetGraph:
 
     Args:
         nodes: ``(name, block, role, level)`` for every node.
-        edges: ``(src, dst, kind, port)`` for every edge.
+        edges: ``(src, dst, kind, port)`` for every edge, or ``(src, dst, kind, port, out)`` for
+            an edge from output ``out`` of a node with several outputs.
         outputs: names of the nodes whose outputs the model returns, in order.
         name: the model's name (the lowered GraphModule's class name).
 
@@ -261,8 +292,8 @@ class UNetGraph:
         g: nx.DiGraph = nx.DiGraph()
         for node_name, block, role, level in nodes:
             _add_node(g, node_name, block, role, level)
-        for src, dst, kind, port in edges:
-            _add_edge(g, src, dst, kind, port)
+        for record in edges:
+            _add_edge(g, *_edge_record(record))
         self._g = g
         self._outputs = tuple(outputs)
         self.name = check_identifier(name, "graph name")
@@ -270,6 +301,7 @@ class UNetGraph:
         self._position = {n: i for i, n in enumerate(self._order)}
         for n in self._order:
             _infer(g, n)
+        _check_outputs(g, self._outputs)
 
     # -- queries ---------------------------------------------------------------------
     def __getitem__(self, name: str) -> Node:
@@ -282,7 +314,7 @@ class UNetGraph:
             extra = f"; did you mean {', '.join(hint)}?" if hint else ""
             raise NodeNotFoundError(f"no node {short_repr(name)} in graph {self.name}{extra}", node=name)
         a = self._g.nodes[name]
-        return Node(name, a["role"], a["level"], a["block"], a["inputs"], a["type"])
+        return Node(name, a["role"], a["level"], a["block"], a["inputs"], a["type"], a["outputs"], a["levels"])
 
     def __contains__(self, name: object) -> bool:
         return name in self._g
@@ -346,7 +378,7 @@ class UNetGraph:
 
     def _edge(self, u: str, v: str) -> Edge:
         a = self._g.edges[u, v]
-        return Edge(u, v, a["kind"], a["port"], self._g.nodes[u]["type"])
+        return Edge(u, v, a["kind"], a["port"], self._g.nodes[u]["outputs"][a["out"]], a["out"])
 
     @property
     def skips(self) -> list[Edge]:
@@ -373,7 +405,7 @@ class UNetGraph:
         if index not in self.levels:
             raise NodeNotFoundError(f"graph {self.name} has no level {index}; levels: {self.levels}")
         nodes = tuple(self.nodes(level=index))
-        skips = tuple(e for e in self.skips if self._g.nodes[e.src]["level"] == index)
+        skips = tuple(e for e in self.skips if self._g.nodes[e.src]["levels"][e.out] == index)
         return Level(index, nodes, skips)
 
     @property
@@ -401,9 +433,12 @@ class UNetGraph:
         """``(name, block, role, level)`` per node, in order: the constructor's ``nodes``."""
         return [(n, a["block"], a["role"], a["level"]) for n in self._order for a in [self._g.nodes[n]]]
 
-    def edge_records(self) -> list[tuple[str, str, EdgeKind, int]]:
-        """``(src, dst, kind, port)`` per edge: the constructor's ``edges``."""
-        return [(e.src, e.dst, e.kind, e.port) for e in self.edges()]
+    def edge_records(self) -> list[tuple[str, str, EdgeKind, int] | tuple[str, str, EdgeKind, int, int]]:
+        """``(src, dst, kind, port)`` per edge, ``(src, dst, kind, port, out)`` for one from output
+        ``out > 0`` of a node with several: the constructor's ``edges``."""
+        return [
+            (e.src, e.dst, e.kind, e.port, e.out) if e.out else (e.src, e.dst, e.kind, e.port) for e in self.edges()
+        ]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, UNetGraph):
@@ -489,11 +524,13 @@ class UNetGraph:
 
         return add(self, name, block, inputs, **options)
 
-    def add_edge(self, src: str, dst: str, kind: EdgeKind | str = EdgeKind.DATA, port: int | None = None) -> UNetGraph:
+    def add_edge(
+        self, src: str, dst: str, kind: EdgeKind | str = EdgeKind.DATA, port: int | None = None, *, out: int = 0
+    ) -> UNetGraph:
         """A copy with an edge ``src → dst``: see :func:`unetgraph.edit.add_edge`."""
         from .edit import add_edge
 
-        return add_edge(self, src, dst, kind, port)
+        return add_edge(self, src, dst, kind, port, out=out)
 
     def remove_edge(self, src: str, dst: str) -> UNetGraph:
         """A copy without the edge ``src → dst``: see :func:`unetgraph.edit.remove_edge`."""
@@ -530,6 +567,14 @@ class UNetGraph:
         from .edit import untap
 
         return untap(self, *nodes)
+
+    def replace_backbone(
+        self, block: BlockSpec, *, node: str = "encoder", decoder_channels: Sequence[int] | None = None
+    ) -> UNetGraph:
+        """A copy with another backbone, skips kept by level: see :func:`unetgraph.edit.replace_backbone`."""
+        from .edit import replace_backbone
+
+        return replace_backbone(self, block, node=node, decoder_channels=decoder_channels)
 
     def copy(self, *, name: str | None = None) -> UNetGraph:
         """An equal graph, optionally renamed: see :func:`unetgraph.edit.copy`."""
@@ -614,10 +659,18 @@ def _add_node(g: nx.DiGraph, name: str, block: BlockSpec, role: Role | str, leve
         raise SpecError(
             f"node {name!r}: level must be a non-negative integer or None, got {short_repr(level)}", node=name
         )
-    g.add_node(name, block=block, role=role, level=level, inputs=(), type=None)
+    g.add_node(name, block=block, role=role, level=level, inputs=(), type=None, outputs=(), levels=())
 
 
-def _add_edge(g: nx.DiGraph, src: str, dst: str, kind: EdgeKind | str, port: int) -> None:
+def _edge_record(record: Sequence[Any]) -> tuple[str, str, EdgeKind | str, int, int]:
+    """``(src, dst, kind, port[, out])`` → five fields (``out`` 0 when left out)."""
+    if not isinstance(record, (tuple, list)) or len(record) not in (4, 5):
+        raise GraphError(f"an edge is (src, dst, kind, port) or (src, dst, kind, port, out), got {short_repr(record)}")
+    src, dst, kind, port, *rest = record
+    return src, dst, kind, port, rest[0] if rest else 0
+
+
+def _add_edge(g: nx.DiGraph, src: str, dst: str, kind: EdgeKind | str, port: int, out: int = 0) -> None:
     for end in (src, dst):
         if end not in g:
             raise GraphError(f"edge {src}→{dst}: no node {short_repr(end)}", edge=f"{src}→{dst}")
@@ -631,9 +684,13 @@ def _add_edge(g: nx.DiGraph, src: str, dst: str, kind: EdgeKind | str, port: int
         raise GraphError(
             f"edge {src}→{dst}: port must be a non-negative integer, got {short_repr(port)}", edge=f"{src}→{dst}"
         )
+    if not isinstance(out, int) or isinstance(out, bool) or out < 0:
+        raise GraphError(
+            f"edge {src}→{dst}: out must be a non-negative integer, got {short_repr(out)}", edge=f"{src}→{dst}"
+        )
     if src == dst:  # longer cycles are found by _lint (a builder's new node has no consumers yet)
         raise GraphError(f"edge {src}→{dst} would close a cycle", edge=f"{src}→{dst}")
-    g.add_edge(src, dst, kind=kind, port=port)
+    g.add_edge(src, dst, kind=kind, port=port, out=out)
 
 
 def _lint(g: nx.DiGraph, outputs: Sequence[str]) -> tuple[str, ...]:
@@ -674,6 +731,12 @@ def _in_ports(g: nx.DiGraph, n: str) -> list[tuple[int, str, EdgeKind]]:
     return sorted(((d["port"], u, d["kind"]) for u, _, d in g.in_edges(n, data=True)), key=lambda t: t[0])
 
 
+def _source_level(g: nx.DiGraph, u: str, v: str) -> int | None:
+    """The level of the output of ``u`` that feeds ``v``."""
+    a = g.nodes[u]
+    return a["levels"][g.edges[u, v]["out"]] if a["levels"] else a["level"]
+
+
 def _lint_node(g: nx.DiGraph, n: str) -> None:
     """The invariants local to one node: ports, arity, conditioning and skips into it."""
     a = g.nodes[n]
@@ -709,6 +772,10 @@ def _lint_node(g: nx.DiGraph, n: str) -> None:
                     f"skip {u}→{n} ends at {n} ({block.type_name}), which takes one input; skips must end at a merge",
                     edge=f"{u}→{n}",
                 )
+            if _several_outputs(g.nodes[u]["block"]):
+                if g.nodes[u]["levels"]:
+                    _check_skip_level(g, u, n)
+                continue  # otherwise not typed yet: _infer checks it
             lu, ln = g.nodes[u]["level"], a["level"]
             if lu is not None and ln is not None and lu != ln:
                 raise GraphError(
@@ -720,18 +787,84 @@ def _infer(g: nx.DiGraph, n: str) -> None:
     """Infer node ``n``'s input and output types from its predecessors (already inferred)."""
     a = g.nodes[n]
     ins = _in_ports(g, n)
-    types = tuple(g.nodes[u]["type"] for _, u, _ in ins)
-    sources = tuple(u if k is EdgeKind.DATA else f"{k.value} {u}→{n}" for _, u, k in ins)
+    types = tuple(_port_type(g, u, n) for _, u, _ in ins)
+    sources = tuple(_source_name(g, u, n, k) for _, u, k in ins)
     block: BlockSpec = a["block"]
     try:
-        out = block.infer(types, sources)
+        outs = block.infer_outputs(types, sources)
     except UNetGraphError as e:
         raise e.at(n, block.label()) from e
     except Exception as e:  # a user block's own error: keep it as the cause
         raise SpecError(f"{n} ({block.label()}): {type(e).__name__}: {e}", node=n) from e
-    if not isinstance(out, TensorType):
-        raise SpecError(f"{n}: {type(block).__name__}.infer returned {short_repr(out)}, expected a TensorType", node=n)
-    a["inputs"], a["type"] = types, out
+    if not isinstance(outs, tuple) or not outs or not all(isinstance(t, TensorType) for t in outs):
+        raise SpecError(
+            f"{n}: {type(block).__name__}.infer returned {short_repr(outs)}, expected a TensorType "
+            "(infer_outputs: a tuple of them)",
+            node=n,
+        )
+    a["inputs"], a["type"], a["outputs"] = types, outs[-1], outs
+    a["levels"] = port_levels(a["level"], types, outs)
+
+
+def _port_type(g: nx.DiGraph, u: str, v: str) -> TensorType:
+    """The type of the output of ``u`` that feeds ``v``; a GraphError for an output ``u`` lacks."""
+    outs, out = g.nodes[u]["outputs"], g.edges[u, v]["out"]
+    if out >= len(outs):
+        have = "one output" if len(outs) == 1 else f"{len(outs)} outputs (0–{len(outs) - 1})"
+        raise GraphError(f"edge {u}→{v} takes output {out} of {u}, which has {have}", edge=f"{u}→{v}", node=v)
+    if g.edges[u, v]["kind"] is EdgeKind.SKIP and _several_outputs(g.nodes[u]["block"]):
+        _check_skip_level(g, u, v)
+    return outs[out]
+
+
+def _several_outputs(block: BlockSpec) -> bool:
+    """Whether ``block`` may have several outputs (it defines ``infer_outputs``): their levels are
+    known only once it is typed, so the skips leaving it are checked then."""
+    return type(block).infer_outputs is not BlockSpec.infer_outputs
+
+
+def _source_name(g: nx.DiGraph, u: str, v: str, kind: EdgeKind) -> str:
+    out = g.edges[u, v]["out"]
+    src = f"{u}[{out}]" if out else u
+    return src if kind is EdgeKind.DATA else f"{kind.value} {src}→{v}"
+
+
+def _check_skip_level(g: nx.DiGraph, u: str, v: str) -> None:
+    lu, lv = _source_level(g, u, v), g.nodes[v]["level"]
+    if lu is not None and lv is not None and lu != lv:
+        out = g.edges[u, v]["out"]
+        raise GraphError(
+            f"skip {u}[{out}]→{v} joins level {lu} to level {lv}; skips stay within a level "
+            f"(output {out} of {u} is at level {lu})",
+            edge=f"{u}→{v}",
+        )
+
+
+def port_levels(
+    level: int | None, inputs: Sequence[TensorType], outputs: Sequence[TensorType]
+) -> tuple[int | None, ...]:
+    """The level of each output: the node's own for one output; for several, the node's level plus
+    the halvings from the node's first spatial input to the output (``None`` if not a power of two)."""
+    if len(outputs) == 1:
+        return (level,)
+    base = next((t for t in inputs if t.dims), None)
+    out: list[int | None] = []
+    for t in outputs:
+        ratios = {b / s for b, s in zip(base.scale, t.scale)} if base is not None and level is not None else set()
+        r = ratios.pop() if len(ratios) == 1 else None
+        ok = r is not None and r.denominator == 1 and r.numerator & (r.numerator - 1) == 0
+        out.append(level + r.numerator.bit_length() - 1 if ok else None)  # type: ignore[operator, union-attr]
+    return tuple(out)
+
+
+def _check_outputs(g: nx.DiGraph, outputs: Sequence[str]) -> None:
+    """A graph returns whole tensors: a node with several outputs cannot be one of its outputs."""
+    for o in outputs:
+        if len(g.nodes[o]["outputs"]) > 1:
+            raise GraphError(
+                f"output {o} has {len(g.nodes[o]['outputs'])} outputs of its own; return the nodes that use them",
+                node=o,
+            )
 
 
 class GraphBuilder:
@@ -777,14 +910,15 @@ class GraphBuilder:
     ) -> str:
         """Add node ``name`` fed by ``inputs`` (in port order); returns ``name``.
 
-        ``inputs`` items are node names (data edges) or :class:`In` for skip/cond edges.
+        ``inputs`` items are node names (data edges) or :class:`In` for skip/cond edges and for
+        an output of a node with several (``In("encoder", EdgeKind.SKIP, out=2)``).
         On error nothing is added.
         """
         items = as_inputs(inputs)
         _add_node(self._g, name, block, role, level)
         try:
-            for port, (src, kind) in enumerate(items):
-                _add_edge(self._g, src, name, kind, port)
+            for port, (src, kind, out) in enumerate(items):
+                _add_edge(self._g, src, name, kind, port, out)
             # The new node has no consumers yet, so it closes no cycle and the rest of the
             # graph keeps its invariants: checking the node itself is the whole step lint.
             _lint_node(self._g, name)
@@ -794,11 +928,23 @@ class GraphBuilder:
             raise
         return name
 
-    def type_of(self, name: str) -> TensorType:
-        """The output type of a node added so far."""
+    def type_of(self, name: str, out: int | None = None) -> TensorType:
+        """The output type of a node added so far (of its output ``out``, for a node with several)."""
         if name not in self._g:
             raise NodeNotFoundError(f"no node {short_repr(name)} yet", node=short_repr(name))
-        return self._g.nodes[name]["type"]
+        a = self._g.nodes[name]
+        if out is None:
+            return a["type"]
+        if not isinstance(out, int) or isinstance(out, bool) or not 0 <= out < len(a["outputs"]):
+            raise GraphError(f"{name} has no output {short_repr(out)}; it has {len(a['outputs'])}", node=name)
+        return a["outputs"][out]
+
+    def node(self, name: str) -> Node:
+        """A node added so far, typed (its outputs and their levels included)."""
+        if name not in self._g:
+            raise NodeNotFoundError(f"no node {short_repr(name)} yet", node=short_repr(name))
+        a = self._g.nodes[name]
+        return Node(name, a["role"], a["level"], a["block"], a["inputs"], a["type"], a["outputs"], a["levels"])
 
     def __contains__(self, name: object) -> bool:
         return name in self._g
@@ -807,7 +953,7 @@ class GraphBuilder:
         """The finished, immutable graph returning ``outputs``."""
         return UNetGraph(
             [(n, a["block"], a["role"], a["level"]) for n, a in self._g.nodes(data=True)],
-            [(u, v, d["kind"], d["port"]) for u, v, d in self._g.edges(data=True)],
+            [(u, v, d["kind"], d["port"], d["out"]) for u, v, d in self._g.edges(data=True)],
             outputs,
             name=self.name,
         )

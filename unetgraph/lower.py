@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
 
+from .blocks.backbone_sources import keep_unused_state
 from .blocks.base import is_leaf_module
 from .check import SizeRules, check, pad_rules, valid_sizes
 from .errors import LoweringError, ShapeError, UNetGraphError
@@ -35,7 +37,7 @@ from .runtime import CropToInput, InputGuard, PadToValid
 from .transfer import transfer_weights
 from .types import Role
 
-__all__ = ["lower", "fx_node_names"]
+__all__ = ["lower", "fx_node_names", "output_fx_names"]
 
 
 def lower(
@@ -124,11 +126,12 @@ def lower(
             env[name] = _call(graph, root, f"{name}_guard", check if dtype is None else check.to(dtype), guarded, node)
     if pad == "auto" and main is not None and rules is not None:  # _rules refused pad="auto" without them
         env[main] = _call(graph, root, f"{main}_pad", PadToValid(rules, pad_mode), (env[main],), g[main])
+    ports: dict[tuple[str, int], fx.Node] = {}  # the outputs of nodes with several
     for name in g:
         node = g[name]
         if node.role is Role.INPUT:
             continue
-        args = tuple(env[e.src] for e in g.in_edges(name))
+        args = tuple(ports.get((e.src, e.out), env[e.src]) for e in g.in_edges(name))
         try:
             with torch.device(device) if device is not None else contextlib.nullcontext():
                 module = node.block.build(node.inputs, node.type)
@@ -140,7 +143,12 @@ def lower(
             raise LoweringError(
                 f"{node.describe()}: building the module failed: {type(e).__name__}: {e}", node=name
             ) from e
-        env[name] = _emit(graph, root, node, module, args)
+        if len(node.outputs) > 1:
+            outs = _emit_outputs(graph, root, node, module, args)
+            ports.update(((name, k), o) for k, o in enumerate(outs))
+            env[name] = outs[-1]
+        else:
+            env[name] = _emit(graph, root, node, module, args)
     outputs = {o: env[o] for o in g.outputs}
     if pad == "auto" and main is not None and rules is not None:
         outputs = {
@@ -150,6 +158,8 @@ def lower(
     graph.output(next(iter(outputs.values())) if len(outputs) == 1 else outputs)
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name=g.name)
+    for name in dict.fromkeys(n for n, _ in ports):  # an inlined backbone keeps its unused weights
+        keep_unused_state(gm, root.get_submodule(name), name)
     attach_record(gm, LoweredRecord(g, {n: env[n].name for n in g}, pad, pad_mode=pad_mode, guard=guard))
     if weights_from is not None:
         transfer_weights(gm, weights_from, match=match)
@@ -231,6 +241,71 @@ def _emit(graph: fx.Graph, root: nn.Module, node: Node, module: nn.Module, args:
             return h
     root.add_module(name, module)
     return _inline(graph, name, module, args, meta)
+
+
+def _emit_outputs(
+    graph: fx.Graph, root: nn.Module, node: Node, module: nn.Module, args: tuple[fx.Node, ...]
+) -> tuple[fx.Node, ...]:
+    """Add a block with several outputs (a backbone) under ``node.name``; returns one fx node per output.
+
+    A ``GraphModule`` returning a tuple with one tensor per output has its graph copied in (no
+    tracing: its layers become fx nodes under the node's name, ``encoder.layer1.0.conv1``); any
+    other module is one ``call_module`` whose outputs are picked by ``block.output_keys``. Each
+    output's fx node is named after the node and the output (``encoder_layer2``)."""
+    name, meta, count = node.name, _custom(node), len(node.outputs)
+    names = output_fx_names(node)
+    root.add_module(name, module)
+    if isinstance(module, fx.GraphModule):
+        result = next(n for n in module.graph.nodes if n.op == "output").args[0]
+        if isinstance(result, tuple) and len(result) == count and all(isinstance(r, fx.Node) for r in result):
+            return _copy_graph(graph, name, module.graph, args, result, names, meta)
+    call = graph.create_node("call_module", name, args, {}, name=f"{name}_features")
+    call.meta["custom"] = meta
+    outs = []
+    for key, out_name in zip(node.block.output_keys(node.inputs), names):
+        out = graph.create_node("call_function", operator.getitem, (call, key), {}, name=out_name)
+        out.meta["custom"] = meta
+        outs.append(out)
+    return tuple(outs)
+
+
+def _copy_graph(
+    graph: fx.Graph,
+    name: str,
+    source: fx.Graph,
+    args: Sequence[fx.Node],
+    result: tuple[fx.Node, ...],
+    names: Sequence[str],
+    meta: dict,
+) -> tuple[fx.Node, ...]:
+    """Copy ``source``'s nodes into ``graph`` with targets under ``name.``; returns the nodes of ``result``."""
+    placeholders = [n for n in source.nodes if n.op == "placeholder"]
+    env: dict[fx.Node, Any] = dict(zip(placeholders, args))
+    own = {r: out_name for r, out_name in zip(result, names)}
+    for n in source.nodes:
+        if n.op in ("placeholder", "output"):
+            continue
+        target = f"{name}.{n.target}" if n.op in ("call_module", "get_attr") else n.target
+        new = graph.create_node(
+            n.op,
+            target,
+            fx.map_arg(n.args, env.__getitem__),
+            fx.map_arg(n.kwargs, env.__getitem__),
+            name=own.get(n, f"{name}_{n.name}"),
+        )
+        new.meta["custom"] = meta
+        env[n] = new
+    return tuple(env[r] for r in result)
+
+
+def output_fx_names(node: Node) -> tuple[str, ...]:
+    """The fx node names lowering gives the outputs of a node with several: ``encoder_layer2``."""
+    return tuple(f"{node.name}_{_name_part(n)}" for n in node.block.output_names(node.inputs))
+
+
+def _name_part(text: str) -> str:
+    """``"stages.0"`` → ``"stages_0"``: what follows ``<node>_`` in an fx node name."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in str(text))
 
 
 def _flatten(seq: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]]:

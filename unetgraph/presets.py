@@ -6,14 +6,36 @@ states no count, the docstring says so and the tests assert the structure instea
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from .blocks import AttentionGate, ConvBlock, Down, Head, Merge, ResBlock, SelfAttention, TimestepEmbedding, Up
+from .blocks import (
+    AttentionGate,
+    Backbone,
+    ConvBlock,
+    Down,
+    Head,
+    Merge,
+    ResBlock,
+    SelfAttention,
+    TimestepEmbedding,
+    Up,
+)
 from .build import diffusion_unet, nested_unet, unet
 from .errors import SpecError
 from .graph import UNetGraph
 
-__all__ = ["classic_unet", "ddpm_unet", "attention_unet", "unet3d", "unet_plus_plus", "nnunet_plain", "residual_unet"]
+__all__ = [
+    "classic_unet",
+    "ddpm_unet",
+    "attention_unet",
+    "unet3d",
+    "unet_plus_plus",
+    "nnunet_plain",
+    "residual_unet",
+    "smp_unet",
+    "smp_state_dict",
+]
 
 
 def classic_unet(in_channels: int = 1, num_classes: int = 2, *, padded: bool = False) -> UNetGraph:
@@ -299,3 +321,179 @@ def residual_unet(in_channels: int = 3, num_classes: int = 1) -> UNetGraph:
         head=Head(),
         name="ResUNet",
     )
+
+
+# smp's own ResNet encoders that are torchvision's models of the same name (smp builds them from
+# torchvision's ResNet class and keeps its keys: conv1, bn1, layer1 … layer4)
+_SMP_TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d")
+# smp's deprecated "timm-" names it turns into "tu-" ones (segmentation_models_pytorch.encoders.get_encoder)
+_SMP_TIMM_ALIASES = ("timm-regnet", "timm-res2", "timm-resnest", "timm-mobilenetv3", "timm-gernet")
+_SMP_NORMS = {"batchnorm": "batch", True: "batch", "identity": "none", False: "none"}
+_SMP_UPS = {"nearest": "nearest", "bilinear": "linear"}
+
+
+def smp_unet(
+    encoder_name: str = "resnet34",
+    encoder_depth: int = 5,
+    encoder_weights: str | bool | None = "imagenet",
+    decoder_use_norm: bool | str = "batchnorm",
+    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    decoder_attention_type: str | None = None,
+    decoder_interpolation: str = "nearest",
+    in_channels: int = 3,
+    classes: int = 1,
+    activation: str | None = None,
+    aux_params: Mapping[str, Any] | None = None,
+) -> UNetGraph:
+    """segmentation_models_pytorch's ``Unet`` (smp 0.5–0.6), with smp's argument names and defaults.
+
+    The encoder is one :class:`~unetgraph.Backbone` node ``encoder`` whose features at 1/2 …
+    1/2**depth feed the decoder as skips; smp's first "feature", the input itself, is not used by
+    its decoder and is not one here. Per decoder level, deep to shallow: ``up{i}`` (nearest ×2,
+    no weights), ``merge{i}`` (concat of the upsampled path, then the skip; levels without a
+    feature, such as 1/2 below ConvNeXt's stride-4 stem, have none), ``dec{i}`` (two conv3×3 →
+    batch norm → ReLU, smp's ``DecoderBlock``); then ``head`` (conv3×3 with bias, smp's
+    ``SegmentationHead``). Equal to smp's ``Unet`` for the same encoder: the same parameter
+    count, and equal outputs given the same weights (:func:`smp_state_dict` maps smp's keys),
+    tested for ``"resnet34"`` and ``"tu-"`` encoders of the ResNet, EfficientNet, MobileNetV3,
+    RegNet and ConvNeXt families.
+
+    Args:
+        encoder_name: smp's own ``"resnet18"`` … ``"resnet152"``, ``"resnext50_32x4d"``,
+            ``"resnext101_32x8d"`` (torchvision's models, as smp builds them), any
+            ``"tu-<timm name>"`` whose features sit at 1/2, 1/4, … or 1/4, 1/8, … (ConvNeXt-like),
+            or smp's ``"timm-regnet…"``-style aliases of those.
+        encoder_depth: decoder levels (3–5 in smp), features down to ``1/2**depth``.
+        encoder_weights: ``"imagenet"`` (smp's default; loaded when the graph is lowered, with
+            timm's or torchvision's own loading) or ``None`` for random weights; ``True`` for ``"tu-"``.
+        decoder_use_norm: ``"batchnorm"``/``True`` or ``"identity"``/``False``.
+        decoder_channels: one per level, deep to shallow.
+        decoder_attention_type: ``None`` only.
+        decoder_interpolation: ``"nearest"`` or ``"bilinear"``.
+        in_channels, classes: input channels and output channels.
+        activation: ``None`` only (apply it to the output).
+        aux_params: ``None`` only.
+
+    Raises:
+        SpecError: an option or encoder this preset cannot match, naming why.
+
+    With smp's own ResNets at ``encoder_depth < 5``, smp keeps the unused deeper stages'
+    weights (they never run): the parameter counts then differ by those, the outputs do not.
+
+    Shape:
+        ``(N, in_channels, H, W) → (N, classes, H, W)``, ``H`` and ``W`` multiples of ``2**depth``
+        (smp interpolates other sizes; lower with ``pad="auto"`` to pad them).
+    """
+    if encoder_depth not in (1, 2, 3, 4, 5):
+        raise SpecError(f"encoder_depth: smp's Unet takes 1 … 5, got {encoder_depth!r}")
+    why = {
+        "decoder_attention_type": (decoder_attention_type is not None, "only None (no scSE attention) is matched"),
+        "activation": (activation not in (None, "identity"), "only None; apply the activation to the output"),
+        "aux_params": (aux_params is not None, "the auxiliary classification head is not matched"),
+    }
+    for arg, (bad, reason) in why.items():
+        if bad:
+            raise SpecError(f"smp_unet {arg}: {reason}")
+    norm = _smp_choice("decoder_use_norm", decoder_use_norm, _SMP_NORMS)
+    mode = _smp_choice("decoder_interpolation", decoder_interpolation, _SMP_UPS)
+    encoder = _smp_encoder(encoder_name, encoder_depth, encoder_weights)
+    name = re.sub(r"\W", "_", f"Unet_{encoder_name}")
+    return unet(
+        in_channels,
+        classes,
+        encoder=encoder,
+        decoder_channels=tuple(decoder_channels),
+        block=ConvBlock(norm=norm, act="relu"),
+        up=Up(mode, conv=False),
+        merge="concat",
+        skip_first=False,
+        head=Head(kernel=3),
+        name=name,
+    )
+
+
+_K = TypeVar("_K")
+
+
+def _smp_choice(arg: str, value: object, table: Mapping[Any, _K]) -> _K:
+    if isinstance(value, str):
+        value = value.lower()
+    if value not in table or (isinstance(value, int) and not isinstance(value, bool)):
+        known = ", ".join(repr(k) for k in table)
+        raise SpecError(f"smp_unet {arg}: {value!r} is not matched; choose from {known}")
+    return table[value]
+
+
+def _smp_encoder(encoder_name: str, depth: int, weights: str | bool | None) -> Backbone:
+    name = encoder_name
+    if any(name.startswith(p) for p in _SMP_TIMM_ALIASES):
+        name = name.replace("timm-", "tu-tf_" if "mobilenetv3" in name else "tu-", 1)
+    if name.startswith("tu-"):
+        timm_name = name[3:]
+        if "tresnet" in timm_name or timm_name.startswith("dla"):
+            raise SpecError(
+                f"smp_unet encoder_name: {encoder_name!r}: smp picks special stages for TResNet and DLA; not matched"
+            )
+        if weights not in (None, True, False, "imagenet"):
+            raise SpecError(f"smp_unet encoder_weights: 'tu-' encoders take True or None, got {weights!r}")
+        spec = Backbone(timm_name, source="timm", depth=depth, pretrained=weights not in (None, False))
+        reductions = spec.with_(depth=None).found(3).reductions
+        first = reductions[0] if reductions else None
+        if first not in (2, 4) or list(reductions) != [first * 2**i for i in range(len(reductions))]:
+            raise SpecError(
+                f"smp_unet encoder_name: {encoder_name!r} has features at 1/{', 1/'.join(map(str, reductions))}; "
+                "smp's Unet takes timm encoders whose features start at 1/2 or 1/4 and halve each stage"
+            )
+        return spec
+    if name in _SMP_TORCHVISION:
+        if weights not in (None, "imagenet"):
+            raise SpecError(
+                f"smp_unet encoder_weights: {weights!r} for {encoder_name!r}: only 'imagenet' (torchvision's "
+                "IMAGENET1K_V1) or None are matched"
+            )
+        stages = ("relu", "layer1", "layer2", "layer3", "layer4")[:depth]
+        pretrained: bool | str = "IMAGENET1K_V1" if weights == "imagenet" else False
+        return Backbone(name, source="torchvision", stages=stages, pretrained=pretrained)
+    raise SpecError(
+        f"smp_unet encoder_name: {encoder_name!r} is one of smp's own encoder implementations, which this preset "
+        f"does not rebuild; use its timm counterpart as 'tu-<timm name>', or one of {', '.join(_SMP_TORCHVISION)}"
+    )
+
+
+def smp_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """An smp ``Unet``'s ``state_dict`` with the keys of :func:`smp_unet`'s lowered module.
+
+    ``encoder.model.*`` (smp's timm wrapper) → ``encoder.*``; ``decoder.blocks.{i}.conv{1,2}.{0,1}``
+    → ``dec{level}.conv{0,1}`` / ``norm{0,1}`` (block ``i`` is level ``depth - 1 - i``);
+    ``segmentation_head.0`` → ``head``. Tensors are not copied.
+
+    Raises:
+        SpecError: a key this mapping does not know (an smp option :func:`smp_unet` does not match).
+    """
+    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"decoder\.blocks\.(\d+)\.", k))}
+    depth = len(blocks)
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        out[_smp_key(key, depth)] = value
+    return out
+
+
+_SMP_RULES: tuple[tuple[str, Callable[[re.Match[str], int], str]], ...] = (
+    (r"encoder\.model\.(.+)", lambda m, d: f"encoder.{m.group(1)}"),
+    (r"encoder\.(.+)", lambda m, d: f"encoder.{m.group(1)}"),
+    (
+        r"decoder\.blocks\.(\d+)\.conv([12])\.([01])\.(.+)",
+        lambda m, d: (
+            f"dec{d - 1 - int(m.group(1))}.{'conv' if m.group(3) == '0' else 'norm'}{int(m.group(2)) - 1}.{m.group(4)}"
+        ),
+    ),
+    (r"segmentation_head\.0\.(.+)", lambda m, d: f"head.{m.group(1)}"),
+)
+
+
+def _smp_key(key: str, depth: int) -> str:
+    for pattern, rewrite in _SMP_RULES:
+        m = re.fullmatch(pattern, key)
+        if m:
+            return rewrite(m, depth)
+    raise SpecError(f"smp_state_dict: no counterpart for smp's key {key!r} (an option smp_unet does not match)")

@@ -82,7 +82,7 @@ _FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 _YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _TOP = ("schema_version", "name", "nodes", "edges", "outputs")
 _NODE = ("role", "level", "block")
-_EDGE = ("src", "dst", "kind", "port")
+_EDGE = ("src", "dst", "kind", "port", "out")
 
 
 def to_dict(g: UNetGraph) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def to_dict(g: UNetGraph) -> dict[str, Any]:
         except UNetGraphError as e:
             raise type(e)(f"nodes.{name}.block: {e.message}", node=name) from None
         nodes[name] = {"role": role.value, "level": level, "block": data}
-    edges = [{"src": s, "dst": d, "kind": k.value, "port": p} for s, d, k, p in g.edge_records()]
+    edges = [_edge_data(*r) for r in g.edge_records()]
     return {
         "schema_version": SCHEMA_VERSION,
         "name": g.name,
@@ -108,11 +108,19 @@ def to_dict(g: UNetGraph) -> dict[str, Any]:
     }
 
 
+def _edge_data(src: str, dst: str, kind: EdgeKind, port: int, out: int = 0) -> dict[str, Any]:
+    """An edge as data; ``out`` (which output of a node with several) only when it is not 0."""
+    data: dict[str, Any] = {"src": src, "dst": dst, "kind": kind.value, "port": port}
+    if out:
+        data["out"] = out
+    return data
+
+
 def from_dict(data: Any) -> UNetGraph:
     """The graph a :func:`to_dict` document describes, checked field by field.
 
-    ``edges[i].port`` may be left out (the next free input of its ``dst``, in document order);
-    block fields left out take their defaults.
+    ``edges[i].port`` may be left out (the next free input of its ``dst``, in document order),
+    ``edges[i].out`` too (output 0 of its ``src``); block fields left out take their defaults.
 
     Raises:
         SpecError: the document is malformed or breaks a limit (nesting, values, nodes,
@@ -506,12 +514,12 @@ def _node(name: Any, value: Any, /) -> tuple[str, Any, Role, int | None]:
     return name, block_from_dict(_mapping(node["block"], f"{path}.block"), path=f"{path}.block"), role, level
 
 
-def _edges(value: Any, known: Mapping[str, None]) -> list[tuple[str, str, EdgeKind, int]]:
+def _edges(value: Any, known: Mapping[str, None]) -> list[tuple[Any, ...]]:
     if not isinstance(value, list):
         raise SpecError(f"edges: expected a list, got {type(value).__name__}")
     if len(value) > MAX_EDGES:
         raise SpecError(f"edges: {len(value):,} edges; a document holds at most {MAX_EDGES:,}")
-    out: list[tuple[str, str, EdgeKind, int]] = []
+    out: list[tuple[Any, ...]] = []
     taken: dict[str, set[int]] = {}
     free: dict[str, int] = {}  # per dst, no port below this is free: finding the next free one stays linear
     for i, item in enumerate(value):
@@ -533,12 +541,17 @@ def _edges(value: Any, known: Mapping[str, None]) -> list[tuple[str, str, EdgeKi
         if port in ports:
             raise SpecError(f"{path}.port: {dst} has an input at port {port} already")
         ports.add(port)
-        out.append((src, dst, kind, port))
+        src_out = e.get("out", 0)
+        if not _is_int(src_out) or src_out < 0:
+            raise SpecError(
+                f"{path}.out: expected a non-negative integer (an output of {src}), got {short_repr(src_out)}"
+            )
+        out.append((src, dst, kind, port, src_out) if src_out else (src, dst, kind, port))
     return out
 
 
-def _edge_path(edge: str | None, edges: list[tuple[str, str, EdgeKind, int]]) -> str | None:
-    for i, (s, d, _, _) in enumerate(edges):
+def _edge_path(edge: str | None, edges: list[tuple[Any, ...]]) -> str | None:
+    for i, (s, d, *_) in enumerate(edges):
         if edge == f"{s}→{d}":
             return f"edges[{i}]"
     return None

@@ -1,6 +1,8 @@
 """Block specs and their registry. Importing this package registers the built-in blocks."""
 
 from .attention import CrossAttention, LinearAttention, SelfAttention
+from .backbone import Backbone
+from .backbone_sources import register_backbone
 from .base import (
     BlockSpec,
     block_from_dict,
@@ -35,6 +37,8 @@ __all__ = [
     "block_from_dict",
     "leaf_module",
     "is_leaf_module",
+    "Backbone",
+    "register_backbone",
     "ConvBlock",
     "Head",
     "Down",

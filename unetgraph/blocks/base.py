@@ -89,6 +89,30 @@ class BlockSpec:
         """How the block maps a spatial size along ``axis``; empty when it keeps sizes."""
         return ()
 
+    # -- several outputs (a backbone's feature maps); most blocks have one ------------------
+    def infer_outputs(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> tuple[TensorType, ...]:
+        """The type of each output port, in port order. The default is one output, :meth:`infer`'s.
+
+        A block with several outputs (:class:`~unetgraph.blocks.backbone.Backbone`: a feature map
+        per scale) overrides this and :meth:`output_size_ops`; edges then name the output they
+        take (``Edge.out``), its :meth:`infer` returns the last output's type, and
+        :meth:`build`'s module returns one tensor per output: a tuple, or a value that
+        :meth:`output_keys` indexes; a ``torch.fx.GraphModule`` returning a tuple is inlined.
+        """
+        return (self.infer(inputs, sources),)
+
+    def output_size_ops(self, inputs: Sequence[TensorType], dims: int, axis: int) -> tuple[tuple[SizeOp, ...], ...]:
+        """Per output port, how the block maps a spatial size along ``axis`` (default: :meth:`size_ops`)."""
+        return (self.size_ops(dims, axis),)
+
+    def output_names(self, inputs: Sequence[TensorType]) -> tuple[str, ...]:
+        """Short names of the output ports for drawings and tables (``"layer2"``); default their indices."""
+        return tuple(str(i) for i in range(len(self.infer_outputs(inputs))))
+
+    def output_keys(self, inputs: Sequence[TensorType]) -> tuple[int | str, ...]:
+        """How lowering picks each output from what the module returns (``out[key]``): positions by default."""
+        return tuple(range(len(self.infer_outputs(inputs))))
+
     def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
         """Check constraints on concrete shapes that size ops cannot express (e.g. a GroupNorm
         needs more than one value per group). Raise :class:`ShapeError` for shapes that can

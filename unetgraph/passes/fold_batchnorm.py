@@ -8,9 +8,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from .base import PassResult, drop_module, is_module, module_users, replace_node
+from .base import PassResult, copy_meta, drop_module, is_module, module_users, replace_node
 
-__all__ = ["fold_batchnorm", "fold_into_conv"]
+__all__ = ["fold_batchnorm", "fold_into_conv", "NORM_TAILS"]
 
 
 def fold_batchnorm(gm: fx.GraphModule) -> PassResult:
@@ -23,7 +23,10 @@ def fold_batchnorm(gm: fx.GraphModule) -> PassResult:
 
     A pair is left alone, with a note saying why, when the norm is in training mode or
     keeps no running statistics, when the convolution's output has other users, or when
-    the convolution module is called more than once.
+    the convolution module is called more than once. A batch-norm subclass with a forward of
+    its own is folded only when its tail is known (:data:`NORM_TAILS`: timm's
+    ``BatchNormAct2d`` applies its ``drop`` and ``act`` children after the norm; they stay, as
+    calls of their own); any other is left alone.
 
     Returns:
         A :class:`PassResult` listing each folded pair.
@@ -44,18 +47,55 @@ def fold_batchnorm(gm: fx.GraphModule) -> PassResult:
             notes.append(f"{node.target} follows {what}, not a convolution")
             continue
         bn, conv = gm.get_submodule(node.target), gm.get_submodule(src.target)
-        why = _why_not(gm, node, src, bn)
+        tail = _tail(bn)
+        why = _why_not(gm, node, src, bn) or ("" if tail is not None else _own_forward(bn))
         if why:
             notes.append(f"{node.target} not folded into {src.target}: {why}")
             continue
         fold_into_conv(conv, bn)
-        replace_node(gm, node, src)
-        drop_module(gm, node.target)
-        changes.append(f"{node.target} folded into {src.target}")
+        kept = _keep_tail(gm, node, src, bn, tail) if tail else []
+        if not tail:
+            replace_node(gm, node, src)
+            drop_module(gm, node.target)
+        changes.append(f"{node.target} folded into {src.target}" + (f" ({', '.join(kept)} kept)" if kept else ""))
     if changes:
         gm.graph.lint()
         gm.recompile()
     return PassResult("fold_batchnorm", tuple(changes), tuple(notes))
+
+
+#: batch-norm subclasses whose forward is the norm then some of their children, in order, by
+#: ``module.qualname`` (matched by name: unetgraph does not import them)
+NORM_TAILS: dict[str, tuple[str, ...]] = {"timm.layers.norm_act.BatchNormAct2d": ("drop", "act")}
+
+
+def _tail(bn: nn.Module) -> tuple[str, ...] | None:
+    """What ``bn`` applies after normalising: ``()`` for torch's own batch norms, the children
+    of a known norm-and-activation module, ``None`` for one whose forward is unknown."""
+    cls = type(bn)
+    if cls.forward is _BatchNorm.forward or cls.forward is nn.BatchNorm2d.forward:
+        return ()
+    return NORM_TAILS.get(f"{cls.__module__}.{cls.__qualname__}")
+
+
+def _own_forward(bn: nn.Module) -> str:
+    return f"{type(bn).__qualname__} has a forward of its own (it may do more than normalise)"
+
+
+def _keep_tail(gm: fx.GraphModule, node: fx.Node, src: fx.Node, bn: nn.Module, tail: tuple[str, ...]) -> list[str]:
+    """Replace the norm-and-activation call by calls of its tail children, which stay where they
+    were (``….bn1.act``) in a plain container that holds no norm state any more."""
+    kept = [c for c in tail if not isinstance(bn.get_submodule(c), nn.Identity)]
+    container = nn.Module()
+    for child in kept:
+        container.add_module(child, bn.get_submodule(child))
+    gm.set_submodule(node.target, container)
+    h: fx.Node = src
+    with gm.graph.inserting_before(node):
+        for child in kept:
+            h = copy_meta(node, gm.graph.call_module(f"{node.target}.{child}", (h,)))
+    replace_node(gm, node, h)
+    return kept
 
 
 def _why_not(gm: fx.GraphModule, bn_node: fx.Node, conv_node: fx.Node, bn: _BatchNorm) -> str:

@@ -44,6 +44,8 @@ class Item:
         cluster: the id of the frame it is drawn in (its block at ``detail="layers"``).
         mark: ``"added"``, ``"removed"``, ``"changed"`` or ``None``.
         heat: 0–1, the share of the heat measure relative to the hottest item.
+        port: for one output of a node with several (a backbone's stage), its index; such
+            items stay apart at ``detail="levels"`` and their node's cost is on their frame.
     """
 
     id: str
@@ -56,6 +58,7 @@ class Item:
     cluster: str | None = None
     mark: str | None = None
     heat: float | None = None
+    port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -241,8 +244,16 @@ def _block_scene(g: UNetGraph, cost: CostReport, notes: Sequence[str], heat: str
     names = list(g)
     heats = heat_values(cost, heat, [[n] for n in names] if heat else names)
     items = []
+    clusters: dict[str, str] = {}
+    links: list[Link] = []
     for n, h in zip(names, heats):
         node, row = g[n], cost[n]
+        if len(node.outputs) > 1:
+            stage_items, chain = _stages(g, n, row, notes, h)
+            items += stage_items
+            links += chain
+            clusters[n] = " · ".join([n, row.block, *note_lines([row], [a for a in notes if a != "shape"])])
+            continue
         items.append(
             Item(
                 n,
@@ -255,18 +266,51 @@ def _block_scene(g: UNetGraph, cost: CostReport, notes: Sequence[str], heat: str
                 heat=h,
             )
         )
-    links = tuple(
+    links += [
         Link(
-            e.src,
-            e.dst,
+            port_id(e.src, e.out) if len(g[e.src].outputs) > 1 else e.src,
+            port_id(e.dst, 0) if len(g[e.dst].outputs) > 1 else e.dst,
             e.kind,
             merge_kind(g[e.dst].block) if e.kind is EdgeKind.SKIP else None,
             None,
             ((e.src, e.dst),),
         )
         for e in g.edges()
-    )
-    return Scene(title_line(g, cost), tuple(items), links, {}, heat, g.name)
+    ]
+    return Scene(title_line(g, cost), tuple(items), tuple(links), clusters, heat, g.name)
+
+
+def port_id(node: str, out: int) -> str:
+    """The item id of output ``out`` of a node with several: ``encoder.2``."""
+    return f"{node}.{out}"
+
+
+def _stages(
+    g: UNetGraph, n: str, row: NodeCost, notes: Sequence[str], heat: float | None
+) -> tuple[list[Item], list[Link]]:
+    """A node with several outputs (a backbone) as one box per output at its level, framed, each
+    stage feeding the next: the encoder's stages down the left of the U."""
+    node = g[n]
+    names = node.block.output_names(node.inputs)
+    items = []
+    for k, (t, level) in enumerate(zip(node.outputs, node.levels)):
+        shape = format_dims(row.outputs[k]) if row.outputs else str(t).split(" (")[0]
+        items.append(
+            Item(
+                port_id(n, k),
+                node.role,
+                level,
+                names[k],
+                "",
+                (shape,) if "shape" in notes else (),
+                members=(n,),
+                cluster=n,
+                heat=heat,
+                port=k,
+            )
+        )
+    chain = [Link(port_id(n, k), port_id(n, k + 1), EdgeKind.DATA) for k in range(len(items) - 1)]
+    return items, chain
 
 
 def level_group(role: Role, level: int | None, deepest: bool = False) -> tuple[str, str, Role] | None:
@@ -292,7 +336,7 @@ def _collapse_levels(g: UNetGraph, blocks: Scene, cost: CostReport, notes: Seque
     heads: dict[str, tuple[str, Role, int | None]] = {}
     deep = {it.level for it in blocks.items if it.role is Role.BOTTLENECK}
     for it in blocks.items:
-        key = level_group(it.role, it.level, it.level in deep)
+        key = None if it.port is not None else level_group(it.role, it.level, it.level in deep)
         gid = it.id if key is None else key[0]
         owner[it.id] = gid
         if gid not in groups:
