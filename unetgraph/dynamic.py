@@ -305,12 +305,18 @@ class CompiledUNet(nn.Module):
         x = inputs[self.position]
         check_served(self.input, self.rules, self.axes, tuple(x.shape[2:]))
         _mark(x, self.axes, self.batch)
-        if not self.options:
-            return self.compiled(*inputs)
-        from torch._inductor import config
+        return _call_with(self.options, self.compiled, inputs)
 
-        with config.patch(self.options):
-            return self.compiled(*inputs)
+
+def _call_with(options: dict[str, Any], compiled: Callable, inputs: tuple) -> Any:
+    """``compiled(*inputs)`` with inductor's config patched by ``options`` (dynamo reads some,
+    such as ``freezing``, while it traces: a patch seen only by the backend comes too late)."""
+    if not options:
+        return compiled(*inputs)
+    from torch._inductor import config
+
+    with config.patch(options):
+        return compiled(*inputs)
 
 
 def _backend(backend: str | Callable, options: dict[str, Any] | None) -> Callable:
@@ -392,7 +398,7 @@ def _local_layer(gm: fx.GraphModule, node: fx.Node) -> str:
     from torch.nn.modules.pooling import _AvgPoolNd, _MaxPoolNd
 
     from .blocks.layers import CenterCrop, ChannelLayerNorm
-    from .passes.prepack import PackedConv
+    from .passes.prepack import PackedConv, conv_padding
     from .runtime import InputGuard
 
     if node.op in ("placeholder", "output", "get_attr"):
@@ -407,10 +413,11 @@ def _local_layer(gm: fx.GraphModule, node: fx.Node) -> str:
     m = gm.get_submodule(str(node.target))
     kind = type(m).__name__
     if isinstance(m, (_ConvNd, PackedConv)):
-        padding = _explicit(m.padding)
-        return "" if not any(padding) else f"{kind} pads its input with {m.padding}"
+        padding = m.padding if isinstance(m, PackedConv) else conv_padding(m)
+        return "" if padding is not None and not any(padding) else f"{kind} pads its input with {m.padding}"
     if isinstance(m, (_MaxPoolNd, _AvgPoolNd)):
-        if any(_explicit(m.padding)) or m.ceil_mode:
+        padding = m.padding if isinstance(m.padding, (tuple, list)) else (m.padding,)
+        if any(padding) or m.ceil_mode:
             return f"{kind} pads its input (padding {m.padding}, ceil_mode {m.ceil_mode})"
         return ""
     if isinstance(m, nn.Upsample):
@@ -426,14 +433,6 @@ def _local_layer(gm: fx.GraphModule, node: fx.Node) -> str:
     ):
         return ""
     return f"{kind} is not known to keep positions apart"
-
-
-def _explicit(padding: Any) -> tuple[int, ...]:
-    if padding == "valid":
-        return (0,)
-    if isinstance(padding, str):  # 'same'
-        return (1,)
-    return tuple(padding) if isinstance(padding, (tuple, list)) else (int(padding),)
 
 
 def padding_exactness(model: UNetGraph | fx.GraphModule) -> str:
@@ -617,14 +616,7 @@ class BucketedUNet(nn.Module):
         bucket = self.buckets.choose(spatial)
         if bucket != spatial:
             inputs = (*inputs[: self.position], self.buckets.pad(x, bucket), *inputs[self.position + 1 :])
-        compiled = self._compiled_for((x.shape[0], bucket))
-        if self.options:
-            from torch._inductor import config
-
-            with config.patch(self.options):
-                out = compiled(*inputs)
-        else:
-            out = compiled(*inputs)
+        out = _call_with(self.options, self._compiled_for((x.shape[0], bucket)), inputs)
         return out if bucket == spatial else self.buckets.crop(out, spatial)
 
     def prepare(self, batch: int = 1) -> dict[tuple[int, ...], float]:

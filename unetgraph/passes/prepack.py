@@ -25,7 +25,7 @@ from ..blocks.base import leaf_module
 from ..record import attach_record, find_record
 from .base import PassResult, copy_meta, drop_module, module_users, replace_node
 
-__all__ = ["prepack", "unpack", "PackedConv", "has_packed", "plain"]
+__all__ = ["prepack", "unpack", "PackedConv", "has_packed", "plain", "conv_padding"]
 
 
 class Fusion(NamedTuple):
@@ -85,18 +85,25 @@ def _node_fusion(gm: fx.GraphModule, node: fx.Node) -> Fusion | None:
     return None
 
 
-def _explicit_padding(conv: _ConvNd) -> list[int] | str:
-    """Per-axis symmetric padding of ``conv`` as ints, or why there is none."""
-    if conv.padding_mode != "zeros":
-        return f"pads in {conv.padding_mode!r} mode (oneDNN pads with zeros only)"
+def conv_padding(conv: _ConvNd) -> list[int] | None:
+    """``conv``'s padding per axis as ints (each side alike), or ``None`` for an asymmetric
+    ``"same"`` (an even kernel: torch pads one more on the far side)."""
     if conv.padding == "valid":
         return [0] * len(conv.kernel_size)
     if conv.padding == "same":
         totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
-        if any(t % 2 for t in totals):
-            return "'same' padding with an even kernel is asymmetric (oneDNN's op takes one value per axis)"
-        return [t // 2 for t in totals]
+        return None if any(t % 2 for t in totals) else [t // 2 for t in totals]
     return [int(p) for p in conv.padding]  # type: ignore[union-attr]
+
+
+def _explicit_padding(conv: _ConvNd) -> list[int] | str:
+    """Per-axis symmetric padding of ``conv`` as ints, or why oneDNN's op cannot take it."""
+    if conv.padding_mode != "zeros":
+        return f"pads in {conv.padding_mode!r} mode (oneDNN pads with zeros only)"
+    padding = conv_padding(conv)
+    if padding is None:
+        return "'same' padding with an even kernel is asymmetric (oneDNN's op takes one value per axis)"
+    return padding
 
 
 def _why_not(conv: _ConvNd) -> str:
@@ -160,6 +167,7 @@ class PackedConv(nn.Module):
         self.padding_arg = conv.padding  # as the convolution was built ('same', 'valid' or ints)
         self.output_padding = list(conv.output_padding)
         self.activation, self.scalars, self.algorithm = fusion.attr, list(fusion.scalars), fusion.algorithm
+        self._fusion = (self.activation, self.scalars, self.algorithm)  # the op's last three arguments
         if isinstance(activation, nn.Module):
             self.act: nn.Module | None = activation
             self.act_function: Callable | None = None
@@ -200,31 +208,10 @@ class PackedConv(nn.Module):
         if packed is None:
             return self._plain(x)
         if self.transposed:
-            return torch.ops.mkldnn._convolution_transpose_pointwise(
-                x,
-                packed,
-                self.bias,
-                self.padding,
-                self.output_padding,
-                self.stride,
-                self.dilation,
-                self.groups,
-                self.activation,
-                self.scalars,
-                self.algorithm,
-            )
-        return torch.ops.mkldnn._convolution_pointwise(
-            x,
-            packed,
-            self.bias,
-            self.padding,
-            self.stride,
-            self.dilation,
-            self.groups,
-            self.activation,
-            self.scalars,
-            self.algorithm,
-        )
+            op, padding = torch.ops.mkldnn._convolution_transpose_pointwise, (self.padding, self.output_padding)
+        else:
+            op, padding = torch.ops.mkldnn._convolution_pointwise, (self.padding,)
+        return op(x, packed, self.bias, *padding, self.stride, self.dilation, self.groups, *self._fusion)
 
     def _plain(self, x: torch.Tensor) -> torch.Tensor:
         dims = len(self.kernel_size)
