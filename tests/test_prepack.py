@@ -196,3 +196,24 @@ def test_torch_compile_of_a_packed_module_traces_plain_convolutions():
         assert_close(compiled(x), gm(x))
     code = graphs[0].code
     assert "conv2d" in code and "mkldnn" not in code
+
+
+def test_onnx_export_of_a_packed_module_runs_plain_convolutions_in_onnxruntime(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    gm = randomize_norms(ug.unet(3, 2, widths=(4, 8), block=ug.ConvBlock(act="silu")).lower()).eval()
+    fast, _ = ug.optimize(gm)
+    assert has_packed(fast)
+    path = ug.export(fast, tmp_path / "unet.onnx", progress=False)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Conv" in ops and not any("mkldnn" in op.lower() for op in ops)
+    loaded = ug.load_exported(path)
+    x = torch.randn(2, 3, 12, 8)
+    with torch.no_grad():
+        assert_close(loaded(x), fast(x))
+
+
+def test_packed_conv_refuses_what_it_cannot_pack():
+    with pytest.raises(ug.LoweringError, match="cannot pack this Conv2d: pads in 'circular' mode"):
+        PackedConv(nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"))

@@ -38,7 +38,7 @@ from .build import diffusion_unet, nested_unet, unet
 from .check import CheckReport, SizeRules, check, valid_sizes
 from .cost import CostReport, NodeCost, summary
 from .diff import GraphDiff, diff
-from .dynamic import CompiledUNet, compile, export_shapes, served_axes
+from .dynamic import BucketedUNet, CompiledUNet, compile, export_shapes, served_axes
 from .eject import eject, eject_source
 from .errors import (
     GraphError,
@@ -141,6 +141,7 @@ __all__ = [
     "dynamic",
     "compile",
     "CompiledUNet",
+    "BucketedUNet",
     "export_shapes",
     "served_axes",
     "export",

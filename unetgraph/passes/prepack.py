@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ..blocks.base import leaf_module
+from ..errors import LoweringError
 from ..record import attach_record, find_record
 from .base import PassResult, copy_meta, drop_module, module_users, replace_node
 
@@ -155,7 +156,7 @@ class PackedConv(nn.Module):
         super().__init__()
         why = _why_not(conv)
         if why:
-            raise ValueError(f"cannot pack this convolution: {why}")
+            raise LoweringError(f"PackedConv: cannot pack this {type(conv).__name__}: {why}")
         self.weight = conv.weight
         self.bias = conv.bias
         self.conv_class = type(conv)
