@@ -56,12 +56,12 @@ def _module_fusion(module: nn.Module) -> Fusion | None:
         return Fusion("tanh")
     if isinstance(module, nn.Hardswish):
         return Fusion("hardswish")
-    if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
+    if isinstance(module, nn.Hardtanh):  # ReLU6 too
         return Fusion("hardtanh", (float(module.min_val), float(module.max_val)))
     return None
 
 
-# activations called as functions, with the argument count they may take (input only)
+# activations called as functions (fused when called on the convolution's output alone)
 _FUNCTIONS: dict[Any, Fusion] = {
     F.relu: Fusion("relu"),
     torch.relu: Fusion("relu"),
