@@ -218,3 +218,16 @@ def test_onnx_export_of_a_packed_module_runs_plain_convolutions_in_onnxruntime(t
 def test_packed_conv_refuses_what_it_cannot_pack():
     with pytest.raises(ug.LoweringError, match="cannot pack this Conv2d: pads in 'circular' mode"):
         PackedConv(nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"))
+
+
+def test_bfloat16_models_are_packed_where_onednn_has_bfloat16_kernels():
+    torch.manual_seed(0)
+    gm = randomize_norms(ug.unet(3, 2, widths=(8, 16)).lower()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    low, report = ug.optimize(gm, dtype=torch.bfloat16, example_inputs=[x])  # checks outputs at 5e-2
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # AVX512-BF16 or AMX
+        assert len(_packed(low)) == len(_convs(gm)) and all(p.weight.dtype == torch.bfloat16 for p in _packed(low))
+    else:
+        assert not _packed(low) and "bfloat16 weights" in report["prepack"].notes[0]
+    with torch.no_grad():
+        assert torch.allclose(low(x), plain(low)(x), atol=1e-2)

@@ -107,6 +107,13 @@ def _explicit_padding(conv: _ConvNd) -> list[int] | str:
     return padding
 
 
+def _packable(dtype: torch.dtype) -> bool:
+    """float32, and bfloat16 where oneDNN has bfloat16 kernels on this CPU (AVX512-BF16, AMX)."""
+    if dtype == torch.float32:
+        return True
+    return dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _why_not(conv: _ConvNd) -> str:
     """Why ``conv`` cannot be prepacked ('' when it can)."""
     dims = conv.weight.dim() - 2
@@ -116,8 +123,8 @@ def _why_not(conv: _ConvNd) -> str:
         return f"{dims}D (oneDNN's packed convolutions take 2D and 3D)"
     if conv.weight.device.type != "cpu":
         return f"on {conv.weight.device.type} (oneDNN packing is for the CPU)"
-    if conv.weight.dtype != torch.float32:
-        return f"{conv.weight.dtype} weights (the pass packs float32)"
+    if not _packable(conv.weight.dtype):
+        return f"{conv.weight.dtype} weights (oneDNN packs float32, and bfloat16 on CPUs with its kernels)"
     padding = _explicit_padding(conv)
     if isinstance(padding, str):
         return padding
@@ -137,7 +144,8 @@ class PackedConv(nn.Module):
     It holds the convolution's ``weight`` and ``bias`` as its own parameters (so a module's
     ``state_dict`` keeps its keys) and a packed copy, remade whenever the weight changes in
     place (``load_state_dict``, ``weight.mul_``: its version counter moves) or the module moves
-    (``.to(...)``): a weight that is not float32 on the CPU is not packed and the layer computes
+    (``.to(...)``): a weight that is not float32 (or bfloat16, see :func:`prepack`) on the CPU is
+    not packed and the layer computes
     the plain way. It also computes the plain way while autograd records (gradients stay
     right), and under ``torch.compile``/``torch.export`` (they see ``F.conv2d`` + activation and
     do their own packing). :meth:`to_plain` gives the convolution and activation back.
@@ -181,7 +189,7 @@ class PackedConv(nn.Module):
     def repack(self) -> None:
         """Pack the current weight (or drop the packed copy when the weight cannot be packed)."""
         w = self.weight
-        if w.device.type != "cpu" or w.dtype != torch.float32:
+        if w.device.type != "cpu" or not _packable(w.dtype):
             self._packed = (None, w._version)
             return
         with torch.no_grad():
@@ -205,7 +213,7 @@ class PackedConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         compiling = torch.compiler.is_compiling() or torch.compiler.is_exporting()
         recording = torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (self.weight, self.bias))
-        packed = None if compiling or recording or x.dtype != torch.float32 else self._current()
+        packed = None if compiling or recording or x.dtype != self.weight.dtype else self._current()
         if packed is None:
             return self._plain(x)
         if self.transposed:
@@ -268,7 +276,7 @@ class PackedConv(nn.Module):
 
 
 def prepack(gm: fx.GraphModule, *, fuse: bool = True) -> PassResult:
-    """Replace each 2D/3D float32 CPU convolution with a :class:`PackedConv`, in place, fusing the
+    """Replace each 2D/3D CPU convolution with a :class:`PackedConv`, in place, fusing the
     activation that alone reads its output (ReLU, SiLU, GELU, LeakyReLU, sigmoid, tanh,
     hardswish, hardtanh; with ``fuse=True``).
 
@@ -279,8 +287,10 @@ def prepack(gm: fx.GraphModule, *, fuse: bool = True) -> PassResult:
     and little at large maps. The others stay, with a note: 1D, other devices or dtypes,
     ``padding_mode`` other than zeros, asymmetric 'same' padding, depthwise transposed ones.
 
-    Outputs are unchanged within float32 rounding (oneDNN sums in another order). The packed
-    weight is used only on the CPU in float32 under ``torch.no_grad()``/``inference_mode``;
+    Weights are packed in float32, and in bfloat16 (after ``optimize(dtype=torch.bfloat16)``) on
+    CPUs where oneDNN has bfloat16 kernels; the reorder is exact, so outputs are unchanged within
+    rounding (oneDNN sums in another order). The packed weight is used on the CPU, for inputs of
+    the weight's dtype, under ``torch.no_grad()``/``inference_mode``;
     :func:`unpack` (or :func:`plain`, on a copy) gives plain modules back for export, ONNX and
     eject, which :func:`unetgraph.export`, :func:`unetgraph.eject` and :func:`unetgraph.compile`
     do themselves.
