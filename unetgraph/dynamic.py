@@ -31,15 +31,18 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.pooling import _AvgPoolNd, _MaxPoolNd
 
+from .blocks.layers import CenterCrop, ChannelLayerNorm
 from .check import AxisRule, SizeRules, check, valid_sizes
 from .errors import LoweringError, ShapeError
 from .graph import UNetGraph
 from .inputs import example_inputs, input_shapes
 from .lower import lower
-from .passes.prepack import plain
+from .passes.prepack import PackedConv, conv_padding, plain
 from .record import find_record, lowered_record
-from .runtime import check_input_size
+from .runtime import InputGuard, check_input_size
 from .types import AXIS_NAMES
 
 __all__ = [
@@ -394,13 +397,6 @@ _SAME_TENSOR_METHODS = frozenset({"contiguous", "to", "float"})
 def _local_layer(gm: fx.GraphModule, node: fx.Node) -> str:
     """'' when ``node`` computes each output position from a window that starts at the matching
     input position (so trailing input cannot reach the leading outputs), else what it does instead."""
-    from torch.nn.modules.conv import _ConvNd
-    from torch.nn.modules.pooling import _AvgPoolNd, _MaxPoolNd
-
-    from .blocks.layers import CenterCrop, ChannelLayerNorm
-    from .passes.prepack import PackedConv, conv_padding
-    from .runtime import InputGuard
-
     if node.op in ("placeholder", "output", "get_attr"):
         return ""
     if node.op == "call_method":
