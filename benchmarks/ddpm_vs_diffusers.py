@@ -9,7 +9,6 @@ difference (the two compute the same function with copied weights).
 from __future__ import annotations
 
 import argparse
-import re
 import time
 
 import torch
@@ -33,37 +32,6 @@ CONFIG = dict(
 )
 
 
-def diffusers_key(key: str, depth: int = 4) -> str:
-    """Our state-dict key → UNet2DModel's (the mapping tests/test_presets.py checks)."""
-    rules = [
-        (r"conv_in\.conv0\.(.+)", lambda m: f"conv_in.{m[1]}"),
-        (r"time_embedding\.linear(\d)\.(.+)", lambda m: f"time_embedding.linear_{m[1]}.{m[2]}"),
-        (r"enc(\d+)_(\d+)_attn\.(.+)", lambda m: f"down_blocks.{m[1]}.attentions.{m[2]}.{m[3]}"),
-        (r"enc(\d+)_(\d+)\.(.+)", lambda m: f"down_blocks.{m[1]}.resnets.{m[2]}.{m[3]}"),
-        (r"down(\d+)\.conv\.(.+)", lambda m: f"down_blocks.{int(m[1]) - 1}.downsamplers.0.conv.{m[2]}"),
-        (r"mid_res(\d)\.(.+)", lambda m: f"mid_block.resnets.{m[1]}.{m[2]}"),
-        (r"mid_attn\.(.+)", lambda m: f"mid_block.attentions.0.{m[1]}"),
-        (r"dec(\d+)_(\d+)_attn\.(.+)", lambda m: f"up_blocks.{depth - 1 - int(m[1])}.attentions.{m[2]}.{m[3]}"),
-        (r"dec(\d+)_(\d+)\.(.+)", lambda m: f"up_blocks.{depth - 1 - int(m[1])}.resnets.{m[2]}.{m[3]}"),
-        (r"up(\d+)\.conv\.(.+)", lambda m: f"up_blocks.{depth - 2 - int(m[1])}.upsamplers.0.conv.{m[2]}"),
-        (r"head\.norm\.(.+)", lambda m: f"conv_norm_out.{m[1]}"),
-        (r"head\.conv\.(.+)", lambda m: f"conv_out.{m[1]}"),
-    ]
-    for pattern, target in rules:
-        m = re.fullmatch(pattern, key)
-        if m:
-            out = target(m)
-            for ours, theirs in (
-                ("cond_proj.linear", "time_emb_proj"),
-                ("shortcut", "conv_shortcut"),
-                (r"attentions.(\d+).norm", r"attentions.\1.group_norm"),
-                ("to_out", "to_out.0"),
-            ):
-                out = re.sub(ours, theirs, out)
-            return out
-    raise KeyError(key)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=8)
@@ -78,7 +46,8 @@ def main() -> None:
     gm = ug.presets.ddpm_unet(32).lower().eval()
     t_ours = time.perf_counter() - start
     theirs = ref.state_dict()
-    gm.load_state_dict({k: theirs[diffusers_key(k)] for k in gm.state_dict()})
+    keys = ug.interop.diffusers_keys(ug.lowered_record(gm).graph, gm.state_dict())  # the one key map
+    gm.load_state_dict({k: theirs[v] for k, v in keys.items()})
     x, t = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 1000, (args.batch,))
     with torch.no_grad():
         diff = (gm(x, t) - ref(x, t).sample).abs().max().item()

@@ -495,7 +495,7 @@ def section_ddpm(peak: float, batch: int) -> None:
     from diffusers import UNet2DModel
 
     import unetgraph as ug
-    from benchmarks.ddpm_vs_diffusers import CONFIG, diffusers_key
+    from benchmarks.ddpm_vs_diffusers import CONFIG
 
     class Sample(torch.nn.Module):
         """diffusers' output unwrapped."""
@@ -511,7 +511,7 @@ def section_ddpm(peak: float, batch: int) -> None:
     g = ug.presets.ddpm_unet(32)  # CONFIG gives attention_head_dim=None: one head, as the paper
     gm = g.lower().eval()
     theirs = peer.state_dict()
-    gm.load_state_dict({k: theirs[diffusers_key(k)] for k in gm.state_dict()})
+    gm.load_state_dict({k: theirs[v] for k, v in ug.interop.diffusers_keys(g, gm.state_dict()).items()})
     peer, gm = Sample(peer).to(DEVICE), gm.to(DEVICE)
     fast, _ = ug.optimize(gm)
     xt = (torch.randn(batch, 3, 32, 32, device=DEVICE), torch.randint(0, 1000, (batch,), device=DEVICE))

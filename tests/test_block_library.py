@@ -25,13 +25,27 @@ EXAMPLES = {
         ug.ResBlock(channels=8, groups=2),
         ug.ResBlock(channels=8, groups=2, cond="scale_shift", dropout=0.1),
         ug.ResBlock(channels=4, norm="batch", act="relu", pre_norm=False, stride=2),
+        ug.ResBlock(channels=8, groups=2, resample="avgpool", cond_act=False, output_scale=2.0),
+        ug.ResBlock(groups=2, resample="nearest", cond="scale_shift"),
     ],
-    "SelfAttention": [ug.SelfAttention(heads=2, groups=2)],
+    "SelfAttention": [
+        ug.SelfAttention(heads=2, groups=2),
+        ug.SelfAttention(norm="none", out_bias=False, output_scale=2.0),
+    ],
     "CrossAttention": [ug.CrossAttention(head_dim=2, groups=2)],
     "LinearAttention": [ug.LinearAttention(heads=2, head_dim=4)],
     "AttentionGate": [ug.AttentionGate(channels=3)],
     "SqueezeExcitation": [ug.SqueezeExcitation("scse", reduction=2), ug.SqueezeExcitation("cse", reduction=2)],
-    "TimestepEmbedding": [ug.TimestepEmbedding(dim=6, channels=8)],
+    "TimestepEmbedding": [
+        ug.TimestepEmbedding(dim=6, channels=8),
+        ug.TimestepEmbedding(dim=6, channels=8, encoding="fourier", scale=16.0, flip_sin_to_cos=True),
+    ],
+    "Transformer": [
+        ug.Transformer(heads=2, groups=2),
+        ug.Transformer(head_dim=2, groups=2, layers=2, linear_projection=True, only_cross_attention=True, ff="gelu"),
+    ],
+    "Affine": [ug.Affine(2.0, -1.0)],
+    "ScaleBy": [ug.ScaleBy("divide"), ug.ScaleBy("multiply")],
     "ClassEmbedding": [ug.ClassEmbedding(5, 8)],
     "Input": [ug.Input(channels=4, dims=2)],
     "Sequence": [ug.Sequence(ug.ConvBlock(channels=8, convs=1, norm="group", groups=2), ug.ResBlock(groups=2))],
@@ -68,7 +82,10 @@ def wrap(spec: ug.BlockSpec, dims: int) -> ug.UNetGraph:
         b.input("t", kind="timestep")
         b.add("temb", ug.TimestepEmbedding(dim=4, channels=6), "embedding", None, ["t"])
         ins.append(ug.In("temb", "cond"))
-    if name == "CrossAttention":
+    if name == "ScaleBy":
+        b.input("t", kind="timestep")
+        ins.append(ug.In("t", "cond"))
+    if name in ("CrossAttention", "Transformer"):
         b.input("context", channels=5, kind="context")
         ins.append(ug.In("context", "cond"))
     if name in ("Merge", "AttentionGate"):
@@ -255,3 +272,63 @@ class TestBadInput:
     def test_bad_fields(self, make, message):
         with pytest.raises(ug.SpecError, match=message):
             make()
+
+
+class TestDiffusionBlocksRefuse:
+    """The blocks diffusers' models need refuse what they cannot run, in words, before building."""
+
+    def test_scale_by_needs_a_per_sample_scalar(self):
+        b = ug.GraphBuilder()
+        b.input("x", channels=4, dims=2)
+        with pytest.raises(ug.ShapeError, match=r"ScaleBy needs a per-sample scalar \(N,\): add a cond edge"):
+            b.add("s", ug.ScaleBy(), "head", 0, ["x"])
+        b.input("context", channels=3, kind="context")
+        with pytest.raises(ug.ShapeError, match=r"needs a per-sample scalar \(N,\) on its cond edge, got sequence"):
+            b.add("s", ug.ScaleBy(), "head", 0, ["x", ug.In("context", "cond")])
+        with pytest.raises(ug.SpecError, match=r"ScaleBy\.op: expected one of 'divide', 'multiply', got 'add'"):
+            ug.ScaleBy("add")
+
+    def test_transformer_context_rules(self):
+        b = ug.GraphBuilder()
+        b.input("x", channels=8, dims=2)
+        b.input("t", kind="timestep")
+        with pytest.raises(ug.ShapeError, match="only_cross_attention needs a cond edge from an Input"):
+            b.add("tr", ug.Transformer(groups=2, only_cross_attention=True), "encoder", 0, ["x"])
+        with pytest.raises(
+            ug.ShapeError, match=r"Transformer needs a context, a sequence \(N, L, D\) on its cond edge"
+        ):
+            b.add("tr", ug.Transformer(groups=2), "encoder", 0, ["x", ug.In("t", "cond")])
+        with pytest.raises(ug.ShapeError, match="heads=3 does not divide 8 channels"):
+            b.add("tr", ug.Transformer(heads=3, groups=2), "encoder", 0, ["x"])
+        with pytest.raises(ug.SpecError, match="give heads or head_dim, not both"):
+            ug.Transformer(heads=2, head_dim=4)
+        with pytest.raises(ug.SpecError, match=r"Transformer\.ff: expected one of 'geglu', 'gelu'"):
+            ug.Transformer(ff="swiglu")
+
+    def test_resampling_resblock_and_fourier_embedding_fields(self):
+        with pytest.raises(ug.SpecError, match=r"resample='avgpool' and stride=2: give one of them"):
+            ug.ResBlock(resample="avgpool", stride=2)
+        with pytest.raises(ug.SpecError, match=r"ResBlock\.resample: expected one of 'none', 'avgpool', 'nearest'"):
+            ug.ResBlock(resample="bilinear")
+        with pytest.raises(ug.SpecError, match=r"TimestepEmbedding\.dim: expected an even width for fourier, got 7"):
+            ug.TimestepEmbedding(dim=7, encoding="fourier")
+        # the resampled block's sizes: pooled (floor) or doubled, shortcut included
+        g = ug.GraphBuilder()
+        g.input("x", channels=4, dims=2)
+        g.add("down", ug.ResBlock(channels=8, groups=2, resample="avgpool"), "encoder", 0, ["x"])
+        g.add("up", ug.ResBlock(groups=2, resample="nearest"), "decoder", 0, ["down"])
+        report = g.build(["up"]).check((1, 4, 9, 6))
+        assert report["down"].output == (1, 8, 4, 3) and report["up"].output == (1, 8, 8, 6)
+
+    def test_fourier_frequencies_are_a_parameter_that_does_not_train(self):
+        spec = ug.TimestepEmbedding(dim=8, encoding="fourier", scale=16.0, mlp=False)
+        g = ug.GraphBuilder()
+        g.input("t", kind="timestep")
+        g.add("emb", spec, "embedding", None, ["t"])
+        gm = g.build(["emb"]).lower()
+        (name, frequencies), *_ = gm.named_parameters()
+        assert name == "emb.weight" and frequencies.shape == (4,) and not frequencies.requires_grad
+        assert frequencies.abs().max() > 1  # drawn with standard deviation 16
+        t = torch.tensor([0.5, 2.0])
+        angle = torch.log(t)[:, None] * frequencies[None] * 2 * torch.pi
+        assert torch.allclose(gm(t), torch.cat([angle.sin(), angle.cos()], dim=-1))

@@ -114,7 +114,10 @@ class TestParams:
         x = TensorType.spatial(64, 2)
         for name in ug.block_names():
             cls = ug.get_block(name)
-            if name in ("Input", "TimestepEmbedding", "ClassEmbedding", "CrossAttention") or cls.min_inputs > 1:
+            if (
+                name in ("Input", "TimestepEmbedding", "ClassEmbedding", "CrossAttention", "ScaleBy")
+                or cls.min_inputs > 1
+            ):
                 continue
             spec = cls()
             built, static = built_params(spec, [x])
@@ -144,7 +147,7 @@ class TestRegistry:
 
         @ug.register_block
         @dataclass(frozen=True)
-        class Affine(ug.BlockSpec):
+        class DoublePlusOne(ug.BlockSpec):
             def infer(self, inputs, sources=()):
                 return inputs[0]
 
@@ -152,25 +155,25 @@ class TestRegistry:
                 return Scale2()
 
         try:
-            assert ug.get_block("Affine") is Affine
+            assert ug.get_block("DoublePlusOne") is DoublePlusOne
             with pytest.raises(ug.RegistryError, match="already registered"):
 
-                @ug.register_block(name="Affine")
+                @ug.register_block(name="DoublePlusOne")
                 @dataclass(frozen=True)
                 class Other(ug.BlockSpec):
                     pass
 
             b = ug.GraphBuilder("Custom")
             b.input("x", channels=2, dims=1)
-            b.add("aff", Affine(), "encoder", 0, ["x"])
+            b.add("aff", DoublePlusOne(), "encoder", 0, ["x"])
             g = b.build(["aff"])
             gm = g.lower()
             x = torch.randn(2, 2, 5)
             assert torch.equal(gm(x), x * 2 + 1)
             assert "aff_mul" in [n.name for n in gm.graph.nodes]
         finally:
-            ug.unregister_block("Affine")
-        assert "Affine" not in ug.block_names()
+            ug.unregister_block("DoublePlusOne")
+        assert "DoublePlusOne" not in ug.block_names()
 
 
 FLOP_SPECS = (

@@ -108,7 +108,7 @@ def test_random_edit_sequences(g, data):
         try:
             new = edit(g)
         except ug.UNetGraphError as e:
-            assert str(e), what
+            assert e.node is not None or e.edge is not None or str(e).startswith(what), what  # it says where
             assert g.to_dict() == snapshot and ug.dumps(g, "json") == doc, what  # the graph is unchanged
             continue
         history.append(what)

@@ -31,6 +31,7 @@ ORDER = [
     "eject",
     "render",
     "presets",
+    "interop",
     "cli",
 ]
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 import unetgraph as ug
@@ -52,7 +51,10 @@ class TestStructure:
     def test_graph_lint_clean_and_not_traced_from_python(self):
         gm = ug.unet(3, 2, widths=(8, 16, 32)).lower()
         gm.graph.lint()
-        assert isinstance(gm, fx.GraphModule)
+        # one call_module per layer: every leaf submodule is called by exactly the node named after it
+        called = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+        leaves = [name for name, m in gm.named_modules() if name and not list(m.children())]
+        assert sorted(called) == sorted(leaves)
 
     def test_meta_device_builds_structure_only(self):
         gm = ug.unet(3, 2).lower(device="meta")

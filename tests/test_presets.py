@@ -36,8 +36,6 @@ import torch._dynamo  # noqa: E402
 from preset_cases import COVERED, PRESET_CASES  # noqa: E402
 from torch.fx.passes.shape_prop import ShapeProp  # noqa: E402
 
-from benchmarks.ddpm_vs_diffusers import diffusers_key  # noqa: E402
-
 
 def ddpm_config(widths, down_types, up_types, **extra):
     return dict(
@@ -69,10 +67,10 @@ LSUN = ddpm_config(
 )
 
 
-def copy_from_diffusers(gm, ref, depth):
+def copy_from_diffusers(gm, ref):
     theirs = ref.state_dict()
     ours = gm.state_dict()
-    mapped = {k: diffusers_key(k, depth) for k in ours}
+    mapped = ug.interop.diffusers_keys(ug.lowered_record(gm).graph, ours)  # the one key map
     assert sorted(mapped.values()) == sorted(theirs), "every weight maps one to one"
     for k, v in ours.items():
         assert v.shape == theirs[mapped[k]].shape, k
@@ -91,12 +89,12 @@ class TestDDPM:
         assert g.params == count == {32: 35_746_307, 256: 113_673_219}[resolution]
         assert round(count / 1e5) == round(published / 1e5) or round(count / 1e6) == round(published / 1e6)
         gm = g.lower(device="meta")
-        depth = len(config["block_out_channels"])
-        copy_from_diffusers(gm, ref, depth)  # asserts a 1:1 map with equal shapes
+        copy_from_diffusers(gm, ref)  # asserts a 1:1 map with equal shapes
         # the layers in forward order have the shapes of diffusers' layers, in order
         ours = [tuple(p.shape) for p in gm.parameters()]
         theirs = ref.state_dict()
-        assert ours == [tuple(theirs[diffusers_key(k, depth)].shape) for k, _ in gm.named_parameters()]
+        keys = ug.interop.diffusers_keys(g, gm.state_dict())
+        assert ours == [tuple(theirs[keys[k]].shape) for k, _ in gm.named_parameters()]
 
     @pytest.mark.parametrize("head_dim", [None, 8], ids=["one-head", "diffusers-default-head-dim-8"])
     def test_outputs_equal_diffusers_with_copied_weights(self, head_dim):
@@ -104,7 +102,7 @@ class TestDDPM:
 
         ref = UNet2DModel(sample_size=32, **CIFAR, attention_head_dim=head_dim).eval()
         gm = ug.presets.ddpm_unet(32, head_dim=head_dim).lower().eval()
-        copy_from_diffusers(gm, ref, 4)
+        copy_from_diffusers(gm, ref)
         x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 900])
         with torch.no_grad():
             assert torch.allclose(gm(x, t), ref(x, t).sample, atol=1e-5)
@@ -133,7 +131,7 @@ class TestDDPM:
         )
         gm = g.lower().eval()
         theirs = ref.state_dict()
-        keys = {k: "class_embedding.weight" if "class_" in k else diffusers_key(k, 2) for k in gm.state_dict()}
+        keys = ug.interop.diffusers_keys(g, gm.state_dict())
         assert sorted(keys.values()) == sorted(theirs)
         gm.load_state_dict({k: theirs[v] for k, v in keys.items()})
         x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 400]), torch.tensor([1, 4])

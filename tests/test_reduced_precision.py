@@ -36,7 +36,8 @@ def test_bfloat16_on_every_preset_stays_close_and_returns_float32(case):
         own = [p for p in m.parameters(recurse=False) if p.is_floating_point()]
         expected = torch.float32 if isinstance(m, NORM_TYPES) else torch.bfloat16
         assert all(p.dtype == expected for p in own), type(m).__name__
-    assert report["reduced_precision"].changes[-1] == "1 output → torch.float32" or isinstance(got, dict)
+    n = len(got) if isinstance(got, dict) else 1
+    assert report["reduced_precision"].changes[-1] == f"{n} output{'s' if n > 1 else ''} → torch.float32"
 
 
 def test_casts_sit_where_dtypes_meet_and_the_timestep_encoding_stays_float32():

@@ -6,10 +6,11 @@
 (1, 2, 64, 64)
 """
 
-from . import dynamic, passes, presets, render
+from . import dynamic, interop, passes, presets, render
 from .blocks import (
     ACTS,
     NORMS,
+    Affine,
     AttentionGate,
     BlockSpec,
     ClassEmbedding,
@@ -21,10 +22,12 @@ from .blocks import (
     LinearAttention,
     Merge,
     ResBlock,
+    ScaleBy,
     SelfAttention,
     Sequence,
     SqueezeExcitation,
     TimestepEmbedding,
+    Transformer,
     Up,
     block_from_dict,
     block_names,
@@ -90,6 +93,9 @@ __all__ = [
     "ClassEmbedding",
     "AttentionGate",
     "SqueezeExcitation",
+    "Transformer",
+    "Affine",
+    "ScaleBy",
     "NORMS",
     "ACTS",
     "register_block",
@@ -132,6 +138,7 @@ __all__ = [
     "LoweringError",
     "RenderError",
     "presets",
+    "interop",
     "render",
     "passes",
     "optimize",

@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Callable, Sequence, Union
 
 from .blocks import (
+    Affine,
     BlockSpec,
     ClassEmbedding,
     ConvBlock,
@@ -27,6 +28,8 @@ __all__ = ["unet", "diffusion_unet", "nested_unet"]
 
 # A part is a spec, a mode name ("maxpool"), one of those per level, or a function of the level.
 Part = Union[str, BlockSpec, Sequence[Union[str, BlockSpec]], Callable[[int], Union[str, BlockSpec]]]
+# An optional spec, one per level, or a function of the level (None: no block there).
+LevelPart = Union[BlockSpec, None, Sequence[Union[BlockSpec, None]], Callable[[int], Union[BlockSpec, None]]]
 
 
 def unet(
@@ -148,18 +151,25 @@ def diffusion_unet(
     *,
     layers_per_block: int = 2,
     attention_levels: Sequence[int] = (1,),
-    mid_attention: bool = True,
+    mid_attention: bool | BlockSpec = True,
     dims: int = 2,
     resblock: ResBlock = ResBlock(),
-    attention: BlockSpec | None = SelfAttention(),
+    attention: LevelPart = SelfAttention(),
     time_embedding: TimestepEmbedding | None = TimestepEmbedding(),
     num_classes: int | None = None,
     context_channels: int | None = None,
-    cross_attention: CrossAttention = CrossAttention(),
+    cross_attention: CrossAttention | None = CrossAttention(),
     down: Part = Down("conv", kernel=3, padding=1),
     up: Part = Up("nearest"),
     head: Head | None = None,
     name: str = "DiffusionUNet",
+    decoder_attention_levels: Sequence[int] | None = None,
+    mid_layers: int | None = 1,
+    mid_resblock: ResBlock | None = None,
+    class_embedding: BlockSpec | None = None,
+    stem: BlockSpec | None = None,
+    preprocess: BlockSpec | None = None,
+    postprocess: BlockSpec | None = None,
 ) -> UNetGraph:
     """The DDPM U-Net topology (Ho et al. 2020; diffusers' ``UNet2DModel``), conditioned on a timestep.
 
@@ -183,25 +193,45 @@ def diffusion_unet(
         in_channels, out_channels: image channels in and out (``out_channels=None``: the same).
         widths: channels per level (diffusers' ``block_out_channels``).
         layers_per_block: residual blocks per encoder level (the decoder has one more).
-        attention_levels: levels whose blocks are followed by ``attention``.
-        mid_attention: the attention in the middle block.
+        attention_levels: levels whose encoder blocks are followed by ``attention`` (and decoder
+            blocks too, unless ``decoder_attention_levels`` says otherwise).
+        mid_attention: the attention in the middle block: ``True`` (the ``attention`` of the
+            deepest level), ``False``, or a spec of its own.
         dims: spatial dimensions.
         resblock: the template of every residual block (norm, groups, eps, act, dropout,
             ``cond``: ``"add"`` or ``"scale_shift"``); channels are set per level.
-        attention: the template of the attention blocks (``SelfAttention`` or ``LinearAttention``);
-            ``None`` for no self-attention (cross-attention to a context stays).
+        attention: the template of the attention blocks (``SelfAttention``, ``LinearAttention``,
+            ``Transformer``), one per level as a list, or a function of the level; ``None`` for no
+            self-attention (cross-attention to a context stays). A block that takes conditioning
+            (``Transformer``) receives the context on a ``cond`` edge.
         time_embedding: the timestep embedding; its ``dim`` (if ``None``) becomes
             ``widths[0]``, and its ``channels`` default to ``4 * dim``. ``None`` builds an unconditioned model
             without a ``t`` input.
         num_classes: adds the label input ``y`` and a class embedding.
         context_channels: adds the ``context`` input and cross-attention.
-        cross_attention: the template of the cross-attention blocks.
+        cross_attention: the template of the cross-attention blocks ``{base}_xattn`` after each
+            attention; ``None`` for none (e.g. when ``attention`` attends to the context itself).
         down: the downsampler (diffusers: a 3×3 stride-2 conv; ``Down(..., pad_end=1,
-            padding=0)`` for the DDPM checkpoints' ``downsample_padding=0``).
-        up: the upsampler (nearest ×2 then a 3×3 conv); its channels are kept.
+            padding=0)`` for the DDPM checkpoints' ``downsample_padding=0``); a block that takes
+            conditioning (a ``ResBlock(resample="avgpool")``) receives the embedding.
+        up: the upsampler (nearest ×2 then a 3×3 conv); its channels are kept. Conditioned like ``down``.
         head: the output block (default: ``GroupNorm → act → conv3×3`` with the residual
             blocks' norm, groups, eps and act).
         name: the model name.
+        decoder_attention_levels: levels whose decoder blocks are followed by attention
+            (``None``: ``attention_levels``).
+        mid_layers: the middle block is ``mid_res0`` then ``mid_layers`` × (attention,
+            ``mid_res{j}``); ``0`` keeps one residual block, ``None`` leaves an identity node ``mid``
+            (diffusers' ``mid_block_type=None``).
+        mid_resblock: the template of the middle residual blocks (``None``: ``resblock``).
+        class_embedding: the class embedding (``None``: ``ClassEmbedding(num_classes)`` when
+            ``num_classes`` is given); a ``TimestepEmbedding`` here encodes a real-valued label
+            ``y`` like a timestep (diffusers' ``class_embed_type="timestep"``).
+        stem: the first block ``conv_in`` (``None``: a 3×3 convolution); its channels are set to ``widths[0]``.
+        preprocess: a block ``preprocess`` applied to ``x`` before the stem (e.g.
+            ``Affine(2, -1)``: diffusers' ``center_input_sample``).
+        postprocess: a block ``postprocess`` after the head, the model's output; one that takes
+            conditioning receives ``t`` (``ScaleBy("divide")``: a score model's output ÷ σ).
 
     Shape:
         ``x: (N, in_channels, *S)``, ``t: (N,)`` → ``(N, out_channels, *S)``, ``S`` a
@@ -223,69 +253,131 @@ def diffusion_unet(
     bad = [a for a in attention_levels if not (isinstance(a, int) and 0 <= a < depth)]
     if bad:
         raise SpecError(f"attention_levels: {bad} are not levels of {depth} (0 … {depth - 1})")
-    for arg, spec, cls in (("resblock", resblock, ResBlock), ("cross_attention", cross_attention, CrossAttention)):
+    decoder_levels = attention_levels if decoder_attention_levels is None else decoder_attention_levels
+    bad = [a for a in decoder_levels if not (isinstance(a, int) and 0 <= a < depth)]
+    if bad:
+        raise SpecError(f"decoder_attention_levels: {bad} are not levels of {depth} (0 … {depth - 1})")
+    if mid_layers is not None:
+        _positive("mid_layers", mid_layers, zero=True)
+    mid_resblock = resblock if mid_resblock is None else mid_resblock
+    checks: list[tuple[str, BlockSpec, type[BlockSpec]]] = [
+        ("resblock", resblock, ResBlock),
+        ("mid_resblock", mid_resblock, ResBlock),
+    ]
+    if cross_attention is not None:
+        checks.append(("cross_attention", cross_attention, CrossAttention))
+    for arg, spec, cls in checks:
         if not isinstance(spec, cls):
             raise SpecError(f"{arg}: expected a {cls.__name__} spec, got {spec!r}")
+    for arg, spec in (("class_embedding", class_embedding), ("stem", stem), ("preprocess", preprocess)):
+        if spec is not None and not isinstance(spec, BlockSpec):
+            raise SpecError(f"{arg}: expected a block spec, got {spec!r}")
+    if postprocess is not None and not isinstance(postprocess, BlockSpec):
+        raise SpecError(f"postprocess: expected a block spec, got {postprocess!r}")
     b = GraphBuilder(name)
     b.input("x", channels=in_channels, dims=dims)
     cond: list[In] = []
     if time_embedding is not None:
         b.input("t", kind="timestep")
-    if num_classes is not None:
+    labels = num_classes is not None or class_embedding is not None
+    if labels:
         if time_embedding is None:
             raise SpecError("num_classes: a class embedding is added to the time embedding; give time_embedding")
-        b.input("y", kind="label")
+        b.input("y", kind="timestep" if isinstance(class_embedding, TimestepEmbedding) else "label")
     if context_channels is not None:
         b.input("context", channels=context_channels, kind="context")
-    h = b.add("conv_in", ConvBlock(channels=widths[0], convs=1, norm="none", act="none"), Role.STEM, 0, ["x"])
+    h = "x"
+    if preprocess is not None:
+        h = b.add("preprocess", preprocess, Role.STEM, 0, [h])
+    stem = ConvBlock(convs=1, norm="none", act="none") if stem is None else stem
+    h = b.add("conv_in", stem.with_(channels=widths[0]) if _has_field(stem, "channels") else stem, Role.STEM, 0, [h])
     if time_embedding is not None:
         if time_embedding.dim is None:
             time_embedding = time_embedding.with_(dim=widths[0])
         temb = b.add("time_embedding", time_embedding, Role.EMBEDDING, None, ["t"])
-        if num_classes is not None:
+        if labels:
             width = b.type_of(temb).channels
-            b.add("class_embedding", ClassEmbedding(num_classes, width), Role.EMBEDDING, None, ["y"])
+            if class_embedding is None:
+                class_embedding = ClassEmbedding(num_classes, width)  # type: ignore[arg-type]
+            if isinstance(class_embedding, TimestepEmbedding) and class_embedding.dim is None:
+                class_embedding = class_embedding.with_(dim=widths[0])
+            if _has_field(class_embedding, "channels") and class_embedding.channels is None:  # type: ignore[attr-defined]
+                class_embedding = class_embedding.with_(channels=width)
+            b.add("class_embedding", class_embedding, Role.EMBEDDING, None, ["y"])
             temb = b.add("emb", Merge("add"), Role.EMBEDDING, None, [temb, "class_embedding"])
         cond = [In(temb, EdgeKind.COND)]
 
-    def attend(base: str, src: str, role: Role, level: int) -> str:
-        """``{base}_attn`` after ``src``, then ``{base}_xattn`` to the context if there is one."""
-        h = src if attention is None else b.add(f"{base}_attn", attention, role, level, [src])
-        if context_channels is not None:
+    def attention_at(level: int) -> BlockSpec | None:
+        spec = attention(level) if callable(attention) and not isinstance(attention, BlockSpec) else attention
+        if isinstance(spec, Sequence) and not isinstance(spec, str):
+            if level >= len(spec):
+                raise SpecError(f"attention: {len(spec)} entries given, level {level} needs one")
+            spec = spec[level]
+        if spec is not None and not isinstance(spec, BlockSpec):
+            raise SpecError(f"attention: expected a block spec or None, got {spec!r} for level {level}")
+        return spec
+
+    def attend(base: str, src: str, role: Role, level: int, spec: BlockSpec | None) -> str:
+        """``{base}_attn`` after ``src`` (given the context if it takes conditioning), then
+        ``{base}_xattn`` to the context if there is one and a cross-attention template."""
+        h = src
+        if spec is not None:
+            ins: list[str | In] = [src]
+            if context_channels is not None and spec.max_cond > 0:
+                ins.append(In("context", EdgeKind.COND))
+            h = b.add(f"{base}_attn", spec, role, level, ins)
+        if context_channels is not None and cross_attention is not None:
             h = b.add(f"{base}_xattn", cross_attention, role, level, [h, In("context", EdgeKind.COND)])
         return h
+
+    def conditioned(spec: BlockSpec, src: str) -> list[str | In]:
+        return [src, *cond] if spec.max_cond > 0 else [src]
 
     skips: list[list[str]] = [[h]]
     for i in range(depth):
         for j in range(layers_per_block):
             h = b.add(f"enc{i}_{j}", resblock.with_(channels=widths[i]), Role.ENCODER, i, [h, *cond])
             if i in attention_levels:
-                h = attend(h, h, Role.ENCODER, i)
+                h = attend(h, h, Role.ENCODER, i, attention_at(i))
             skips[i].append(h)
         if i < depth - 1:
-            h = b.add(f"down{i + 1}", _part(down, i, Down, "down"), Role.DOWN, i + 1, [h])
+            down_i = _part(down, i, Down, "down")
+            h = b.add(f"down{i + 1}", down_i, Role.DOWN, i + 1, conditioned(down_i, h))
             skips.append([h])
     last = depth - 1
-    h = b.add("mid_res0", resblock.with_(channels=widths[-1]), Role.BOTTLENECK, last, [h, *cond])
-    if mid_attention:
-        h = attend("mid", h, Role.BOTTLENECK, last)
-    h = b.add("mid_res1", resblock.with_(channels=widths[-1]), Role.BOTTLENECK, last, [h, *cond])
+    if mid_layers is None:  # an identity: the decoder's first merge takes it and the skip of the same tensor
+        h = b.add("mid", Affine(), Role.BOTTLENECK, last, [h])
+    else:
+        h = b.add("mid_res0", mid_resblock.with_(channels=widths[-1]), Role.BOTTLENECK, last, [h, *cond])
+        for j in range(mid_layers):
+            if mid_attention is not False:
+                mid_spec = attention_at(last) if mid_attention is True else mid_attention
+                h = attend("mid" if j == 0 else f"mid{j}", h, Role.BOTTLENECK, last, mid_spec)
+            res = mid_resblock.with_(channels=widths[-1])
+            h = b.add(f"mid_res{j + 1}", res, Role.BOTTLENECK, last, [h, *cond])
     for i in reversed(range(depth)):
         for j, skip in enumerate(reversed(skips[i])):
             h = b.add(f"merge{i}_{j}", Merge("concat"), Role.MERGE, i, [h, In(skip, EdgeKind.SKIP)])
             h = b.add(f"dec{i}_{j}", resblock.with_(channels=widths[i]), Role.DECODER, i, [h, *cond])
-            if i in attention_levels:
-                h = attend(h, h, Role.DECODER, i)
+            if i in decoder_levels:
+                h = attend(h, h, Role.DECODER, i, attention_at(i))
         if i > 0:
             up_i = _part(up, i - 1, Up, "up")
             if isinstance(up, str):
                 up_i = up_i.with_(factor=_factor(b.type_of(skips[i - 1][-1]), b.type_of(h)))
-            h = b.add(f"up{i - 1}", up_i, Role.UP, i - 1, [h])
+            h = b.add(f"up{i - 1}", up_i, Role.UP, i - 1, conditioned(up_i, h))
     if head is None:
         r = resblock
         head = Head(kernel=3, norm=r.norm, groups=r.groups, eps=r.eps, act=r.act)
-    b.add("head", _head(head, out_channels), Role.HEAD, 0, [h])
-    return b.build(outputs=["head"])
+    out = b.add("head", _head(head, out_channels), Role.HEAD, 0, [h])
+    if postprocess is not None:
+        ins: list[str | In] = [out]
+        if postprocess.max_cond > 0:
+            if time_embedding is None:
+                raise SpecError(f"postprocess: {postprocess.type_name} takes t on a cond edge; give time_embedding")
+            ins.append(In("t", EdgeKind.COND))
+        out = b.add("postprocess", postprocess, Role.HEAD, 0, ins)
+    return b.build(outputs=[out])
 
 
 def nested_unet(
@@ -385,9 +477,9 @@ def _any_crop(merge: Part, depth: int) -> bool:
     return any(getattr(_part(merge, i, Merge, "merge"), "crop", False) for i in range(depth - 1))
 
 
-def _positive(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SpecError(f"{name}: expected a positive integer, got {value!r}")
+def _positive(name: str, value: object, *, zero: bool = False) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero else 1):
+        raise SpecError(f"{name}: expected a {'non-negative' if zero else 'positive'} integer, got {value!r}")
 
 
 def _has_field(spec: BlockSpec, name: str) -> bool:

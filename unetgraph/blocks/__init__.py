@@ -18,9 +18,11 @@ from .gates import AttentionGate, SqueezeExcitation
 from .io import Input
 from .layers import ACTS, NORMS
 from .merge import Merge
+from .pointwise import Affine, ScaleBy
 from .resblock import ResBlock
 from .sampling import Down, Up
 from .sequence import Sequence
+from .transformer import Transformer
 
 __all__ = [
     "BlockSpec",
@@ -47,6 +49,9 @@ __all__ = [
     "ClassEmbedding",
     "AttentionGate",
     "SqueezeExcitation",
+    "Transformer",
+    "Affine",
+    "ScaleBy",
     "NORMS",
     "ACTS",
 ]

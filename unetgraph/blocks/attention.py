@@ -14,10 +14,51 @@ from torch import nn
 from ..errors import ShapeError, SpecError
 from ..types import TensorType
 from .base import BlockSpec, register_block
-from .conv import _spatial_input, check_groups
+from .conv import _spatial_input, check_groups, cond_input
 from .layers import NORMS, conv_cls, make_norm, norm_notes, validate_norm_act
 
-__all__ = ["SelfAttention", "CrossAttention", "LinearAttention", "AttentionModule", "LinearAttentionModule"]
+__all__ = [
+    "SelfAttention",
+    "CrossAttention",
+    "LinearAttention",
+    "AttentionModule",
+    "LinearAttentionModule",
+    "multihead",
+    "heads_for",
+]
+
+
+_CONTEXT = "a context, a sequence (N, L, D)"
+
+
+def multihead(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Scaled dot-product attention with ``heads`` heads over projected sequences.
+
+    Shape:
+        ``q: (N, L, H·d)``, ``k, v: (N, L', H·d)`` → ``(N, L, H·d)``.
+    """
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (N, H, L, d)
+
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).flatten(2)
+
+
+def heads_for(heads: int | None, head_dim: int | None, channels: int) -> int:
+    """The number of heads over ``channels`` given ``heads`` or ``head_dim`` (neither: one head).
+
+    Raises:
+        ShapeError: they do not divide ``channels``.
+    """
+    if head_dim is not None:
+        if channels % head_dim:
+            raise ShapeError(f"head_dim={head_dim} does not divide {channels} channels")
+        return channels // head_dim
+    heads = heads or 1
+    if channels % heads:
+        raise ShapeError(f"heads={heads} does not divide {channels} channels")
+    return heads
 
 
 class AttentionModule(nn.Module):
@@ -46,16 +87,12 @@ class AttentionModule(nn.Module):
         self.norm, self.to_q, self.to_k, self.to_v, self.to_out = norm, to_q, to_k, to_v, to_out
         self.heads, self.residual, self.output_scale = heads, residual, output_scale
 
-    def _split(self, t: torch.Tensor) -> torch.Tensor:
-        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         h = x if self.norm is None else self.norm(x)
         seq = h.flatten(2).transpose(1, 2)  # (N, positions, C)
         kv = seq if context is None else context
-        q, k, v = self._split(self.to_q(seq)), self._split(self.to_k(kv)), self._split(self.to_v(kv))
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = self.to_out(out.transpose(1, 2).flatten(2))
+        out = multihead(self.to_q(seq), self.to_k(kv), self.to_v(kv), self.heads)
+        out = self.to_out(out)
         out = out.transpose(1, 2).reshape(x.shape)
         if self.residual:
             out = out + x
@@ -74,6 +111,7 @@ class _AttentionSpec(BlockSpec):
     bias: bool = True
     residual: bool = True
     output_scale: float = 1.0
+    out_bias: bool = True
 
     def validate(self) -> None:
         validate_norm_act(self)
@@ -83,20 +121,14 @@ class _AttentionSpec(BlockSpec):
             raise SpecError(f"{self.type_name}: give heads or head_dim, not both (the other follows from channels)")
         self._require(isinstance(self.bias, bool), "bias", "True or False")
         self._require(isinstance(self.residual, bool), "residual", "True or False")
+        self._require(isinstance(self.out_bias, bool), "out_bias", "True or False")
         self._require(
             isinstance(self.output_scale, (int, float)) and self.output_scale > 0, "output_scale", "a positive number"
         )
 
     def n_heads(self, channels: int) -> int:
         """Heads for ``channels``; raises :class:`ShapeError` when they do not divide."""
-        if self.head_dim is not None:
-            if channels % self.head_dim:
-                raise ShapeError(f"head_dim={self.head_dim} does not divide {channels} channels")
-            return channels // self.head_dim
-        heads = self.heads or 1
-        if channels % heads:
-            raise ShapeError(f"heads={heads} does not divide {channels} channels")
-        return heads
+        return heads_for(self.heads, self.head_dim, channels)
 
     def _query(self, inputs: Sequence[TensorType]) -> TensorType:
         x = _spatial_input(self, inputs[:1])
@@ -115,7 +147,7 @@ class _AttentionSpec(BlockSpec):
             to_q=nn.Linear(c, c, bias=self.bias),
             to_k=nn.Linear(c_kv, c, bias=self.bias),
             to_v=nn.Linear(c_kv, c, bias=self.bias),
-            to_out=nn.Linear(c, c),
+            to_out=nn.Linear(c, c, bias=self.out_bias),
             heads=self.n_heads(c),
             residual=self.residual,
             output_scale=float(self.output_scale),
@@ -127,7 +159,7 @@ class _AttentionSpec(BlockSpec):
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         c, c_kv, b = inputs[0].channels, self._kv_channels(inputs), int(self.bias)
         norm = NORMS[self.norm][1] * c if self.norm != "none" else 0
-        return norm + (c * c + c * b) + 2 * (c_kv * c + c * b) + (c * c + c)
+        return norm + (c * c + c * b) + 2 * (c_kv * c + c * b) + (c * c + c * int(self.out_bias))
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         n, c, positions = inputs[0][0], inputs[0][1], prod(inputs[0][2:])
@@ -153,8 +185,9 @@ class SelfAttention(_AttentionSpec):
             neither means one head). They must divide the channels.
         norm, groups, eps: the normalisation of the input (GroupNorm by default).
         bias: biases of the q, k, v projections.
-        residual: add the input to the output.
+        residual: add the input to the output (diffusers' ``residual_connection``).
         output_scale: the result is divided by it (diffusers' ``rescale_output_factor``).
+        out_bias: the bias of the output projection.
 
     Shape:
         ``(N, C, *S) → (N, C, *S)``.
@@ -184,11 +217,7 @@ class CrossAttention(_AttentionSpec):
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         x = self._query(inputs)
-        if len(inputs) < 2:
-            raise ShapeError("CrossAttention needs a context: add a cond edge from an Input(kind='context')")
-        if inputs[1].form != "sequence":
-            name = sources[1] if len(sources) > 1 else "the cond input"
-            raise ShapeError(f"CrossAttention's context must be a sequence (N, L, D), got {inputs[1]} from {name}")
+        cond_input(self, inputs, sources, "sequence", _CONTEXT, "add a cond edge from an Input(kind='context')")
         return x
 
 

@@ -16,7 +16,7 @@ from ..types import TensorType
 from .base import BlockSpec, register_block
 from .layers import ACTS, NORMS, axes_text, conv_cls, conv_label, make_norm, norm_notes, validate_norm_act
 
-__all__ = ["ConvBlock", "Head", "same_padding", "check_groups"]
+__all__ = ["ConvBlock", "Head", "same_padding", "check_groups", "cond_input"]
 
 
 def same_padding(kernel: int, field: str) -> int:
@@ -38,6 +38,19 @@ def _spatial_input(spec: BlockSpec, inputs: Sequence[TensorType]) -> TensorType:
     if x.dims == 0:
         raise ShapeError(f"{spec.type_name} needs a spatial input (N, C, ...), got a per-sample vector of {x.channels}")
     return x
+
+
+def cond_input(
+    spec: BlockSpec, inputs: Sequence[TensorType], sources: Sequence[str], form: str, what: str, missing: str
+) -> TensorType:
+    """The conditioning input (port 1) of ``spec``, which must be of ``form`` (``what`` says it in
+    words); ``missing`` says how to add one when there is none. Raises :class:`ShapeError`."""
+    if len(inputs) < 2:
+        raise ShapeError(f"{spec.type_name} needs {what}: {missing}")
+    if inputs[1].form != form:
+        name = sources[1] if len(sources) > 1 else "the cond input"
+        raise ShapeError(f"{spec.type_name} needs {what} on its cond edge, got {inputs[1]} from {name}")
+    return inputs[1]
 
 
 @register_block

@@ -16,7 +16,7 @@ from ..types import TensorType
 from .base import BlockSpec, register_block
 from .layers import ACTS
 
-__all__ = ["TimestepEmbedding", "ClassEmbedding", "Sinusoidal"]
+__all__ = ["TimestepEmbedding", "ClassEmbedding", "Sinusoidal", "FourierFeatures"]
 
 
 def _require_form(spec: BlockSpec, x: TensorType, form: str, what: str, source: str) -> None:
@@ -59,18 +59,49 @@ class Sinusoidal(nn.Module):
         return emb
 
 
+class FourierFeatures(nn.Module):
+    """Random Fourier features of a noise level (Tancik et al. 2020; Song et al. 2021's score
+    models): ``[sin(2π·w·t), cos(2π·w·t)]`` with fixed frequencies ``w ~ N(0, scale²)``, of ``log t``
+    when ``log`` (diffusers' ``GaussianFourierProjection``).
+
+    The frequencies are a parameter that does not train (``requires_grad=False``), so they are
+    saved, loaded and moved with the model like its weights.
+
+    Shape:
+        ``(N,) → (N, dim)``.
+    """
+
+    def __init__(self, dim: int, scale: float, log: bool, flip_sin_to_cos: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(dim // 2) * scale, requires_grad=False)
+        self.log, self.flip = log, flip_sin_to_cos
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        x = t.float()
+        if self.log:
+            x = torch.log(x)
+        args = x[:, None] * self.weight[None, :] * 2 * math.pi
+        sin, cos = torch.sin(args), torch.cos(args)
+        return torch.cat([cos, sin] if self.flip else [sin, cos], dim=-1)
+
+
 @register_block
 @dataclass(frozen=True)
 class TimestepEmbedding(BlockSpec):
-    """Sinusoidal encoding of a timestep input, then an MLP ``Linear → act → Linear`` (DDPM).
+    """An encoding of a timestep input, then an MLP ``Linear → act → Linear`` (DDPM).
 
     Args:
         channels: the embedding width (``4 × base width`` in DDPM); ``None`` uses ``4 * dim``.
-        dim: width of the sinusoidal encoding (DDPM: the first level's width); builders
-            fill ``None`` with it.
+        dim: width of the encoding (DDPM: the first level's width); builders fill ``None`` with it.
         act: the MLP's activation; ``mlp=False`` returns the encoding itself.
-        flip_sin_to_cos, freq_shift, max_period, scale: the encoding's conventions
-            (diffusers' DDPM: ``False, 1, 10000, 1``).
+        encoding: ``"sinusoidal"`` (the transformer's position encoding of the step, DDPM) or
+            ``"fourier"`` (random Fourier features of a continuous noise level, score-based
+            models; ``dim / 2`` fixed random frequencies, a parameter that does not train).
+        flip_sin_to_cos: ``[cos, sin]`` instead of ``[sin, cos]``.
+        freq_shift, max_period: the sinusoidal frequencies' conventions (diffusers' DDPM: ``1, 10000``).
+        scale: sinusoidal: multiplies the arguments; fourier: the standard deviation of the
+            random frequencies when the module is built (diffusers: 16).
+        log: fourier only: encode ``log t`` (the noise level σ as score models take it).
 
     Shape:
         ``t: (N,) → (N, channels)``.
@@ -84,6 +115,8 @@ class TimestepEmbedding(BlockSpec):
     freq_shift: float = 1.0
     max_period: float = 10000.0
     scale: float = 1.0
+    encoding: str = "sinusoidal"
+    log: bool = True
 
     def validate(self) -> None:
         self._positive_int("channels", optional=True)
@@ -99,6 +132,11 @@ class TimestepEmbedding(BlockSpec):
         )
         self._require(isinstance(self.max_period, (int, float)) and self.max_period > 1, "max_period", "a number > 1")
         self._require(isinstance(self.scale, (int, float)), "scale", "a number")
+        self._choice("encoding", ["sinusoidal", "fourier"])
+        self._require(isinstance(self.log, bool), "log", "True or False")
+        self._require(
+            self.encoding != "fourier" or self.dim is None or self.dim % 2 == 0, "dim", "an even width for fourier"
+        )
         if not self.mlp and self.channels not in (None, self.dim):
             raise ShapeError(f"TimestepEmbedding.channels={self.channels}: without the MLP the width is dim={self.dim}")
 
@@ -110,7 +148,13 @@ class TimestepEmbedding(BlockSpec):
         return TensorType(width, ())
 
     def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:
-        encode = Sinusoidal(self.dim, self.flip_sin_to_cos, float(self.freq_shift), float(self.max_period), self.scale)
+        encode: nn.Module
+        if self.encoding == "fourier":
+            encode = FourierFeatures(self.dim, float(self.scale), self.log, self.flip_sin_to_cos)
+        else:
+            encode = Sinusoidal(
+                self.dim, self.flip_sin_to_cos, float(self.freq_shift), float(self.max_period), self.scale
+            )
         if not self.mlp:
             return encode
         layers = OrderedDict(
@@ -123,7 +167,8 @@ class TimestepEmbedding(BlockSpec):
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         c = output.channels
-        return (self.dim * c + c + c * c + c) if self.mlp else 0
+        frequencies = (self.dim or 0) // 2 if self.encoding == "fourier" else 0
+        return frequencies + ((self.dim * c + c + c * c + c) if self.mlp else 0)
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         n, c = output
@@ -131,7 +176,7 @@ class TimestepEmbedding(BlockSpec):
 
     def label(self) -> str:
         width = self.channels or (4 * self.dim if self.dim else "4·dim")
-        return f"sinusoidal {self.dim or ''}".rstrip() + (f" → MLP {width}" if self.mlp else "")
+        return f"{self.encoding} {self.dim or ''}".rstrip() + (f" → MLP {width}" if self.mlp else "")
 
 
 @register_block

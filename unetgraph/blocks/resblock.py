@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import ShapeError
-from ..sizes import SizeOp, Window
+from ..errors import ShapeError, SpecError
+from ..sizes import Scale, SizeOp, Window
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups, same_padding
@@ -22,7 +22,8 @@ __all__ = ["ResBlock", "ResBlockModule"]
 
 
 class ResBlockModule(nn.Module):
-    """``norm → act → conv → (+cond) → norm → act → dropout → conv``, plus the shortcut.
+    """``norm → act → [resample] → conv → (+cond) → norm → act → dropout → conv``, plus the
+    shortcut (resampled the same way, then a 1×1 convolution when channels change).
 
     Submodules are registered in the order of diffusers' ``ResnetBlock2D`` (``norm1, conv1,
     cond_proj, norm2, conv2, shortcut``), so its weights map one to one.
@@ -44,10 +45,12 @@ class ResBlockModule(nn.Module):
         cond: str,
         dims: int,
         output_scale: float,
+        resample: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.norm1, self.conv1, self.cond_proj, self.norm2, self.conv2 = norm1, conv1, cond_proj, norm2, conv2
         self.shortcut = shortcut
+        self.resample = resample
         self.act = act if act is not None else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.cond, self.dims, self.output_scale = cond, dims, output_scale
@@ -56,6 +59,8 @@ class ResBlockModule(nn.Module):
         h = x
         if self.norm1 is not None:
             h = self.act(self.norm1(h))
+        if self.resample is not None:  # both paths, after the first norm → act (diffusers' up/down resnets)
+            h, x = self.resample(h), self.resample(x)
         h = self.conv1(h)
         e = None
         if self.cond_proj is not None:
@@ -97,9 +102,16 @@ class ResBlock(BlockSpec):
             unit of ResUNet, whose input is the image.
         bias: convolution biases (the shortcut's too).
         output_scale: the sum is divided by it (diffusers' ``output_scale_factor``).
+        resample: ``"avgpool"`` halves, ``"nearest"`` doubles the size inside the block: after
+            the first norm → act, on both the main path and the shortcut (BigGAN-style
+            up/down residual blocks; diffusers' ``ResnetBlock2D(down=True)`` / ``(up=True)``).
+            ``"none"`` by default; not combined with ``stride``.
+        cond_act: apply ``act`` to the embedding before its projection (``False``: diffusers'
+            ``skip_time_act=True``, the projection is then a bare ``Linear``).
 
     Shape:
-        ``x: (N, C_in, *S)`` [+ ``emb: (N, D)``] → ``(N, channels, *S / stride)``.
+        ``x: (N, C_in, *S)`` [+ ``emb: (N, D)``] → ``(N, channels, *S / stride)`` (``S / 2``
+        or ``S · 2`` with ``resample``).
     """
 
     channels: int | None = None
@@ -114,6 +126,8 @@ class ResBlock(BlockSpec):
     pre_norm: bool = True
     bias: bool = True
     output_scale: float = 1.0
+    resample: str = "none"
+    cond_act: bool = True
 
     max_cond = 1
 
@@ -133,12 +147,20 @@ class ResBlock(BlockSpec):
         self._require(
             isinstance(self.output_scale, (int, float)) and self.output_scale > 0, "output_scale", "a positive number"
         )
+        self._choice("resample", list(_RESAMPLE))
+        self._require(isinstance(self.cond_act, bool), "cond_act", "True or False")
+        strides = self.stride if isinstance(self.stride, tuple) else (self.stride,)
+        if self.resample != "none" and any(s != 1 for s in strides):
+            raise SpecError(f"ResBlock: resample={self.resample!r} and stride={self.stride!r}: give one of them")
 
     def _axes(self, field: str, dims: int) -> tuple[int, ...]:
         return tuple(self._per_axis(field, dims, a) for a in range(dims))
 
     def _needs_shortcut(self, cin: int, cout: int, dims: int) -> bool:
         return cin != cout or any(s != 1 for s in self._axes("stride", dims))
+
+    def _resample_scale(self) -> Fraction:
+        return _RESAMPLE[self.resample]
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         x = _spatial_input(self, inputs[:1])
@@ -151,12 +173,17 @@ class ResBlock(BlockSpec):
             emb, name = inputs[1], sources[1] if len(sources) > 1 else "the cond input"
             if emb.form != "dense" or emb.dims != 0:
                 raise ShapeError(f"{name} must be an embedding (N, D) (e.g. from TimestepEmbedding), got {emb}")
-        scale = tuple(Fraction(1, s) for s in self._axes("stride", x.dims))
+        scale = tuple(Fraction(1, s) * self._resample_scale() for s in self._axes("stride", x.dims))
         return TensorType(out, x.scale).rescaled(scale)
 
     def size_ops(self, dims: int, axis: int) -> tuple[SizeOp, ...]:
         k = self._per_axis("kernel", dims, axis)
-        return (Window(k, self._per_axis("stride", dims, axis), k // 2), Window(k, 1, k // 2))
+        convs = (Window(k, self._per_axis("stride", dims, axis), k // 2), Window(k, 1, k // 2))
+        if self.resample == "avgpool":
+            return (Window(2, 2), *convs)
+        if self.resample == "nearest":
+            return (Scale(Fraction(2)), *convs)
+        return convs
 
     def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:
         x, dims, cout = inputs[0], inputs[0].dims, output.channels
@@ -168,7 +195,8 @@ class ResBlock(BlockSpec):
         if len(inputs) > 1:
             width = cout * (2 if self.cond == "scale_shift" else 1)
             proj = nn.Linear(inputs[1].channels, width)
-            cond_proj = nn.Sequential(OrderedDict(act=ACTS[self.act](), linear=proj)) if self.act != "none" else proj
+            with_act = self.act != "none" and self.cond_act
+            cond_proj = nn.Sequential(OrderedDict(act=ACTS[self.act](), linear=proj)) if with_act else proj
         return ResBlockModule(
             norm1=make_norm(self.norm, x.channels, dims, self.groups, self.eps) if norm and self.pre_norm else None,
             conv1=conv(x.channels, cout, kernel, stride=stride, padding=pad, bias=self.bias),
@@ -183,6 +211,7 @@ class ResBlock(BlockSpec):
             cond=self.cond,
             dims=dims,
             output_scale=float(self.output_scale),
+            resample=_resampler(self.resample, dims),
         )
 
     def shape_notes(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> list[str]:
@@ -208,7 +237,7 @@ class ResBlock(BlockSpec):
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         x, (n, cout) = inputs[0], output[:2]
         dims = len(x) - 2
-        k, positions = prod(self._axes("kernel", dims)), prod(output[2:])
+        k, positions = prod(self._axes("kernel", dims)), prod(output[2:])  # resampled: the output's positions
         total = 2 * n * positions * cout * (x[1] + cout) * k
         if len(inputs) > 1:
             total += 2 * n * inputs[1][1] * cout * (2 if self.cond == "scale_shift" else 1)
@@ -217,4 +246,17 @@ class ResBlock(BlockSpec):
         return total
 
     def label(self) -> str:
-        return conv_label(self, f"res conv{axes_text(self.kernel)}")
+        resample = {"avgpool": " ↓avgpool", "nearest": " ↑nearest"}.get(self.resample, "")
+        return conv_label(self, f"res conv{axes_text(self.kernel)}{resample}")
+
+
+# resample mode -> the scale it applies (its layer: _resampler)
+_RESAMPLE = {"none": Fraction(1), "avgpool": Fraction(1, 2), "nearest": Fraction(2)}
+
+
+def _resampler(mode: str, dims: int) -> nn.Module | None:
+    if mode == "avgpool":
+        return (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[dims - 1](2, stride=2)
+    if mode == "nearest":
+        return nn.Upsample(scale_factor=2.0, mode="nearest")
+    return None
