@@ -1,28 +1,38 @@
-"""Inference speed side by side, in one process: unetgraph eager / optimize()d / compiled against peers.
+"""Inference speed side by side, in one process: every preset eager / optimize()d / compiled, against peers.
 
-    .venv/bin/python -m benchmarks.deploy                          # 4-level BN U-Net (64..512), 128², batch 1
-    .venv/bin/python -m benchmarks.deploy --size 64 --repeat 5     # quicker
-    .venv/bin/python -m benchmarks.deploy --no-compile             # eager only (seconds)
-    .venv/bin/python -m benchmarks.deploy --aoti --onnx            # add AOTInductor and onnxruntime rows
-    .venv/bin/python -m benchmarks.deploy --bf16                   # add optimize(dtype=torch.bfloat16) rows
-    .venv/bin/python -m benchmarks.deploy --widths 64 128 256 512 1024   # the classic preset (padded)
+    .venv/bin/python -m benchmarks.deploy                                  # every preset, batch 1 and 8
+    .venv/bin/python -m benchmarks.deploy --preset classic bn4 --batch 1   # some presets, one batch
+    .venv/bin/python -m benchmarks.deploy --size 64 --repeat 5 --no-compile   # quicker
+    .venv/bin/python -m benchmarks.deploy --aoti --onnx                    # + AOTInductor and onnxruntime rows
+    .venv/bin/python -m benchmarks.deploy --bf16                           # + optimize(dtype=torch.bfloat16) rows
+    .venv/bin/python -m benchmarks.deploy --widths 64 128 256 512 1024     # + a U-Net of these widths
+    .venv/bin/python -m benchmarks.deploy --only monai ddpm recompiles     # the peer sections
+    .venv/bin/python -m benchmarks.deploy --device cuda                    # a GPU, where one is present
 
-Sections (each model is built at the same architecture and weights as ours; outputs are
-compared before timing):
+Sections (outputs are compared before timing):
 
-1. the classic padded U-Net (``--widths``) against the hand-written one (benchmarks/handwritten.py);
-2. MONAI ``BasicUNet`` against the same network built as a graph (benchmarks/peers.py);
-3. MONAI ``UNet`` (``--monai-unet``; its own architecture: compare GFLOP/s, not ms);
-4. DDPM against diffusers ``UNet2DModel``, when ``ug.presets.ddpm_unet`` exists (timing only);
-5. recompiles over several valid sizes: ``ug.compile`` against ``torch.compile`` of the peer.
+1. ``presets``: each preset of ``--preset`` (classic 5-level U-Net, 4-level BN U-Net, DDPM 32, attention
+   U-Net, 3D U-Net at 64³; see benchmarks/layers.py) at each ``--batch``: the lowered module eager,
+   ``optimize(prepack=False)`` (channels-last), ``optimize()`` (prepacked convolutions, the default),
+   ``ug.compile`` with one dynamic graph and with a static size bucket (``sizes=[size]``), and for the
+   classic and 4-level U-Nets the hand-written model (benchmarks/handwritten.py) eager and compiled
+   with freezing at the same static size; then the per-layer accounting of the ``optimize()``d module
+   (benchmarks/layers.py) and, at the end, a summary of the best float32 mode per preset and batch;
+2. ``monai``: MONAI ``BasicUNet`` against the same network built as a graph (benchmarks/peers.py);
+   ``--monai-unet`` adds MONAI ``UNet`` (its own architecture: compare GFLOP/s, not ms);
+3. ``ddpm``: DDPM against diffusers ``UNet2DModel``, same weights;
+4. ``recompiles``: graphs compiled over several valid sizes: ``ug.compile`` against ``torch.compile``.
 
-Columns: median milliseconds over interleaved rounds, speed-up against the hand-written
-(or peer) eager model, achieved GFLOP/s and its share of this machine's measured float32
-convolution peak and float32 matmul peak (oneDNN's convolutions beat MKL's sgemm on AMD CPUs:
-over 100% of sgemm happens), with the float32 floor (the network's FLOPs at the convolution peak),
-peak memory growth of one forward (Linux VmHWM after ``malloc_trim``), and for compiled rows
-the first-call (compile) time. Inductor's caches are disabled unless ``--cache``,
-so compile times are cold. Every compiled model uses ``freezing=True`` (weights are constants).
+Columns: median milliseconds over interleaved rounds, speed-up against the section's baseline,
+achieved GFLOP/s and its share of this machine's measured float32 convolution peak (plain or
+prepacked oneDNN weights, channels-last) and float32 matmul peak (over 100% of sgemm happens: on
+AMD CPUs oneDNN's convolutions beat MKL's sgemm), with the float32 floor (the network's FLOPs at the
+convolution peak); peak memory growth of one forward (Linux VmHWM after ``malloc_trim``; CUDA: the
+allocator's peak); for compiled rows the first-call (compile) time. Inductor's caches are disabled
+unless ``--cache``, so compile times are cold. Every compiled model uses ``freezing=True``.
+
+``--device cuda`` moves every model and input to the GPU and synchronizes before each timer stops;
+CPU-only rows (oneDNN prepacking, onnxruntime) are left out there.
 """
 
 from __future__ import annotations
@@ -38,104 +48,97 @@ from pathlib import Path
 from typing import Any, Callable
 
 ARGS: argparse.Namespace
+DEVICE = "cpu"
 SGEMM = 0.0  # the measured float32 matmul peak (GFLOP/s), set in main
+SUMMARY: list[dict[str, Any]] = []
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from benchmarks.layers import PRESETS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512], help="classic U-Net widths")
-    p.add_argument("--size", type=int, default=128, help="input height and width")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--preset", nargs="+", choices=PRESETS, default=list(PRESETS), help="presets to measure")
+    p.add_argument("--widths", type=int, nargs="+", default=None, help="add a BN U-Net of these widths")
+    p.add_argument("--size", type=int, default=None, help="spatial size for every preset (default: each its own)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes")
     p.add_argument("--repeat", type=int, default=10, help="timed rounds (medians)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU and a CUDA torch are present")
     p.add_argument("--no-compile", action="store_true", help="eager rows only")
-    p.add_argument("--aoti", action="store_true", help="add an AOTInductor package row (slow to build)")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer tables")
+    p.add_argument("--top", type=int, default=8, help="layers per per-layer table")
+    p.add_argument("--aoti", action="store_true", help="add AOTInductor package rows (slow to build)")
     p.add_argument("--onnx", action="store_true", help="add an onnxruntime row")
+    p.add_argument("--bf16", action="store_true", help="add optimize(dtype=torch.bfloat16) rows")
     p.add_argument("--monai-features", type=int, nargs=6, default=[32, 64, 128, 256, 512, 32])
-    p.add_argument("--no-monai", action="store_true", help="skip the MONAI BasicUNet section")
     p.add_argument("--monai-unet", action="store_true", help="add MONAI UNet (own architecture)")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="sizes for the recompile check")
-    p.add_argument("--only", nargs="+", choices=["classic", "monai", "ddpm", "recompiles"], help="sections to run")
+    p.add_argument(
+        "--only", nargs="+", choices=["presets", "monai", "ddpm", "recompiles"], help="sections (default: all)"
+    )
     p.add_argument("--cache", action="store_true", help="allow inductor's caches (warm compile times)")
-    p.add_argument("--bf16", action="store_true", help="add optimize(dtype=torch.bfloat16) rows")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    global ARGS
+    global ARGS, DEVICE, SGEMM
     ARGS = parse(argv)
+    DEVICE = ARGS.device
     if not ARGS.cache:
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
     import torch
     import torch._inductor.config
 
+    from benchmarks.layers import CASES, Case, Machine
+
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {DEVICE}: torch {torch.__version__} sees no CUDA device here")
     torch._inductor.config.freezing = True  # every compiled row, peers included (calls run under no_grad)
     if ARGS.threads:
         torch.set_num_threads(ARGS.threads)
     torch.manual_seed(0)
-    global SGEMM
-    SGEMM, peak = matmul_peak(), conv_peak()
-    print(
-        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"float32 peaks: matmul {SGEMM:.0f} GFLOP/s (best sgemm, 1024² and 2048²: '% sgemm'), "
-        f"3×3 convolution {peak:.0f} GFLOP/s (oneDNN, channels-last: '% conv')"
-    )
-    print(f"input: batch {ARGS.batch}, {ARGS.size}×{ARGS.size}; {ARGS.repeat} interleaved rounds\n")
-    only = set(ARGS.only or ["classic", "monai", "ddpm", "recompiles"])
+    cases = [CASES[name] for name in ARGS.preset]
+    if ARGS.widths:
+        widths = tuple(ARGS.widths)
+        cases.append(Case("widths", f"{len(widths)}-level BN U-Net {widths}", lambda: _bn_unet(widths), (128, 128)))
+    if ARGS.size:
+        cases = [c._replace(size=(ARGS.size,) * len(c.size)) for c in cases]
+    only = set(ARGS.only or ["presets", "monai", "ddpm", "recompiles"])
+    machines = {d: Machine.measure(DEVICE, d) for d in sorted({len(c.size) for c in cases} | {2})}
+    SGEMM = machines[2].sgemm
+    for d, m in machines.items():
+        print(f"machine ({d}D convolution peak): {m.describe()}")
+    print(f"batches {ARGS.batch}; {ARGS.repeat} interleaved rounds; every compiled row with freezing=True\n")
     with torch.no_grad():
-        if "classic" in only:
-            section_classic(peak)
-        if "monai" in only and not ARGS.no_monai:
-            section_monai_basic(peak)
-        if ARGS.monai_unet:
-            section_monai_unet(peak)
-        if "ddpm" in only:
-            section_ddpm(peak)
+        if "presets" in only:
+            for case in cases:
+                for batch in ARGS.batch:
+                    section_preset(case, batch, machines[len(case.size)])
+            print_summary()
+        for batch in ARGS.batch:
+            if "monai" in only:
+                section_monai_basic(machines[2].conv, batch)
+            if ARGS.monai_unet:
+                section_monai_unet(machines[2].conv, batch)
+            if "ddpm" in only:
+                section_ddpm(machines[2].conv, batch)
         if "recompiles" in only and not ARGS.no_compile:
             section_recompiles()
+
+
+def _bn_unet(widths: tuple[int, ...]) -> Any:
+    import unetgraph as ug
+
+    return ug.unet(3, 2, widths=widths, block=ug.ConvBlock(norm="batch"), name="UNetBN")
 
 
 # -- measuring ------------------------------------------------------------------------------
 
 
-def matmul_peak() -> float:
-    """The best float32 matmul rate (GFLOP/s) over a few sizes: the machine's practical peak."""
-    import torch
-
-    best = 0.0
-    for n in (1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        for _ in range(2):
-            a @ b
-        for _ in range(5):
-            t = time.perf_counter()
-            a @ b
-            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
-
-
-def conv_peak() -> float:
-    """The best float32 3×3 convolution rate (GFLOP/s, oneDNN, channels-last, batch 1) over the
-    layer shapes of a 64…512 U-Net at 128²: the ceiling of a convolution-bound float32 network
-    here (it can beat sgemm: on AMD CPUs MKL's sgemm does not use every vector unit)."""
-    import torch
-
-    from unetgraph.util import median_ms
-
-    best = 0.0
-    with torch.no_grad():
-        for c, s in ((64, 128), (128, 64), (256, 32), (512, 16)):
-            x = torch.randn(1, c, s, s).contiguous(memory_format=torch.channels_last)
-            w = torch.randn(c, c, 3, 3).contiguous(memory_format=torch.channels_last)
-            ms = median_ms(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1), 9)
-            best = max(best, 2 * c * c * 9 * s * s / (ms / 1e3) / 1e9)
-    return best
-
-
 def flops(model: Callable, *inputs: Any) -> int:
     import unetgraph as ug
 
-    counter = ug.cost.flop_counter()  # FlopCounterMode, counting attention on the CPU too
+    counter = ug.cost.flop_counter()  # FlopCounterMode, counting attention and packed convolutions too
     with counter:
         model(*inputs)
     return counter.get_total_flops()
@@ -152,7 +155,17 @@ def _status_kb(field: str) -> int | None:
 
 
 def peak_memory_mb(fn: Callable[[], Any]) -> float | None:
-    """Peak resident-memory growth during one call (Linux: VmHWM reset through clear_refs)."""
+    """Peak memory growth during one call: the CUDA allocator's peak on a GPU, else resident memory
+    (Linux: VmHWM reset through clear_refs)."""
+    import torch
+
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     try:
@@ -180,22 +193,23 @@ class CountingInductor:
         return out
 
 
-def compile_model(model: Any, x: Any, fullgraph: bool) -> tuple[Any, float, int]:
-    """``torch.compile`` with inductor + freezing; returns (compiled, first-call seconds, graphs)."""
+def compile_model(model: Any, args: tuple, fullgraph: bool) -> tuple[Any, float, int]:
+    """``torch.compile`` with inductor + freezing, static shapes (the first call's); returns
+    (compiled, first-call seconds, graphs)."""
     import torch
 
     backend = CountingInductor()
-    compiled = torch.compile(model, backend=backend, fullgraph=fullgraph)
+    compiled = torch.compile(model, backend=backend, fullgraph=fullgraph, dynamic=False)
     t = time.perf_counter()
-    compiled(x)
+    compiled(*args)
     return compiled, time.perf_counter() - t, backend.count
 
 
-def graph_breaks(model: Any, x: Any) -> int:
+def graph_breaks(model: Any, args: tuple) -> int:
     import torch
 
     torch._dynamo.reset()
-    return torch._dynamo.explain(model)(x).graph_break_count
+    return torch._dynamo.explain(model)(*args).graph_break_count
 
 
 # -- reporting -------------------------------------------------------------------------------
@@ -213,17 +227,17 @@ class Table:
     def print(self, ms: dict[str, float]) -> None:
         base = ms[self.baseline]
         print(f"== {self.title}")
-        head = f"{'model':<40} {'params':>10} {'GFLOP':>7} {'ms':>9} {'speed-up':>9} {'GFLOP/s':>8} {'% conv':>7}"
+        head = f"{'model':<46} {'params':>11} {'GFLOP':>7} {'ms':>9} {'speed-up':>9} {'GFLOP/s':>8} {'% conv':>7}"
         head += f" {'% sgemm':>8}"
         print(head + f" {'peak MB':>8} {'compile s':>10} {'graphs':>7} {'breaks':>7}")
         for r in self.rows:
             t = ms[r["name"]]
-            gflop = r.get("flops", 0) / 1e9
+            gflop = (r.get("flops") or 0) / 1e9
             rate = gflop / (t / 1e3) if gflop else 0.0
             mem = "" if r.get("memory") is None else f"{r['memory']:.0f}"
             comp = "" if r.get("compile") is None else f"{r['compile']:.1f}"
             print(
-                f"{r['name']:<40} {r.get('params', 0):>10,} {gflop:>7.2f} {t:>9.1f} {base / t:>8.2f}× "
+                f"{r['name'][:46]:<46} {r.get('params', 0):>11,} {gflop:>7.2f} {t:>9.1f} {base / t:>8.2f}× "
                 f"{rate:>8.1f} {100 * rate / self.peak:>6.1f}% {100 * rate / SGEMM if SGEMM else 0:>7.1f}% "
                 f"{mem:>8} {comp:>10} "
                 f"{r.get('graphs', ''):>7} {r.get('breaks', ''):>7}"
@@ -250,8 +264,163 @@ def row(model: Any, work: int | None = None, of: Any = None, **info: Any) -> tup
     return model, {"params": params(model if of is None else of), "flops": work, **info}
 
 
-def eager_rows(peer_name: str, peer: Any, gm: Any, fast: Any, work: int) -> dict[str, tuple[Any, dict[str, Any]]]:
-    """The rows every section starts with: the peer, our lowered module, and it optimize()d."""
+def run_section(table: Table, models: dict[str, tuple[Any, dict[str, Any]]], args: tuple) -> dict[str, float]:
+    """Time every model on ``args`` (interleaved), measure memory, print the table; returns the medians."""
+    from benchmarks.layers import timed_ms
+
+    for name, (fn, info) in models.items():
+        table.add(name, memory=peak_memory_mb(lambda fn=fn: fn(*args)), **info)
+    ms = timed_ms({name: (lambda fn=fn: fn(*args)) for name, (fn, _) in models.items()}, ARGS.repeat, DEVICE)
+    table.print(ms)
+    return ms
+
+
+def check_same(a: Any, b: Any, args: tuple, what: str, atol: float = 1e-3) -> None:
+    ya, yb = a(*args), b(*args)
+    pairs = [(ya[k], yb[k]) for k in ya] if isinstance(ya, dict) else [(ya, yb)]
+    diff = max((p - q).abs().max().item() for p, q in pairs)
+    scale = max([1.0] + [p.abs().max().item() for p, _ in pairs])
+    if not diff <= atol * scale:
+        raise SystemExit(f"{what}: outputs differ by {diff:.3g}; the comparison would be meaningless")
+
+
+def _timed_first_call(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# -- the presets ------------------------------------------------------------------------------
+
+
+def section_preset(case: Any, batch: int, machine: Any) -> None:
+    """Every float32 mode of one preset at one batch size, then its per-layer accounting."""
+    import torch
+
+    import unetgraph as ug
+    from benchmarks.layers import case_inputs, profile, randomize, table
+
+    torch.manual_seed(0)
+    g = case.build()
+    gm = randomize(g.lower()).eval().to(DEVICE)
+    xs = case_inputs(case, g, batch, DEVICE)
+    cpu = DEVICE == "cpu"
+    layout = ug.optimize(gm, prepack=False, channels_last=None if cpu else True).module
+    fast, report = ug.optimize(gm, channels_last=None if cpu else True)
+    check_same(gm, fast, xs, f"{case.name}: optimize()")
+    work = flops(gm, *xs)
+    rows: dict[str, tuple[Any, dict[str, Any]]] = {
+        "eager (lowered)": row(gm, work),
+        "optimize(prepack=False) (channels-last)": row(layout, work),
+    }
+    packed = len(report["prepack"].changes)
+    note = f"{packed} convolutions prepacked" if packed else "; ".join(report["prepack"].notes)[:120]
+    rows["optimize() (prepacked, default)" if cpu else "optimize()"] = row(fast, work, note=note)
+    hand = _hand_written(g, gm, case)
+    if hand is not None:
+        check_same(gm, hand, xs, f"{case.name}: hand-written vs ours")
+        rows["hand-written eager"] = row(hand, work)
+    low = None
+    if ARGS.bf16:
+        low = ug.optimize(gm, dtype=torch.bfloat16).module
+        want, got = gm(*xs), low(*xs)
+        error = (want - got).abs().max().item() / want.abs().max().item() if isinstance(want, torch.Tensor) else 0
+        rows["optimize(dtype=bf16)"] = row(low, work, note=f"bfloat16; max error {error:.1e} of the output's range")
+    size = tuple(xs[0].shape[2:])
+    if not ARGS.no_compile:
+        torch._dynamo.reset()
+        dynamic = ug.compile(fast)
+        seconds = _timed_first_call(lambda: dynamic(*xs))
+        rows["ug.compile (one dynamic graph)"] = row(dynamic, work, fast, compile=seconds, graphs=dynamic.compilations)
+        static = ug.compile(fast, sizes=[size])
+        seconds = _timed_first_call(lambda: static(*xs))
+        rows[f"ug.compile(sizes=[{'×'.join(map(str, size))}]) (static)"] = row(
+            static, work, fast, compile=seconds, graphs=static.compilations
+        )
+        check_same(static, gm, xs, f"{case.name}: bucketed compile")
+        if hand is not None:
+            torch._dynamo.reset()
+            compiled, seconds, graphs = compile_model(hand, xs, fullgraph=False)
+            breaks = graph_breaks(hand, xs)
+            rows["hand-written torch.compile (static, freezing)"] = row(
+                compiled, work, hand, compile=seconds, graphs=graphs, breaks=breaks
+            )
+        if low is not None:
+            low_static = ug.compile(low, sizes=[size])
+            seconds = _timed_first_call(lambda: low_static(*xs))
+            rows["ug.compile(sizes) bf16"] = row(low_static, work, low, compile=seconds, graphs=1)
+    tmp = Path(tempfile.mkdtemp())
+    if ARGS.aoti:
+        t = time.perf_counter()
+        path = ug.export(fast, tmp / "dynamic.pt2", format="aoti", progress=False)
+        rows["AOTInductor package (dynamic sizes)"] = row(
+            ug.load_exported(path, native=True), work, fast, compile=time.perf_counter() - t, graphs=1
+        )
+        t = time.perf_counter()
+        path = ug.export(fast, tmp / "bucket.pt2", format="aoti", sizes=[size], batches=[batch], progress=False)
+        rows["AOTInductor package (sizes=[size])"] = row(
+            ug.load_exported(path, native=True), work, fast, compile=time.perf_counter() - t, graphs=1
+        )
+    if ARGS.onnx and cpu:
+        path = ug.export(fast, tmp / "unet.onnx", progress=False)
+        rows["ONNX (onnxruntime)"] = row(ug.load_exported(path), work, fast)
+    where = "×".join(map(str, size))
+    title = f"{case.title}, batch {batch} at {where}, {DEVICE}"
+    ms = run_section(Table(title, "eager (lowered)", machine.conv, work), rows, xs)
+    float32 = {k: v for k, v in ms.items() if "bf16" not in k and not k.startswith("hand-written")}
+    best = min(float32, key=float32.__getitem__)
+    hand_static = ms.get("hand-written torch.compile (static, freezing)")
+    summary = {"case": case.name, "batch": batch, "size": where, "gflop": work / 1e9, "best": best}
+    summary |= {"ms": ms[best], "pct": 100 * work / (ms[best] * 1e6) / machine.conv, "hand": hand_static}
+    summary["static"] = next((v for k, v in ms.items() if k.startswith("ug.compile(sizes=[")), None)
+    if not ARGS.no_layers:
+        layers, forward = profile(fast, xs, repeat=max(3, ARGS.repeat // 2), device=DEVICE)
+        totals = table(f"per layer: {title}, optimize()", layers, forward, machine, top=ARGS.top)
+        summary["flagged"] = totals["flagged"]
+        summary["eager_pct"] = totals["conv_pct"]
+    SUMMARY.append(summary)
+
+
+def _hand_written(g: Any, gm: Any, case: Any) -> Any:
+    """The hand-written U-Net with ``gm``'s weights, for the graphs it reproduces (else ``None``)."""
+    from benchmarks.handwritten import HandWrittenUNet, copy_weights
+
+    if case.name not in ("classic", "bn4", "widths"):
+        return None
+    levels = sum(1 for n in g if n.startswith("enc") and n[3:].isdigit())
+    widths = (*tuple(g[f"enc{i}"].type.channels for i in range(levels)), g["mid"].type.channels)
+    hand = HandWrittenUNet(3, 2, widths).eval()
+    copy_weights(gm, hand)
+    return hand.to(DEVICE)
+
+
+def print_summary() -> None:
+    if not SUMMARY:
+        return
+    print("== summary: the best float32 mode of each preset (FLOP-weighted share of the convolution peak; target 85%)")
+    print(
+        f"{'preset':<10} {'batch':>5} {'size':>9} {'GFLOP':>7} {'best float32 mode':<46} {'ms':>9} {'% conv':>7} "
+        f"{'eager %':>8} {'flagged':>8} {'static/hand':>12}"
+    )
+    for s in SUMMARY:
+        ratio = "" if not (s.get("hand") and s.get("static")) else f"{s['hand'] / s['static']:.2f}×"
+        eager = "" if s.get("eager_pct") is None else f"{s['eager_pct']:.0f}%"
+        print(
+            f"{s['case']:<10} {s['batch']:>5} {s['size']:>9} {s['gflop']:>7.2f} {s['best'][:46]:<46} {s['ms']:>9.1f} "
+            f"{s['pct']:>6.0f}% {eager:>8} {s.get('flagged', '')!s:>8} {ratio:>12}"
+        )
+    print(
+        "  eager %: the optimize()d module's FLOP-weighted share of the peak (per-layer run); flagged: layers above\n"
+        "  5% of the time below 50% of the peak; static/hand: the hand-written model compiled with freezing at the\n"
+        "  same static size over ug.compile(sizes=...) (≥ 1.00× means ours is at least as fast)\n"
+    )
+
+
+# -- peers --------------------------------------------------------------------------------------
+
+
+def _eager_rows(peer_name: str, peer: Any, gm: Any, fast: Any, work: int) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """The rows a peer section starts with: the peer, our lowered module, and it optimize()d."""
     return {
         peer_name: row(peer, work),
         "unetgraph eager": row(gm, work),
@@ -259,122 +428,27 @@ def eager_rows(peer_name: str, peer: Any, gm: Any, fast: Any, work: int) -> dict
     }
 
 
-def run_section(table: Table, models: dict[str, tuple[Any, dict[str, Any]]], x: Any) -> None:
-    """Time every model on x (interleaved), measure memory, then print the table."""
-    from unetgraph.util import interleaved_ms
+def _compiled_rows(rows: dict, models: dict[str, tuple[Any, bool]], args: tuple, work: int) -> None:
+    import torch
 
-    for name, (fn, info) in models.items():
-        table.add(name, memory=peak_memory_mb(lambda fn=fn: fn(x)), **info)
-    ms = interleaved_ms({name: (lambda fn=fn: fn(x)) for name, (fn, _) in models.items()}, ARGS.repeat)
-    table.print(ms)
-
-
-def check_same(a: Any, b: Any, x: Any, what: str, atol: float = 1e-3) -> None:
-
-    ya, yb = a(x), b(x)
-    diff = (ya - yb).abs().max().item()
-    scale = max(1.0, ya.abs().max().item())
-    if not diff <= atol * scale:
-        raise SystemExit(f"{what}: outputs differ by {diff:.3g}; the comparison would be meaningless")
-
-
-# -- sections ---------------------------------------------------------------------------------
+    for name, (model, fullgraph) in models.items():
+        breaks = graph_breaks(model, args)
+        torch._dynamo.reset()
+        compiled, seconds, graphs = compile_model(model, args, fullgraph)
+        rows[name] = (compiled, {"params": params(model), "flops": work, "compile": seconds, "graphs": graphs})
+        rows[name][1]["breaks"] = breaks
 
 
 def _ours(g: Any) -> tuple[Any, Any]:
     import unetgraph as ug
+    from benchmarks.layers import randomize
 
-    gm = randomize(g.lower()).eval()
+    gm = randomize(g.lower()).eval().to(DEVICE)
     fast, _ = ug.optimize(gm)
     return gm, fast
 
 
-def randomize(model: Any) -> Any:
-    """Non-trivial batch-norm statistics (as after training), so folding is exercised."""
-    import torch
-
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
-
-
-def _compiled_rows(rows: dict, models: dict[str, tuple[Any, bool]], x: Any) -> None:
-    import torch
-
-    for name, (model, fullgraph) in models.items():
-        breaks = graph_breaks(model, x)
-        torch._dynamo.reset()
-        compiled, seconds, graphs = compile_model(model, x, fullgraph)
-        rows[name] = (compiled, {"params": params(model), "compile": seconds, "graphs": graphs, "breaks": breaks})
-
-
-def section_classic(peak: float) -> None:
-    import torch
-
-    import unetgraph as ug
-    from benchmarks.handwritten import HandWrittenUNet, copy_weights
-
-    widths = tuple(ARGS.widths)
-    g = ug.unet(3, 2, widths=widths, block=ug.ConvBlock(norm="batch"), name="ClassicUNetPadded")
-    gm, fast = _ours(g)
-    hand = HandWrittenUNet(3, 2, widths).eval()
-    copy_weights(gm, hand)
-    x = torch.randn(ARGS.batch, 3, ARGS.size, ARGS.size)
-    check_same(gm, hand, x, "hand-written vs ours")
-    check_same(gm, fast, x, "optimize()")
-    work = flops(hand, x)
-    rows = eager_rows("hand-written eager", hand, gm, fast, work)
-    low = _bfloat16(gm, x, rows, work) if ARGS.bf16 else None
-    if not ARGS.no_compile:
-        compiled = {"hand-written compiled": (hand, False), "unetgraph optimize()d compiled": (fast, True)}
-        if low is not None:
-            compiled["unetgraph optimize(dtype=bf16) compiled"] = (low, True)
-        _compiled_rows(rows, compiled, x)
-        torch._dynamo.reset()
-        dynamic = ug.compile(fast)  # eval mode: freezing by default
-        t = time.perf_counter()
-        dynamic(x)
-        seconds = time.perf_counter() - t
-        rows["unetgraph ug.compile (dynamic sizes)"] = row(
-            dynamic, work, fast, compile=seconds, graphs=dynamic.compilations, breaks=0
-        )
-        for name in list(rows):
-            rows[name][1].setdefault("flops", work)
-        check_same(rows["unetgraph optimize()d compiled"][0], gm, x, "compiled")
-    tmp = Path(tempfile.mkdtemp())
-    if ARGS.aoti:
-        t = time.perf_counter()
-        path = ug.export(fast, tmp / "unet.pt2", format="aoti", inductor_configs={"freezing": True}, progress=False)
-        seconds = time.perf_counter() - t
-        aoti = ug.load_exported(path, native=True)  # we built it
-        note = "one artifact for every served size; compile = export + AOTInductor build"
-        rows["unetgraph AOTInductor package"] = row(aoti, work, fast, compile=seconds, graphs=1, note=note)
-    if ARGS.onnx:
-        path = ug.export(fast, tmp / "unet.onnx", progress=False)
-        rows["unetgraph ONNX (onnxruntime)"] = row(ug.load_exported(path), work, fast)
-    title = f"{len(widths)}-level BN U-Net {widths} vs hand-written (same weights)"
-    run_section(Table(title, "hand-written eager", peak, work), rows, x)
-
-
-def _bfloat16(gm: Any, x: Any, rows: dict, work: float) -> Any:
-    """Add an ``optimize(dtype=torch.bfloat16)`` row (its error against float32 in the note)."""
-    import torch
-
-    import unetgraph as ug
-
-    low, _ = ug.optimize(gm, dtype=torch.bfloat16)
-    want = gm(*x) if isinstance(x, tuple) else gm(x)
-    got = low(*x) if isinstance(x, tuple) else low(x)
-    error = (want - got).abs().max().item() / want.abs().max().item()
-    note = f"bfloat16 weights and activations, float32 norms and outputs; max error {error:.1e} of the output's range"
-    rows["unetgraph optimize(dtype=bf16) eager"] = row(low, work, note=note)
-    return low
-
-
-def section_monai_basic(peak: float) -> None:
+def section_monai_basic(peak: float, batch: int) -> None:
     import torch
 
     from benchmarks.peers import copy_weights, monai_basic_unet, monai_basic_unet_graph
@@ -384,38 +458,38 @@ def section_monai_basic(peak: float) -> None:
     gm, fast = _ours(g)
     monai = monai_basic_unet(3, 2, f).eval()
     copy_weights(gm, monai)
-    x = torch.randn(ARGS.batch, 3, ARGS.size, ARGS.size)
+    monai = monai.to(DEVICE)
+    size = ARGS.size or 128
+    x = (torch.randn(batch, 3, size, size, device=DEVICE),)
     check_same(gm, monai, x, "MONAI BasicUNet vs ours")
-    work = flops(monai, x)
-    rows = eager_rows("MONAI BasicUNet eager", monai, gm, fast, work)
+    work = flops(monai, *x)
+    rows = _eager_rows("MONAI BasicUNet eager", monai, gm, fast, work)
     if not ARGS.no_compile:
-        _compiled_rows(
-            rows, {"MONAI BasicUNet compiled": (monai, False), "unetgraph optimize()d compiled": (fast, True)}, x
-        )
-        for name in list(rows):
-            rows[name][1].setdefault("flops", work)
-    table = Table(f"MONAI BasicUNet features={f} vs the same graph (same weights)", "MONAI BasicUNet eager", peak, work)
-    run_section(table, rows, x)
+        compiled = {"MONAI BasicUNet compiled": (monai, False), "unetgraph optimize()d compiled": (fast, True)}
+        _compiled_rows(rows, compiled, x, work)
+    title = f"MONAI BasicUNet features={f} vs the same graph (same weights), batch {batch} at {size}²"
+    run_section(Table(title, "MONAI BasicUNet eager", peak, work), rows, x)
 
 
-def section_monai_unet(peak: float) -> None:
+def section_monai_unet(peak: float, batch: int) -> None:
     import torch
     from monai.networks.nets import UNet
 
-    widths = tuple(ARGS.widths)
+    widths = tuple(ARGS.widths or (64, 128, 256, 512))
     model = UNet(2, 3, 2, channels=widths, strides=(2,) * (len(widths) - 1), num_res_units=2, norm="batch").eval()
-    x = torch.randn(ARGS.batch, 3, ARGS.size, ARGS.size)
-    work = flops(model, x)
+    model = model.to(DEVICE)
+    size = ARGS.size or 128
+    x = (torch.randn(batch, 3, size, size, device=DEVICE),)
+    work = flops(model, *x)
     rows: dict[str, tuple[Any, dict[str, Any]]] = {"MONAI UNet eager": row(model, work)}
     if not ARGS.no_compile:
-        _compiled_rows(rows, {"MONAI UNet compiled": (model, False)}, x)
-        rows["MONAI UNet compiled"][1]["flops"] = work
+        _compiled_rows(rows, {"MONAI UNet compiled": (model, False)}, x, work)
     note = "its own architecture (residual units, strided convolutions): compare GFLOP/s with the tables above"
     rows["MONAI UNet eager"][1]["note"] = note
-    run_section(Table(f"MONAI UNet channels={widths}", "MONAI UNet eager", peak), rows, x)
+    run_section(Table(f"MONAI UNet channels={widths}, batch {batch}", "MONAI UNet eager", peak), rows, x)
 
 
-def section_ddpm(peak: float) -> None:
+def section_ddpm(peak: float, batch: int) -> None:
     """The DDPM CIFAR-10 preset against diffusers' UNet2DModel: same architecture, same weights."""
     import torch
     from diffusers import UNet2DModel
@@ -423,52 +497,32 @@ def section_ddpm(peak: float) -> None:
     import unetgraph as ug
     from benchmarks.ddpm_vs_diffusers import CONFIG
 
-    class Call(torch.nn.Module):
-        """One argument ``(x, t)`` for every model; diffusers' output unwrapped."""
+    class Sample(torch.nn.Module):
+        """diffusers' output unwrapped."""
 
-        def __init__(self, model: torch.nn.Module, sample: bool = False) -> None:
+        def __init__(self, model: torch.nn.Module) -> None:
             super().__init__()
-            self.model, self.sample = model, sample
+            self.model = model
 
-        def forward(self, xt: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-            y = self.model(*xt)
-            return y.sample if self.sample else y
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.model(x, t).sample
 
     peer = UNet2DModel(**CONFIG).eval()
     g = ug.presets.ddpm_unet(32)  # CONFIG gives attention_head_dim=None: one head, as the paper
     gm = g.lower().eval()
     theirs = peer.state_dict()
     gm.load_state_dict({k: theirs[v] for k, v in ug.interop.diffusers_keys(g, gm.state_dict()).items()})
+    peer, gm = Sample(peer).to(DEVICE), gm.to(DEVICE)
     fast, _ = ug.optimize(gm)
-    batch = max(2, ARGS.batch)
-    xt = (torch.randn(batch, 3, 32, 32), torch.randint(0, 1000, (batch,)))
-    with torch.no_grad():
-        check_same(Call(peer, True), Call(fast), xt, "optimize()d vs diffusers")
-        work = flops(Call(gm), xt)
-    rows = eager_rows("diffusers UNet2DModel eager", Call(peer, True), Call(gm), Call(fast), work)
-    low = _bfloat16(gm, xt, rows, work) if ARGS.bf16 else None
-    if low is not None:
-        name = "unetgraph optimize(dtype=bf16) eager"
-        rows[name] = (Call(low), rows[name][1])
+    xt = (torch.randn(batch, 3, 32, 32, device=DEVICE), torch.randint(0, 1000, (batch,), device=DEVICE))
+    check_same(peer, fast, xt, "optimize()d vs diffusers")
+    work = flops(gm, *xt)
+    rows = _eager_rows("diffusers UNet2DModel eager", peer, gm, fast, work)
     if not ARGS.no_compile:
-        compiled = {
-            "diffusers UNet2DModel compiled": (Call(peer, True), False),
-            "unetgraph compiled": (Call(fast), True),
-        }
-        if low is not None:
-            compiled["unetgraph optimize(dtype=bf16) compiled"] = (Call(low), True)
-        _compiled_rows(rows, compiled, xt)
-        for name in compiled:
-            rows[name][1]["flops"] = work
-    run_section(
-        Table(
-            f"DDPM CIFAR-10 ({g.name}), batch {batch} at 32×32, vs diffusers UNet2DModel (same weights)",
-            "diffusers UNet2DModel eager",
-            peak,
-        ),
-        rows,
-        xt,
-    )
+        compiled = {"diffusers UNet2DModel compiled": (peer, False), "unetgraph compiled": (fast, True)}
+        _compiled_rows(rows, compiled, xt, work)
+    title = f"DDPM CIFAR-10 ({g.name}), batch {batch} at 32×32, vs diffusers UNet2DModel (same weights)"
+    run_section(Table(title, "diffusers UNet2DModel eager", peak, work), rows, xt)
 
 
 def section_recompiles() -> None:
@@ -478,20 +532,20 @@ def section_recompiles() -> None:
     import unetgraph as ug
     from benchmarks.handwritten import HandWrittenUNet
 
-    widths = tuple(ARGS.widths)
+    widths = tuple(ARGS.widths or (64, 128, 256, 512))
     step = 2 ** (len(widths) - 1)
-    sizes = ARGS.sizes or [ARGS.size, ARGS.size + 2 * step, 2 * ARGS.size]
-    g = ug.unet(3, 2, widths=widths)
-    _, fast = _ours(g)
-    hand = HandWrittenUNet(3, 2, widths).eval()
-    print(f"== recompiles over sizes {sizes} (batch {ARGS.batch}, then batch 2)")
-    for batch in sorted({ARGS.batch, 2}):
+    size = ARGS.size or 128
+    sizes = ARGS.sizes or [size, size + 2 * step, 2 * size]
+    _, fast = _ours(_bn_unet(widths))
+    hand = HandWrittenUNet(3, 2, widths).eval().to(DEVICE)
+    print(f"== recompiles over sizes {sizes} (batch {ARGS.batch[0]}, then batch 2)")
+    for batch in sorted({ARGS.batch[0], 2}):
         torch._dynamo.reset()
         ours = ug.compile(fast)
         backend = CountingInductor()
         peer = torch.compile(hand, backend=backend, dynamic=True)
         for s in sizes:
-            x = torch.randn(batch, 3, s, s)
+            x = torch.randn(batch, 3, s, s, device=DEVICE)
             ours(x)
             peer(x)
         print(

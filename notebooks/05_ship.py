@@ -23,14 +23,16 @@ x = torch.randn(1, 3, 64, 64)
 # ## Inference passes
 #
 # `ug.optimize` runs plain passes over the GraphModule (drop dropout/identity, fold batch norm
-# into the convolutions, fold constant subgraphs, remove dead nodes, channels-last) and reports
-# what each one changed. `example_inputs` makes it check the outputs too.
+# into the convolutions, fold constant subgraphs, remove dead nodes, channels-last, and on the
+# CPU keep convolution weights packed in oneDNN's layout with their activations fused) and
+# reports what each one changed. `example_inputs` makes it check the outputs too.
 
 # %%
 fast, report = ug.optimize(gm, example_inputs=[x])
 print(report.summary())
 print(report["fold_batchnorm"].changes[:3])
 print(report["channels_last"])
+print(report["prepack"].changes[:3])
 
 # %% [markdown]
 # Every default pass keeps the outputs equal within float32 rounding. `dtype=torch.bfloat16`
@@ -68,6 +70,24 @@ with torch.no_grad():
         print(size, tuple(y.shape), "graphs compiled so far:", compiled.compilations)
 try:
     compiled(torch.randn(2, 3, 50, 50))
+except ug.ShapeError as e:
+    print("ShapeError:", e)
+
+# %% [markdown]
+# ## The fast mode: static size buckets
+#
+# A dynamic graph cannot keep convolution weights packed (inductor packs them only for shapes it
+# knows). When the sizes you serve are known, `sizes=` compiles static, frozen, prepacked code
+# per bucket. This U-Net pads its convolutions, so padding a smaller input up to a bucket would
+# change its output: sizes without a bucket are refused, with the layer that makes it so.
+
+# %%
+fastest = ug.compile(fast, sizes=[64])
+with torch.no_grad():
+    print("64×64:", tuple(fastest(x).shape), "max |Δ|", (fastest(x) - gm(x)).abs().max().item())
+print("graphs:", fastest.compilations)
+try:
+    fastest(torch.randn(1, 3, 48, 48))
 except ug.ShapeError as e:
     print("ShapeError:", e)
 

@@ -15,10 +15,11 @@ from unetgraph.passes import (
     drop_identities,
     fold_batchnorm,
     fold_constants,
+    prepack,
     remove_dead_nodes,
 )
 
-PASSES = [drop_identities, fold_batchnorm, fold_constants, remove_dead_nodes, channels_last]
+PASSES = [drop_identities, fold_batchnorm, fold_constants, remove_dead_nodes, channels_last, prepack]
 
 
 @pytest.fixture(scope="module", params=list(PRESET_CASES))
@@ -224,8 +225,8 @@ def test_optimize_for_training_keeps_norms_and_dropout():
 
 def test_optimize_inplace_and_refusals():
     gm = ug.unet(1, 1, widths=(4, 8)).lower()
-    same, report = ug.optimize(gm, inplace=True, channels_last=False)
-    assert same is gm and "channels_last" not in [p.name for p in report.passes]
+    same, report = ug.optimize(gm, inplace=True, channels_last=False, prepack=False)
+    assert same is gm and {"channels_last", "prepack"}.isdisjoint(p.name for p in report.passes)
     assert "fold_batchnorm 6" in report.summary()
     with pytest.raises(ug.LoweringError, match="GraphModule"):
         ug.optimize(nn.Conv2d(1, 1, 1))

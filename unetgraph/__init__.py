@@ -48,7 +48,7 @@ from .check import CheckReport, SizeRules, check, valid_sizes
 from .cost import CostReport, NodeCost, summary
 from .diff import GraphDiff, diff
 from .distributed import shard, sync_batchnorm
-from .dynamic import CompiledUNet, compile, export_shapes, served_axes
+from .dynamic import BucketedUNet, CompiledUNet, compile, export_shapes, served_axes
 from .eject import eject, eject_source
 from .errors import (
     ArtifactError,
@@ -170,6 +170,7 @@ __all__ = [
     "dynamic",
     "compile",
     "CompiledUNet",
+    "BucketedUNet",
     "export_shapes",
     "served_axes",
     "export",

@@ -63,7 +63,7 @@ _MODEL = "models/model.json"
 _SAMPLE = "data/sample_inputs/model.pt"
 _PROGRAM_LAYOUT = re.compile(r"data/weights/weight_[0-9]{1,9}|data/constants/tensor_[0-9]{1,9}")
 _NATIVE_LAYOUT = re.compile(
-    r"data/aotinductor/model/[A-Za-z0-9_][A-Za-z0-9_.\-]*|data/weights/weight_[0-9]{1,9}"
+    r"data/aotinductor/(?:model|batch[0-9]{1,9}_[0-9x]{1,60})/[A-Za-z0-9_][A-Za-z0-9_.\-]*|data/weights/weight_[0-9]{1,9}"
     r"|data/constants/custom_obj_[0-9]{1,9}"
 )
 
@@ -280,8 +280,8 @@ def checked_native(archive: Archive, *, document: str) -> bytes:
     """Check the layout of an AOTInductor package (compiled code the caller chose to trust);
     return it rebuilt from the checked entries."""
     _check_layout(archive, (), _NATIVE_LAYOUT, (f"extra/{document}",))
-    if not any(n.startswith("data/aotinductor/model/") and n.endswith(".so") for n in archive.entries):
-        raise _refuse(archive.path, "no compiled model (data/aotinductor/model/*.so) in this AOTInductor package")
+    if not any(n.startswith("data/aotinductor/") and n.endswith(".so") for n in archive.entries):
+        raise _refuse(archive.path, "no compiled model (data/aotinductor/*/*.so) in this AOTInductor package")
     return _rebuild(dict(archive.entries))
 
 

@@ -374,15 +374,42 @@ def flop_counter() -> torch.utils.flop_counter.FlopCounterMode:
 
     Torch registers its SDPA formula for the GPU and meta kernels only, so on the CPU it
     counts ``scaled_dot_product_attention`` as 0; this adds the same formula for the CPU
-    kernel. Every FLOP comparison in unetgraph uses it.
+    kernel, and counts oneDNN's packed convolutions (:mod:`unetgraph.passes.prepack`) as the
+    convolutions they are. Every FLOP comparison in unetgraph uses it.
     """
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     def cpu_sdpa(query: Shape, key: Shape, value: Shape, *args: object, out_shape: object = None, **kw: object) -> int:
         return sdpa_flop_count(query, key, value)
 
-    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    return FlopCounterMode(display=False, custom_mapping={op: cpu_sdpa})
+    mapping: dict = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    mapping.update(_packed_convolutions())
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def _packed_convolutions() -> dict:
+    """Formulas for oneDNN's packed convolutions (``passes.prepack``), as ``aten.convolution`` counts them.
+
+    FlopCounterMode looks formulas up by overload packet; the ``binary`` overloads take the
+    tensor to add second and the weight third.
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    def weight(x: Shape, rest: tuple) -> list[int]:
+        # default: (x, weight, bias, ...); binary: (x, other, weight, bias, ...), bias 1-D or None
+        binary = len(rest) > 1 and isinstance(rest[1], torch.Size) and len(rest[1]) == len(x)
+        return list(rest[1] if binary else rest[0])  # type: ignore[arg-type]
+
+    def packed(x: Shape, *rest: object, out_shape: Shape, **kw: object) -> int:
+        return conv_flop_count(list(x), weight(x, rest), list(out_shape), transposed=False)
+
+    def packed_transposed(x: Shape, *rest: object, out_shape: Shape, **kw: object) -> int:
+        return conv_flop_count(list(x), weight(x, rest), list(out_shape), transposed=True)
+
+    mkldnn = torch.ops.mkldnn
+    if not (hasattr(mkldnn, "_convolution_pointwise") and hasattr(mkldnn, "_convolution_transpose_pointwise")):
+        return {}  # a torch without oneDNN
+    return {mkldnn._convolution_pointwise: packed, mkldnn._convolution_transpose_pointwise: packed_transposed}
 
 
 def measure(gm: torch.fx.GraphModule, *args: torch.Tensor) -> dict[str, tuple[Shape | None, int]]:

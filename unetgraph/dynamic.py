@@ -19,25 +19,45 @@ Two measured facts shape it (torch 2.13, CPU):
 
 from __future__ import annotations
 
+import math
+import operator
+import threading
+import time
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Callable
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.pooling import _AvgPoolNd, _MaxPoolNd
 
+from .blocks.layers import CenterCrop, ChannelLayerNorm
 from .check import AxisRule, SizeRules, check, valid_sizes
-from .contract import axis_word
+from .contract import InputGuard, axis_word
 from .errors import LoweringError, ShapeError
 from .graph import UNetGraph
 from .inputs import example_inputs, input_shapes
 from .lower import lower
+from .passes.prepack import PackedConv, conv_padding, plain
 from .record import find_record, lowered_record
 from .runtime import check_input_size, guard_inputs, module_guards
 from .types import AXIS_NAMES
 
-__all__ = ["ServedAxis", "served_axes", "export_shapes", "mark_dynamic", "compile", "CompiledUNet", "graph_and_module"]
+__all__ = [
+    "ServedAxis",
+    "served_axes",
+    "export_shapes",
+    "mark_dynamic",
+    "compile",
+    "CompiledUNet",
+    "graph_and_module",
+    "Buckets",
+    "BucketedUNet",
+    "padding_exactness",
+]
 
 
 @dataclass(frozen=True)
@@ -82,12 +102,13 @@ def _opt_int(value: object) -> int | None:
 
 
 def graph_and_module(model: UNetGraph | fx.GraphModule, **lower_options: Any) -> tuple[UNetGraph, fx.GraphModule]:
-    """``(graph, module)`` for a graph (lowered with ``lower_options``, in eval mode) or a lowered module."""
+    """``(graph, module)`` for a graph (lowered with ``lower_options``, in eval mode) or a lowered module
+    (with plain convolutions: one with prepacked ones comes back as an unpacked copy, ``passes.plain``)."""
     if isinstance(model, UNetGraph):
         return model, lower(model, **lower_options).eval()
     record = find_record(model) if isinstance(model, fx.GraphModule) else None
     if record is not None:
-        return record.graph, model
+        return record.graph, plain(model)
     raise LoweringError(f"expected a UNetGraph or a GraphModule made by unetgraph.lower, got {type(model).__name__}")
 
 
@@ -292,12 +313,18 @@ class CompiledUNet(nn.Module):
         x = inputs[self.position]
         check_served(self.input, self.rules, self.axes, tuple(x.shape[2:]))
         _mark(x, self.axes, self.batch)
-        if not self.options:
-            return self.compiled(*inputs)
-        from torch._inductor import config
+        return _call_with(self.options, self.compiled, inputs)
 
-        with config.patch(self.options):
-            return self.compiled(*inputs)
+
+def _call_with(options: dict[str, Any], compiled: Callable, inputs: tuple) -> Any:
+    """``compiled(*inputs)`` with inductor's config patched by ``options`` (dynamo reads some,
+    such as ``freezing``, while it traces: a patch seen only by the backend comes too late)."""
+    if not options:
+        return compiled(*inputs)
+    from torch._inductor import config
+
+    with config.patch(options):
+        return compiled(*inputs)
 
 
 def _backend(backend: str | Callable, options: dict[str, Any] | None) -> Callable:
@@ -324,8 +351,10 @@ def compile(
     batch: bool = False,
     max_size: int | None = None,
     fullgraph: bool = True,
-) -> CompiledUNet:
-    """Compile ``model`` once for all its valid sizes (see :class:`CompiledUNet`).
+    sizes: Any = None,
+) -> CompiledUNet | BucketedUNet:
+    """Compile ``model`` once for all its valid sizes (see :class:`CompiledUNet`), or, with
+    ``sizes``, once per size bucket with every shape static (see :class:`BucketedUNet`).
 
     Args:
         model: a graph (lowered, in eval mode) or a lowered GraphModule (e.g. from :func:`ug.optimize`).
@@ -338,14 +367,271 @@ def compile(
         batch: mark the batch axis dynamic too (otherwise each batch size compiles once).
         max_size: the largest spatial size to serve (``None``: unbounded).
         fullgraph: refuse graph breaks (a lowered U-Net has none).
+        sizes: spatial sizes to compile static code for (an int for every axis, or a tuple per
+            size), e.g. ``sizes=[256, 512]``: the fast mode. With freezing, inductor packs the
+            weights for oneDNN and fuses activations only where every shape is known, which a
+            dynamic graph cannot offer. Inputs of another valid size are padded up to the
+            smallest bucket that holds them where that is exact (valid-convolution U-Nets,
+            :func:`padding_exactness`), otherwise refused in words. Each batch size compiles
+            once per bucket; ``batch`` and ``max_size`` do not apply.
 
     Raises:
         LoweringError: the model was lowered with ``pad="auto"`` (its padding is computed in
             Python from the size, so each size is its own graph; compile the ``pad=None`` one).
+        ShapeError: a size in ``sizes`` does not fit the graph.
     """
     g, gm = graph_and_module(model)
     if lowered_record(gm).pad == "auto":
         raise LoweringError("dynamic compile needs a module lowered with pad=None: pad='auto' computes sizes in Python")
     if options is None and backend == "inductor" and not gm.training:
         options = {"freezing": True}
+    if sizes is not None:
+        return BucketedUNet(gm, g, Buckets.of(g, sizes), backend=backend, options=options, fullgraph=fullgraph)
     return CompiledUNet(gm, g, backend=backend, options=options, batch=batch, max_size=max_size, fullgraph=fullgraph)
+
+
+# -- static buckets -------------------------------------------------------------------------------
+
+_ELEMENTWISE = frozenset(
+    {operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, torch.add, torch.sub, torch.mul}
+    | {torch.relu, torch.sigmoid, torch.tanh, F.relu, F.silu, F.gelu, F.leaky_relu, F.sigmoid, F.tanh}
+)
+_SAME_TENSOR_METHODS = frozenset({"contiguous", "to", "float"})
+
+
+def _local_layer(gm: fx.GraphModule, node: fx.Node) -> str:
+    """'' when ``node`` computes each output position from a window that starts at the matching
+    input position (so trailing input cannot reach the leading outputs), else what it does instead."""
+    if node.op in ("placeholder", "output", "get_attr"):
+        return ""
+    if node.op == "call_method":
+        return "" if node.target in _SAME_TENSOR_METHODS else f"calls .{node.target}() on a tensor"
+    if node.op == "call_function":
+        if node.target is torch.cat:
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            return "" if dim == 1 else f"concatenates along axis {dim}"
+        return "" if node.target in _ELEMENTWISE else f"calls {getattr(node.target, '__name__', node.target)}"
+    m = gm.get_submodule(str(node.target))
+    kind = type(m).__name__
+    if isinstance(m, (_ConvNd, PackedConv)):
+        padding = m.padding if isinstance(m, PackedConv) else conv_padding(m)
+        return "" if padding is not None and not any(padding) else f"{kind} pads its input with {m.padding}"
+    if isinstance(m, (_MaxPoolNd, _AvgPoolNd)):
+        padding = m.padding if isinstance(m.padding, (tuple, list)) else (m.padding,)
+        if any(padding) or m.ceil_mode:
+            return f"{kind} pads its input (padding {m.padding}, ceil_mode {m.ceil_mode})"
+        return ""
+    if isinstance(m, nn.Upsample):
+        factors = m.scale_factor if isinstance(m.scale_factor, tuple) else (m.scale_factor,)
+        integer = m.scale_factor is not None and all(float(f).is_integer() for f in factors)
+        return "" if m.mode == "nearest" and integer else f"{kind} ({m.mode}) interpolates near the border"
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return "" if not m.training else f"{kind} in training mode computes statistics over every position"
+    if isinstance(m, (ChannelLayerNorm, CenterCrop, InputGuard, nn.Identity, nn.modules.dropout._DropoutNd)):
+        return ""
+    if type(m).__module__ == "torch.nn.modules.activation" and not isinstance(
+        m, (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d)
+    ):
+        return ""
+    return f"{kind} is not known to keep positions apart"
+
+
+def padding_exactness(model: UNetGraph | fx.GraphModule) -> str:
+    """Why padding an input at its end up to a larger valid size and cropping the output back
+    would change the output, or ``''`` when it would not.
+
+    It is exact when the output is aligned with the input and every layer computes each output
+    position from a window that starts at the matching input position: unpadded ('valid')
+    convolutions and pooling, transposed convolutions, nearest upsampling by whole factors,
+    per-position norms and activations, centre-cropped merges (the original U-Net). A layer that
+    pads ('same' convolutions: its border sees computed values instead of zeros), normalizes
+    over positions (GroupNorm, InstanceNorm), attends, or interpolates near the border breaks it;
+    the reason names the first such layer.
+    """
+    g, gm = (model, lower(model, device="meta").eval()) if isinstance(model, UNetGraph) else graph_and_module(model)
+    x = _spatial_input(g)
+    rules = valid_sizes(g)
+    x_dims = g[x].type.dims
+    aligned = all(g[o].type.dims == x_dims and all(s == 1 for s in g[o].type.scale) for o in g.outputs)
+    if rules.margin is None or not aligned:
+        return "its outputs are not aligned with the input at the same scale"
+    for node in gm.graph.nodes:
+        why = _local_layer(gm, node)
+        if why:
+            where = node.meta.get("custom", {}).get("unet_node", node.name)
+            return f"{where} ({node.name}): {why}"
+    return ""
+
+
+def _spatial(text: tuple[int, ...]) -> str:
+    return "×".join(map(str, text))
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """The static input sizes a bucketed compile or package serves, and how other sizes reach them.
+
+    An input of a bucket's size runs as is. An input of another valid size is padded at its end
+    up to the smallest bucket that holds it and the output is cropped back, where that is exact
+    (:func:`padding_exactness`); otherwise it is refused in words.
+    """
+
+    input: str
+    rules: SizeRules
+    sizes: tuple[tuple[int, ...], ...]
+    inexact: str = ""  # why padding up would change the output ('' when it would not)
+    margin: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, model: UNetGraph | fx.GraphModule, sizes: Any) -> Buckets:
+        """Validate ``sizes`` (an int per size for every axis, or one tuple per size) against ``model``'s rules.
+
+        Raises:
+            ShapeError: no sizes, a size of the wrong rank, or one that does not fit the graph.
+        """
+        g = model if isinstance(model, UNetGraph) else graph_and_module(model)[0]
+        x = _spatial_input(g)
+        rules = valid_sizes(g)
+        dims = len(rules.axes)
+        given = [sizes] if isinstance(sizes, int) else list(sizes or [])
+        if not given:
+            raise ShapeError("sizes: give at least one spatial size to compile for")
+        out = set()
+        for s in given:
+            size = (s,) * dims if isinstance(s, int) else tuple(int(n) for n in s)
+            if len(size) != dims:
+                raise ShapeError(f"sizes: {s} has {len(size)} axes; input {x} has {dims} spatial axes", node=x)
+            check_input_size(x, rules, size, " (sizes lists the buckets to compile: each must be valid)")
+            out.add(size)
+        margin = tuple(r.margin or 0 for r in rules.axes)
+        return cls(x, rules, tuple(sorted(out, key=lambda b: (math.prod(b), b))), padding_exactness(g), margin)
+
+    def describe(self) -> str:
+        pad = "padded up to the smallest bucket that holds them" if not self.inexact else "refused"
+        return f"buckets {', '.join(map(_spatial, self.sizes))} for input {self.input}; other valid sizes {pad}"
+
+    def choose(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        """The bucket that serves ``spatial`` (a valid size).
+
+        Raises:
+            ShapeError: no bucket holds it, or padding up to one would change the output.
+        """
+        if spatial in self.sizes:
+            return spatial
+        listed = ", ".join(map(_spatial, self.sizes))
+        where = f"input {self.input} of spatial size {_spatial(spatial)} has no bucket ({listed})"
+        if self.inexact:
+            raise ShapeError(
+                f"{where}, and padding it up would change the output: {self.inexact}; add {spatial} to sizes, "
+                "or compile without sizes (one dynamic graph serves every size)",
+                node=self.input,
+            )
+        fits = [b for b in self.sizes if all(n <= m for n, m in zip(spatial, b))]
+        if not fits:
+            raise ShapeError(f"{where} that holds it: add a larger size to sizes", node=self.input)
+        return fits[0]
+
+    def pad(self, x: torch.Tensor, bucket: tuple[int, ...]) -> torch.Tensor:
+        """``x`` padded with zeros at the end of each spatial axis up to ``bucket``."""
+        pads: list[int] = []
+        for n, m in zip(reversed(x.shape[2:]), reversed(bucket)):  # F.pad wants the last axis first
+            pads += [0, m - n]
+        return F.pad(x, pads)
+
+    def crop(self, y: Any, spatial: tuple[int, ...]) -> Any:
+        """Outputs computed on a padded input, cut back to what ``spatial`` gives."""
+        if isinstance(y, dict):
+            return {k: self.crop(v, spatial) for k, v in y.items()}
+        for axis, (n, m) in enumerate(zip(spatial, self.margin), start=2):
+            y = y.narrow(axis, 0, n - 2 * m)
+        return y
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sizes": [list(b) for b in self.sizes]}
+
+
+class BucketedUNet(nn.Module):
+    """Static, frozen compiles of a lowered U-Net, one per size bucket and batch size.
+
+    A dynamic compile (:class:`CompiledUNet`) serves every size with one graph, but inductor
+    cannot pack convolution weights for sizes it does not know, so each call reorders them (the
+    cost :mod:`unetgraph.passes.prepack` removes in eager mode). Here each bucket is compiled
+    with every shape static, so freezing packs the weights and fuses activations: the speed of a
+    hand-written model compiled at one size, for each size listed. Sizes in between are padded
+    up where that is exact (:class:`Buckets`). Each ``(batch, bucket)`` pair compiles once, at
+    its first call (or in :meth:`prepare`); ``compilations`` counts them and
+    ``compile_seconds`` says how long each took.
+
+    Shape:
+        as the lowered module.
+    """
+
+    def __init__(
+        self,
+        module: fx.GraphModule,
+        graph: UNetGraph,
+        buckets: Buckets,
+        *,
+        backend: str | Callable = "inductor",
+        options: dict[str, Any] | None = None,
+        fullgraph: bool = True,
+    ) -> None:
+        super().__init__()
+        self.module = module
+        self.buckets = buckets
+        self.position = graph.inputs.index(buckets.input)
+        self.graph = graph
+        self.options = dict(options or {}) if backend == "inductor" else {}
+        self._backend = _backend(backend, options)
+        self._fullgraph = fullgraph
+        self._compiled: dict[tuple[int, tuple[int, ...]], Callable] = {}
+        self.compile_seconds: dict[tuple[int, tuple[int, ...]], float] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def compilations(self) -> int:
+        """Graphs compiled so far: one per ``(batch, bucket)`` pair that ran."""
+        return len(self.compile_seconds)
+
+    def _compiled_for(self, key: tuple[int, tuple[int, ...]]) -> Callable:
+        with self._lock:
+            if key not in self._compiled:
+                # a GraphModule of its own (same submodules, same weights): its own code object, so
+                # dynamo's cache and recompile limit see one static graph per bucket
+                shell = fx.GraphModule(self.module, self.module.graph)
+                inner = self._backend
+
+                def counting(gm: fx.GraphModule, example: list[torch.Tensor]) -> Callable:
+                    start = time.perf_counter()
+                    compiled = inner(gm, example)
+                    self.compile_seconds[key] = self.compile_seconds.get(key, 0.0) + time.perf_counter() - start
+                    return compiled
+
+                self._compiled[key] = torch.compile(shell, backend=counting, fullgraph=self._fullgraph, dynamic=False)
+            return self._compiled[key]
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        x = inputs[self.position]
+        spatial = tuple(x.shape[2:])
+        check_input_size(self.buckets.input, self.buckets.rules, spatial)
+        bucket = self.buckets.choose(spatial)
+        if bucket != spatial:
+            inputs = (*inputs[: self.position], self.buckets.pad(x, bucket), *inputs[self.position + 1 :])
+        out = _call_with(self.options, self._compiled_for((x.shape[0], bucket)), inputs)
+        return out if bucket == spatial else self.buckets.crop(out, spatial)
+
+    def prepare(self, batch: int = 1) -> dict[tuple[int, ...], float]:
+        """Compile every bucket at ``batch`` now (each runs once on random inputs); returns the
+        seconds each bucket's first call took, compile included."""
+        seconds = {}
+        for bucket in self.buckets.sizes:
+            xs = example_inputs(self.graph, batch=batch, size=bucket).values()
+            device = next((p.device for p in self.module.parameters()), torch.device("cpu"))
+            start = time.perf_counter()
+            with torch.no_grad():
+                self(*(t.to(device) for t in xs))
+            seconds[bucket] = time.perf_counter() - start
+        return seconds
+
+    def extra_repr(self) -> str:
+        return self.buckets.describe()

@@ -30,13 +30,14 @@ from torch import nn
 
 from .artifact import MAX_BYTES, checked_native, checked_program, loaded_by, read_archive, read_onnx
 from .check import valid_sizes
-from .dynamic import check_served, export_shapes, graph_and_module, served_axes, trace_inputs
-from .errors import ArtifactError, LoweringError, ShapeError
+from .dynamic import Buckets, check_served, export_shapes, graph_and_module, served_axes, trace_inputs
+from .errors import ArtifactError, LoweringError, ShapeError, UNetGraphError
 from .files import atomic_path, write_atomic
 from .graph import UNetGraph
 from .grouping import ungroup
+from .inputs import example_inputs as _example_inputs
 from .record import lowered_record
-from .runtime import InputGuard, guard_inputs
+from .runtime import InputGuard, check_input_size, guard_inputs
 from .serialize import from_dict, to_dict
 
 __all__ = ["export", "load_exported", "ExportedUNet", "OnnxUNet", "FORMATS"]
@@ -79,8 +80,11 @@ def export(
     max_size: int | None = None,
     progress: Progress = True,
     inductor_configs: dict[str, Any] | None = None,
+    sizes: Any = None,
+    batches: Sequence[int] = (1,),
 ) -> Path:
-    """Export ``model`` to ``path``, dynamic in batch and every valid spatial size.
+    """Export ``model`` to ``path``, dynamic in batch and every valid spatial size (or, for an
+    AOTInductor package with ``sizes``, static per size bucket).
 
     Args:
         model: a graph (lowered, eval mode) or a lowered GraphModule, e.g. the module of
@@ -97,16 +101,28 @@ def export(
             lines instead; ``False`` is silent.
         inductor_configs: inductor options for ``"aoti"``; default ``{"freezing": True}`` (the
             weights are constants of the package, so inductor may pre-pack them).
+        sizes: ``"aoti"`` only: spatial sizes (an int for every axis, or a tuple per size) to
+            compile one static model each for, at every batch size in ``batches``, all in one
+            package. Inductor packs convolution weights and fuses activations only for static
+            shapes, so this is the fast mode; the loaded package pads a smaller valid size up to
+            the smallest bucket where that is exact (:class:`~unetgraph.dynamic.Buckets`) and a
+            batch up to the smallest batch compiled (samples are independent in inference).
+            ``batch`` and ``max_size`` do not apply.
+        batches: the batch sizes compiled for ``sizes``.
 
     Returns:
         ``path``. Load it with :func:`load_exported`.
 
     Raises:
-        LoweringError: an unknown format, or a module lowered with ``pad="auto"``.
+        LoweringError: an unknown format, a module lowered with ``pad="auto"``, or ``sizes``
+            with a format other than ``"aoti"``.
+        ShapeError: a size in ``sizes`` does not fit the graph.
     """
     with warnings.catch_warnings():
         # torch's own deprecation inside its exporters, not actionable here
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        if sizes is not None:
+            return _export_buckets(model, Path(path), format, sizes, batches, progress, inductor_configs)
         return _export(model, Path(path), format, example_inputs, batch, max_size, progress, inductor_configs)
 
 
@@ -154,11 +170,67 @@ def _export(
         return path
     from torch.export.pt2_archive._package import package_pt2
 
-    configs = {**({"freezing": True} if inductor_configs is None else inductor_configs), "aot_inductor.package": True}
     with steps.step("AOTInductor compile (minutes for large models)"), torch.no_grad():
-        files = torch._inductor.aot_compile(program.module(), args, options=configs)
+        files = torch._inductor.aot_compile(program.module(), args, options=_aoti_configs(inductor_configs))
     with steps.step("packaging"):
         package_pt2(buffer, aoti_files={"model": files}, extra_files={_DOC: doc})
+        write_atomic(path, buffer.getvalue())
+    return path
+
+
+def _aoti_configs(inductor_configs: dict[str, Any] | None) -> dict[str, Any]:
+    return {**({"freezing": True} if inductor_configs is None else inductor_configs), "aot_inductor.package": True}
+
+
+def _bucket_model(batch: int, size: tuple[int, ...]) -> str:
+    """The name of one static model in a bucketed AOTInductor package."""
+    return f"batch{batch}_" + "x".join(map(str, size))
+
+
+def _export_buckets(
+    model: UNetGraph | fx.GraphModule,
+    path: Path,
+    format: str | None,
+    sizes: Any,
+    batches: Sequence[int],
+    progress: Progress,
+    inductor_configs: dict[str, Any] | None,
+) -> Path:
+    """One AOTInductor package holding a static model per (batch, size bucket)."""
+    if format != "aoti":
+        raise LoweringError(
+            "sizes= compiles static AOTInductor models per size (format='aoti'); "
+            f"a {format or 'program'!r} export serves every valid size already"
+        )
+    if path.suffix != ".pt2":
+        raise LoweringError(f"an 'aoti' export is a .pt2 archive; got {path.name}")
+    batch_sizes = sorted({int(b) for b in batches})
+    if not batch_sizes or batch_sizes[0] < 1:
+        raise LoweringError(f"batches: positive batch sizes, got {list(batches)}")
+    g, gm = graph_and_module(model)
+    if lowered_record(gm).pad == "auto":
+        raise LoweringError("export needs a module lowered with pad=None: pad='auto' computes sizes in Python")
+    gm = gm.eval()
+    buckets = Buckets.of(g, sizes)
+    steps = _Progress(progress, path)
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    models, args = {}, {}
+    for b in batch_sizes:
+        for size in buckets.sizes:
+            args = {k: v.to(device) for k, v in _example_inputs(g, batch=b, size=size).items()}
+            name = _bucket_model(b, size)
+            with steps.step(f"{name}: torch.export + AOTInductor compile"), torch.no_grad():
+                program = torch.export.export(gm, tuple(args.values()), strict=False)
+                models[name] = torch._inductor.aot_compile(
+                    program.module(), tuple(args.values()), options=_aoti_configs(inductor_configs)
+                )
+    doc = _document(g, "aoti", False, None, args)
+    doc["buckets"] = {"sizes": [list(s) for s in buckets.sizes], "batches": batch_sizes}
+    from torch.export.pt2_archive._package import package_pt2
+
+    buffer = io.BytesIO()
+    with steps.step("packaging"):
+        package_pt2(buffer, aoti_files=models, extra_files={_DOC: json.dumps(doc, indent=1)})
         write_atomic(path, buffer.getvalue())
     return path
 
@@ -250,6 +322,13 @@ class _Spec:
                 raise ValueError(f"dtypes names {sorted(set(self.dtypes) - set(g.inputs))}, not inputs of the graph")
             self.rules = valid_sizes(g)
             self.served = served_axes(g, max_size=max_size)
+            bucketed = data.get("buckets")
+            if bucketed is not None and not (isinstance(bucketed, dict) and set(bucketed) == {"sizes", "batches"}):
+                raise ValueError(f"buckets must be an object of sizes and batches, got {bucketed!r}")
+            if bucketed is not None and not all(type(b) is int and b > 0 for b in bucketed["batches"]):
+                raise ValueError(f"buckets.batches must be positive integers, got {bucketed['batches']!r}")
+            self.buckets = None if bucketed is None else Buckets.of(g, [tuple(s) for s in bucketed["sizes"]])
+            self.batches = () if bucketed is None else tuple(sorted(bucketed["batches"]))
         except Exception as e:  # a document from a file: whatever is wrong with it, it is refused
             raise ArtifactError(
                 f"{source}: not a unetgraph export ({type(e).__name__}: {e})", path=source, entry=_DOC
@@ -266,7 +345,10 @@ class _Spec:
         dtype (``int64`` from a scheduler) are cast to the traced one, any other dtype mismatch is refused."""
         ready = list(guard_inputs(self.guards, inputs, self.name))
         for i, (guard, x) in enumerate(zip(self.guards, ready)):
-            if guard.name == self.spatial:
+            if guard.name == self.spatial and self.buckets is not None:
+                check_input_size(self.spatial, self.rules, tuple(x.shape[2:]))
+                self.buckets.choose(tuple(x.shape[2:]))
+            elif guard.name == self.spatial:
                 check_served(self.spatial, self.rules, self.served, tuple(x.shape[2:]))
             want = self.dtypes.get(guard.name, x.dtype)
             if x.dtype != want:
@@ -281,6 +363,9 @@ class _Spec:
 
     def describe(self) -> str:
         ins = ", ".join(f"{g.name} {g.expect()}" for g in self.guards)
+        if self.buckets is not None:
+            batches = ", ".join(map(str, self.batches))
+            return f"{self.name} [{self.kind}]: {ins}; {self.buckets.describe()}; batches {batches}"
         return f"{self.name} [{self.kind}]: {ins}; serves {', '.join(a.describe() for a in self.served)}"
 
 
@@ -290,7 +375,7 @@ def _run_artifact(spec: _Spec, step: Callable[[], Any]) -> Any:
     type, and becomes an :class:`ArtifactError` naming the file."""
     try:
         return step()
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, UNetGraphError):  # ours: a bucket runner refusing a batch in words
         raise
     except Exception as e:  # the runtime's own error types: the inputs were checked, the artifact is at fault
         raise ArtifactError(
@@ -298,6 +383,42 @@ def _run_artifact(spec: _Spec, step: Callable[[], Any]) -> Any:
             f"{' '.join(str(e).split())[:300]})",
             path=spec.source,
         ) from e
+
+
+class _BucketRunner:
+    """Runs a bucketed AOTInductor package: pads the image input up to its size bucket and the
+    batch up to the smallest batch compiled, runs that static model, cuts the outputs back."""
+
+    def __init__(self, spec: _Spec, buckets: Buckets, path: Path, data: bytes) -> None:
+        self.spec, self.buckets = spec, buckets
+        self.position = spec.graph.inputs.index(self.buckets.input)
+        from torch.export.pt2_archive._package import load_pt2
+
+        # every model of the package, loaded once, from the checked bytes
+        runners = loaded_by("torch", path, lambda: load_pt2(io.BytesIO(data)).aoti_runners)
+        try:
+            self.models = {(b, size): runners[_bucket_model(b, size)] for b in spec.batches for size in buckets.sizes}
+        except KeyError as e:
+            raise ArtifactError(f"{path}: the package lacks the model {e} its document lists", path=str(path)) from None
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        x = inputs[self.position]
+        n, spatial = x.shape[0], tuple(x.shape[2:])
+        batch = next((b for b in self.spec.batches if b >= n), None)
+        if batch is None:
+            raise ShapeError(
+                f"batch {n} is larger than every batch this package was compiled for "
+                f"({', '.join(map(str, self.spec.batches))}): split it",
+                node=self.buckets.input,
+            )
+        bucket = self.buckets.choose(spatial)
+        ready = [self.buckets.pad(t, bucket) if i == self.position else t for i, t in enumerate(inputs)]
+        if batch > n:  # samples are independent at inference: pad with zeros, drop them after
+            ready = [torch.cat([t, t.new_zeros((batch - n, *t.shape[1:]))]) for t in ready]
+        out = self.models[(batch, bucket)](*ready)
+        if batch > n:
+            out = {k: v[:n] for k, v in out.items()} if isinstance(out, dict) else out[:n]
+        return out if bucket == spatial else self.buckets.crop(out, spatial)
 
 
 class ExportedUNet(nn.Module):
@@ -443,6 +564,8 @@ def load_exported(
             )
         data = checked_native(archive, document=_DOC)
         del archive
+        if spec.buckets is not None:
+            return ExportedUNet(spec, _BucketRunner(spec, spec.buckets, path, data))
         runner = loaded_by("torch", path, lambda: torch._inductor.aoti_load_package(io.BytesIO(data)))
         return ExportedUNet(spec, runner)
     if spec.kind != "program":

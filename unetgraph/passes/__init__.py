@@ -10,6 +10,7 @@ from .drop_identities import drop_identities
 from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
 from .pipeline import Optimized, OptimizeReport, optimize
+from .prepack import PackedConv, has_packed, plain, prepack, unpack
 from .reduced_precision import reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
 
@@ -24,4 +25,9 @@ __all__ = [
     "channels_last",
     "remove_dead_nodes",
     "reduced_precision",
+    "prepack",
+    "unpack",
+    "plain",
+    "has_packed",
+    "PackedConv",
 ]

@@ -18,6 +18,7 @@ from .channels_last import channels_last as _channels_last
 from .drop_identities import drop_identities
 from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
+from .prepack import prepack as _prepack
 from .reduced_precision import DTYPES, reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
 
@@ -71,6 +72,7 @@ def optimize(
     *,
     for_inference: bool = True,
     channels_last: bool | None = None,
+    prepack: bool = True,
     dtype: torch.dtype | None = None,
     inplace: bool = False,
     example_inputs: Sequence[torch.Tensor] | None = None,
@@ -80,7 +82,10 @@ def optimize(
 
     For inference (``for_inference=True``; the module is put in eval mode): drop identities
     and dropout, fold batch norms into convolutions, fold constant subgraphs, remove dead
-    nodes and state, then convert to channels-last where it pays off. For training only
+    nodes and state, convert to channels-last where it pays off, then keep 2D/3D float32 CPU
+    convolution weights in oneDNN's packed layout, fused with their activations
+    (:func:`~unetgraph.passes.prepack`; export, ONNX, eject and compile get plain modules back
+    by themselves). For training only
     the passes that keep training semantics run: identity removal (dropout stays), dead
     node removal and channels-last.
 
@@ -92,6 +97,8 @@ def optimize(
         for_inference: see above.
         channels_last: ``None`` lets the pass decide (wide enough convolutions), ``True``
             forces it, ``False`` skips it.
+        prepack: run :func:`~unetgraph.passes.prepack` (inference only; it leaves alone, with a
+            note, what it does not apply to: other devices, other dtypes, 1D models).
         dtype: ``torch.bfloat16`` or ``torch.float16`` runs the model in that precision
             (:func:`~unetgraph.passes.reduced_precision`; inference only): about 2× faster
             convolutions where the hardware has the units, about 3 significant digits.
@@ -145,6 +152,8 @@ def optimize(
         results.append(reduced_precision(out, _run_inputs(out, example_inputs), dtype))
     if channels_last is not False:
         results.append(_channels_last(out, force=bool(channels_last)))
+    if for_inference and prepack:
+        results.append(_prepack(out))
     diff = _compare(reference, out, example_inputs, atol) if reference is not None else None
     report = OptimizeReport(tuple(results), (nodes_before, _count(out)[0]), (params_before, _count(out)[1]), diff)
     return Optimized(out, report)

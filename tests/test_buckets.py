@@ -1,0 +1,114 @@
+"""Static size buckets: ug.compile(model, sizes=...) and bucketed AOTInductor packages serve their
+sizes, pad smaller valid sizes up where that is exact, and refuse in words where it is not."""
+
+import pytest
+import torch
+from deploy_helpers import randomize_norms
+
+import unetgraph as ug
+from unetgraph.dynamic import BucketedUNet, Buckets, padding_exactness
+from unetgraph.passes import PackedConv
+
+
+def _valid_net(widths=(4, 8, 16)):
+    """A valid-convolution U-Net with cropped skips: padding its input up is exact."""
+    return ug.unet(1, 2, widths=widths, block=ug.ConvBlock(padding="valid", norm="batch"), merge=ug.Merge(crop=True))
+
+
+def test_padding_exactness_names_the_first_layer_that_breaks_it():
+    assert padding_exactness(ug.presets.classic_unet()) == ""
+    assert padding_exactness(_valid_net()) == ""
+    padded = padding_exactness(ug.presets.classic_unet(padded=True))
+    assert padded.startswith("enc0 (enc0_conv0): Conv2d pads its input")
+    grouped = _valid_net().map_blocks(lambda b: b.with_(norm="group", groups=2) if isinstance(b, ug.ConvBlock) else b)
+    assert padding_exactness(grouped) == "enc0 (enc0_norm0): GroupNorm is not known to keep positions apart"
+    valid = ug.ConvBlock(padding="valid")
+    bilinear = ug.unet(1, 2, widths=(4, 8), block=valid, up="bilinear", merge=ug.Merge(crop=True))
+    assert padding_exactness(bilinear) == "up0 (up0_upsample): Upsample (bilinear) interpolates near the border"
+    training = _valid_net().lower()  # batch norms in training mode use every position
+    assert "training mode" in padding_exactness(training)
+
+
+def test_bucketed_compile_pads_up_where_exact_and_counts_graphs():
+    torch.manual_seed(0)
+    g = _valid_net()
+    gm = randomize_norms(g.lower()).eval()
+    fast, _ = ug.optimize(gm)
+    s = g.valid_sizes().axes[0].sizes(4)  # 44, 48, 52, 56
+    model = ug.compile(fast, sizes=[s[2], (s[3], s[2])], backend="eager")
+    assert isinstance(model, BucketedUNet) and model.buckets.sizes == ((s[2], s[2]), (s[3], s[2]))
+    assert "other valid sizes padded up" in repr(model)
+    with torch.no_grad():
+        for batch, size in [(2, (s[0], s[0])), (2, (s[1], s[2])), (2, (s[2], s[2])), (1, (s[3], s[1]))]:
+            x = torch.randn(batch, 1, *size)
+            y = model(x)
+            assert y.shape == gm(x).shape and torch.allclose(y, gm(x), atol=1e-5), size
+    assert model.compilations == 2  # (2, 52×52) served three sizes; (1, 56×52) one
+    assert set(model.compile_seconds) == {(2, (s[2], s[2])), (1, (s[3], s[2]))}
+    with pytest.raises(ug.ShapeError, match=r"60×44 has no bucket \(52×52, 56×52\) that holds it"):
+        model(torch.randn(1, 1, s[3] + 4, s[0]))
+    with pytest.raises(ug.ShapeError, match="is not a multiple of 4"):
+        model(torch.randn(1, 1, s[0] + 1, s[0]))
+
+
+def test_bucketed_compile_refuses_padding_where_it_would_change_the_output():
+    g = ug.unet(1, 2, widths=(4, 8))
+    model = ug.compile(g, sizes=[16, 32], backend="eager")
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+    with pytest.raises(ug.ShapeError) as refused:
+        model(torch.randn(1, 1, 24, 24))
+    assert str(refused.value) == (
+        "input x of spatial size 24×24 has no bucket (16×16, 32×32), and padding it up would change the output: "
+        "enc0 (enc0_conv0): Conv2d pads its input with (1, 1); add (24, 24) to sizes, or compile without sizes "
+        "(one dynamic graph serves every size)"
+    )
+    with pytest.raises(ug.ShapeError, match=r"15×15 does not fit: input height 15 is not a multiple of 2"):
+        ug.compile(g, sizes=[15])
+    with pytest.raises(ug.ShapeError, match="has 3 axes; input x has 2 spatial axes"):
+        Buckets.of(g, [(16, 16, 16)])
+    with pytest.raises(ug.ShapeError, match="at least one spatial size"):
+        Buckets.of(g, [])
+
+
+def test_bucketed_inductor_compile_is_static_frozen_and_matches_eager():
+    torch.manual_seed(0)
+    g = ug.unet(3, 2, widths=(8, 16))
+    gm = randomize_norms(g.lower()).eval()
+    fast, _ = ug.optimize(gm)  # prepacked eager convolutions: the compile gets plain ones back
+    model = ug.compile(fast, sizes=[16])
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = gm(x)
+        seconds = model.prepare(batch=2)
+        assert list(seconds) == [(16, 16)] and model.compilations == 1
+        assert torch.allclose(model(x), want, atol=1e-4)
+        # static and frozen: inductor packed the convolution weights into copies of its own (with
+        # dynamic sizes it reads them at every call), so zeroing them changes eager outputs only
+        for layer in fast.modules():
+            if isinstance(layer, PackedConv):
+                layer.weight.zero_()
+        assert torch.allclose(model(x), want, atol=1e-4) and not torch.allclose(fast(x), want, atol=1e-4)
+    assert model.compilations == 1
+
+
+def test_bucketed_aoti_package_pads_sizes_and_batches(tmp_path):
+    torch.manual_seed(0)
+    g = _valid_net(widths=(4, 8))
+    gm = randomize_norms(g.lower()).eval()
+    s = g.valid_sizes().axes[0].sizes(3)
+    path = ug.export(gm, tmp_path / "buckets.pt2", format="aoti", sizes=[s[1]], batches=[2], progress=False)
+    with pytest.raises(ug.ArtifactError, match="native=True"):
+        ug.load_exported(path)  # compiled code: loaded only when asked
+    loaded = ug.load_exported(path, native=True)
+    assert f"buckets {s[1]}×{s[1]} for input x" in repr(loaded) and "batches 2" in repr(loaded)
+    with torch.no_grad():
+        for batch, size in [(2, s[1]), (1, s[0])]:  # as compiled; padded in batch and size
+            x = torch.randn(batch, 1, size, size)
+            assert torch.allclose(loaded(x), gm(x), atol=1e-4), (batch, size)
+    with pytest.raises(ug.ShapeError, match="batch 3 is larger than every batch this package was compiled for"):
+        loaded(torch.randn(3, 1, s[0], s[0]))
+    with pytest.raises(ug.ShapeError, match="has no bucket"):
+        loaded(torch.randn(1, 1, s[2], s[2]))
+    with pytest.raises(ug.LoweringError, match="serves every valid size already"):
+        ug.export(gm, tmp_path / "no.pt2", sizes=[s[1]])

@@ -1,0 +1,233 @@
+"""The prepack pass: outputs equal on every preset, plain weights back for export and eject, and a
+PackedConv that follows its weights (in-place changes, moves, casts, autograd, copies)."""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.fx as fx
+from deploy_helpers import assert_close, randomize_norms
+from preset_cases import PRESET_CASES, inputs_for
+from torch import nn
+
+import unetgraph as ug
+from unetgraph.passes import PackedConv, has_packed, plain, prepack, unpack
+
+
+def _packed(m: nn.Module) -> list[PackedConv]:
+    return [x for x in m.modules() if isinstance(x, PackedConv)]
+
+
+def _convs(m: nn.Module) -> list[nn.Module]:
+    return [x for x in m.modules() if isinstance(x, nn.modules.conv._ConvNd)]
+
+
+@pytest.fixture(scope="module", params=list(PRESET_CASES))
+def optimized(request):
+    torch.manual_seed(0)
+    make, shapes = PRESET_CASES[request.param]
+    g = make()
+    gm = randomize_norms(g.lower()).eval()
+    xs = inputs_for(g, shapes)
+    fast, report = ug.optimize(gm, example_inputs=xs)
+    return g, gm, fast, report, xs
+
+
+def test_optimize_packs_every_2d_and_3d_convolution_of_every_preset(optimized):
+    _, gm, fast, report, xs = optimized
+    result = report["prepack"]
+    assert len(_packed(fast)) == len(result.changes) == len(_convs(gm)) and not _convs(fast)
+    assert all(" packed" in line for line in result.changes)
+    fused = [line for line in result.changes if "fused" in line]
+    assert len(fused) == sum(p.activation != "none" for p in _packed(fast))
+    with torch.no_grad():
+        assert_close(fast(*xs), gm(*xs))
+
+
+def test_export_and_eject_of_an_optimized_preset_get_plain_weights(optimized, tmp_path):
+    g, _, fast, _, xs = optimized
+    with torch.no_grad():
+        expected = fast(*xs)
+    flat = plain(fast)
+    assert not has_packed(flat) and has_packed(fast)  # a copy: fast keeps its packed layers
+    assert all(a is b for a, b in zip(flat.parameters(), fast.parameters()))  # sharing the weights
+    with torch.no_grad():
+        assert_close(flat(*xs), expected)
+    assert set(ug.fx_node_names(flat).values()) <= {n.name for n in flat.graph.nodes}
+    source = ug.dynamic.graph_and_module(fast)[1]
+    assert not has_packed(source)
+    # eject's verify=True runs the generated class, with fast's weights, against the module
+    text = ug.eject(fast, tmp_path / "ejected.py").read_text()
+    assert "PackedConv" not in text and "mkldnn" not in text
+    path = ug.export(fast, tmp_path / "unet.pt2", progress=False)
+    loaded = ug.load_exported(path)
+    state = loaded.program.state_dict
+    assert not any(t.is_mkldnn for t in state.values())
+    assert {k for k in fast.state_dict() if k in state} == set(state)
+    smallest = [axis.low for axis in ug.served_axes(g)]  # the program serves it at any batch
+    served = tuple(ug.example_inputs(g, size=smallest).values())
+    with torch.no_grad():
+        assert_close(loaded(*served), fast(*served))
+
+
+def test_unpack_restores_the_convolutions_and_activations_in_place():
+    torch.manual_seed(0)
+    g = ug.unet(3, 2, widths=(8, 16), block=ug.ConvBlock(act="leaky_relu", norm="batch"), up="transpose")
+    gm = randomize_norms(g.lower()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    fast, report = ug.optimize(gm)
+    assert (
+        "enc0.conv0: 3×3 3→8" in report["prepack"].changes[0] and "(leaky_relu) fused" in report["prepack"].changes[0]
+    )
+    assert "act0" not in dict(fast.enc0.named_children())  # fused away
+    result = unpack(fast)
+    assert result.name == "unpack" and len(result.changes) == len(_convs(gm))
+    assert not has_packed(fast) and isinstance(fast.enc0.conv0, nn.Conv2d) and isinstance(fast.up0, nn.ConvTranspose2d)
+    assert isinstance(fast.enc0.act0, nn.LeakyReLU)  # back under its own name
+    with torch.no_grad():
+        assert_close(fast(x), gm(x))
+    assert "self.enc0.act0(" in fast.code
+    names = ug.fx_node_names(fast)
+    assert {n.name for n in fast.graph.nodes} >= set(names.values())
+    fast.graph.lint()
+
+
+def test_packed_conv_follows_in_place_changes_moves_casts_and_autograd():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding="same", bias=True)
+    gm = fx.symbolic_trace(nn.Sequential(conv, nn.SiLU()))
+    reference = copy.deepcopy(gm)
+    result = prepack(gm)
+    assert result.changes == ("0: 3×3 4→6 (0.00082 MB) packed, _1 (swish) fused",)
+    layer = gm.get_submodule("0")
+    x = torch.randn(2, 4, 9, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert_close(gm(x), reference(x))
+        state = {k: v * 2 for k, v in reference.state_dict().items()}
+        gm.load_state_dict(state)  # copies in place: the packed weight must follow
+        reference.load_state_dict(state)
+        assert_close(gm(x), reference(x))
+        layer.weight.mul_(-1)
+        reference.get_submodule("0").weight.mul_(-1)
+        assert_close(gm(x), reference(x))
+        double = copy.deepcopy(gm).double()  # not packable: computes the plain way
+        assert torch.allclose(double(x.double()), reference.double()(x.double()))
+        reference.float()
+    # with autograd recording, gradients reach the weights
+    y = gm(x).sum()
+    y.backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    # copies and pickles (oneDNN's tensors do neither) pack again when first called
+    buffer = io.BytesIO()
+    torch.save(gm, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(gm), torch.load(buffer, weights_only=False)):
+        with torch.no_grad():
+            assert_close(other(x), reference(x))
+
+
+def test_prepack_leaves_alone_what_it_cannot_pack_with_notes():
+    model = nn.Sequential(
+        nn.Conv1d(2, 4, 3),
+        nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(2, 4, 4, padding="same"),
+        nn.Conv2d(2, 4, 3).double(),
+    )
+    graph = fx.Graph()  # each layer called once on its own input
+    xs = [graph.placeholder(f"x{i}") for i in range(4)]
+    graph.output(tuple(graph.call_module(str(i), (x,)) for i, x in enumerate(xs)))
+    gm = fx.GraphModule(model, graph)
+    result = prepack(gm)
+    assert result.changes == ()
+    notes = "\n".join(result.notes)
+    assert "0 left alone: 1D" in notes
+    assert "1 left alone: pads in 'reflect' mode" in notes
+    assert "2 left alone: 'same' padding with an even kernel is asymmetric" in notes
+    assert "3 left alone: torch.float64 weights" in notes
+    assert "no convolutions" in prepack(fx.symbolic_trace(nn.Sequential(nn.ReLU()))).notes
+
+
+def test_shared_convolution_and_activation_are_packed_but_not_fused():
+    conv, act = nn.Conv2d(3, 3, 3, padding=1), nn.ReLU()
+
+    class Twice(nn.Module):
+        def forward(self, x):
+            return act(conv(act(conv(x))))
+
+    twice = Twice()
+    twice.conv, twice.act = conv, act
+    gm = fx.symbolic_trace(twice)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        want = gm(x)
+        result = prepack(gm)
+        assert result.changes == ("conv: 3×3 3→3 (0.00031 MB) packed",)  # one module, called twice
+        assert [n.op for n in gm.graph.nodes].count("call_module") == 4 and isinstance(gm.conv, PackedConv)
+        assert_close(gm(x), want)
+
+
+def test_flop_counter_counts_packed_convolutions_like_plain_ones():
+    g = ug.unet(3, 2, widths=(8, 16), up="transpose", dims=3)
+    gm = g.lower().eval()
+    fast, _ = ug.optimize(gm)
+    x = torch.randn(1, 3, 8, 8, 8)
+    counts = []
+    for model in (gm, fast):
+        counter = ug.cost.flop_counter()
+        with counter, torch.no_grad():
+            model(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
+
+
+def test_torch_compile_of_a_packed_module_traces_plain_convolutions():
+    torch.manual_seed(0)
+    gm = ug.unet(3, 2, widths=(8, 16)).lower().eval()
+    fast, _ = ug.optimize(gm)
+    graphs = []
+
+    def backend(graph_module, example):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(fast, backend=backend, fullgraph=True)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert_close(compiled(x), gm(x))
+    code = graphs[0].code
+    assert "conv2d" in code and "mkldnn" not in code
+
+
+def test_onnx_export_of_a_packed_module_runs_plain_convolutions_in_onnxruntime(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    gm = randomize_norms(ug.unet(3, 2, widths=(4, 8), block=ug.ConvBlock(act="silu")).lower()).eval()
+    fast, _ = ug.optimize(gm)
+    assert has_packed(fast)
+    path = ug.export(fast, tmp_path / "unet.onnx", progress=False)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Conv" in ops and not any("mkldnn" in op.lower() for op in ops)
+    loaded = ug.load_exported(path)
+    x = torch.randn(2, 3, 12, 8)
+    with torch.no_grad():
+        assert_close(loaded(x), fast(x))
+
+
+def test_packed_conv_refuses_what_it_cannot_pack():
+    with pytest.raises(ug.LoweringError, match="cannot pack this Conv2d: pads in 'circular' mode"):
+        PackedConv(nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"))
+
+
+def test_bfloat16_models_are_packed_where_onednn_has_bfloat16_kernels():
+    torch.manual_seed(0)
+    gm = randomize_norms(ug.unet(3, 2, widths=(8, 16)).lower()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    low, report = ug.optimize(gm, dtype=torch.bfloat16, example_inputs=[x])  # checks outputs at 5e-2
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # AVX512-BF16 or AMX
+        assert len(_packed(low)) == len(_convs(gm)) and all(p.weight.dtype == torch.bfloat16 for p in _packed(low))
+    else:
+        assert not _packed(low) and "bfloat16 weights" in report["prepack"].notes[0]
+    with torch.no_grad():
+        assert torch.allclose(low(x), plain(low)(x), atol=1e-2)

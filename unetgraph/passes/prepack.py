@@ -1,0 +1,436 @@
+"""Keep convolution weights in oneDNN's blocked layout, and fuse the activation that follows.
+
+On the CPU, ``F.conv2d`` hands oneDNN a weight in torch's layout on every call, and oneDNN
+reorders the whole weight into its blocked layout before convolving (``ONEDNN_VERBOSE=1``
+shows a ``reorder`` of the weight before each ``brg_conv_fwd``). The reorder costs time in
+proportion to the weight, not to the work, so it dominates where weights are large and feature
+maps small: the deep levels of a U-Net (a 1024→1024 3×3 convolution at 8×8 spends three
+quarters of its time reordering its 36 MB weight; see ``benchmarks/prepack.py``).
+:class:`PackedConv` reorders once and calls ``torch.ops.mkldnn._convolution_pointwise`` with the
+packed weight, fused with the activation that follows where oneDNN has it as a post-op.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, NamedTuple
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from ..blocks.base import leaf_module
+from ..errors import LoweringError
+from ..record import attach_record, find_record
+from .base import PassResult, copy_meta, drop_module, module_users, replace_node
+
+__all__ = ["prepack", "unpack", "PackedConv", "has_packed", "plain", "conv_padding"]
+
+
+class Fusion(NamedTuple):
+    """A oneDNN post-op: ``attr`` with its ``scalars`` and ``algorithm`` (the op's own arguments)."""
+
+    attr: str
+    scalars: tuple[float, ...] = ()
+    algorithm: str = ""
+
+
+_NONE = Fusion("none")
+
+
+def _module_fusion(module: nn.Module) -> Fusion | None:
+    """The post-op computing ``module`` (an activation layer), or ``None``."""
+    if isinstance(module, nn.ReLU):
+        return Fusion("relu")
+    if isinstance(module, nn.SiLU):
+        return Fusion("swish")
+    if isinstance(module, nn.GELU):
+        return Fusion("gelu", (), module.approximate)
+    if isinstance(module, nn.LeakyReLU):
+        return Fusion("leaky_relu", (float(module.negative_slope),))
+    if isinstance(module, nn.Sigmoid):
+        return Fusion("sigmoid")
+    if isinstance(module, nn.Tanh):
+        return Fusion("tanh")
+    if isinstance(module, nn.Hardswish):
+        return Fusion("hardswish")
+    if isinstance(module, nn.Hardtanh):  # ReLU6 too
+        return Fusion("hardtanh", (float(module.min_val), float(module.max_val)))
+    return None
+
+
+# activations called as functions (fused when called on the convolution's output alone)
+_FUNCTIONS: dict[Any, Fusion] = {
+    F.relu: Fusion("relu"),
+    torch.relu: Fusion("relu"),
+    F.silu: Fusion("swish"),
+    torch.sigmoid: Fusion("sigmoid"),
+    F.sigmoid: Fusion("sigmoid"),
+    torch.tanh: Fusion("tanh"),
+    F.tanh: Fusion("tanh"),
+}
+
+
+def _node_fusion(gm: fx.GraphModule, node: fx.Node) -> Fusion | None:
+    """The post-op computing ``node`` from its first argument alone, or ``None``."""
+    if node.op == "call_module":
+        return _module_fusion(gm.get_submodule(str(node.target)))
+    if node.op == "call_function" and node.target in _FUNCTIONS and len(node.args) == 1:
+        if all(k == "inplace" for k in node.kwargs):
+            return _FUNCTIONS[node.target]
+    if node.op == "call_function" and node.target is F.gelu and len(node.args) == 1:
+        if set(node.kwargs) <= {"approximate"}:
+            return Fusion("gelu", (), str(node.kwargs.get("approximate", "none")))
+    return None
+
+
+def conv_padding(conv: _ConvNd) -> list[int] | None:
+    """``conv``'s padding per axis as ints (each side alike), or ``None`` for an asymmetric
+    ``"same"`` (an even kernel: torch pads one more on the far side)."""
+    if conv.padding == "valid":
+        return [0] * len(conv.kernel_size)
+    if conv.padding == "same":
+        totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        return None if any(t % 2 for t in totals) else [t // 2 for t in totals]
+    return [int(p) for p in conv.padding]  # type: ignore[union-attr]
+
+
+def _explicit_padding(conv: _ConvNd) -> list[int] | str:
+    """Per-axis symmetric padding of ``conv`` as ints, or why oneDNN's op cannot take it."""
+    if conv.padding_mode != "zeros":
+        return f"pads in {conv.padding_mode!r} mode (oneDNN pads with zeros only)"
+    padding = conv_padding(conv)
+    if padding is None:
+        return "'same' padding with an even kernel is asymmetric (oneDNN's op takes one value per axis)"
+    return padding
+
+
+def _packable(dtype: torch.dtype) -> bool:
+    """float32, and bfloat16 where oneDNN has bfloat16 kernels on this CPU (AVX512-BF16, AMX)."""
+    if dtype == torch.float32:
+        return True
+    return dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _why_not(conv: _ConvNd) -> str:
+    """Why ``conv`` cannot be prepacked ('' when it can)."""
+    dims = conv.weight.dim() - 2
+    if not torch.backends.mkldnn.is_available():
+        return f"torch {torch.__version__} has no oneDNN"
+    if dims not in (2, 3):
+        return f"{dims}D (oneDNN's packed convolutions take 2D and 3D)"
+    if conv.weight.device.type != "cpu":
+        return f"on {conv.weight.device.type} (oneDNN packing is for the CPU)"
+    if not _packable(conv.weight.dtype):
+        return f"{conv.weight.dtype} weights (oneDNN packs float32, and bfloat16 on CPUs with its kernels)"
+    padding = _explicit_padding(conv)
+    if isinstance(padding, str):
+        return padding
+    if conv.transposed:
+        if conv.groups > 1 and conv.groups == conv.in_channels:
+            return "a depthwise transposed convolution (not in oneDNN's packed op)"
+        if any(p >= s for p, s in zip(conv.output_padding, conv.stride)):
+            return "output_padding ≥ stride"
+    return ""
+
+
+@leaf_module
+class PackedConv(nn.Module):
+    """A 2D or 3D convolution (plain or transposed) with its weight packed in oneDNN's layout,
+    optionally with a fused activation.
+
+    It holds the convolution's ``weight`` and ``bias`` as its own parameters (so a module's
+    ``state_dict`` keeps its keys) and a packed copy, remade whenever the weight changes in
+    place (``load_state_dict``, ``weight.mul_``: its version counter moves) or the module moves
+    (``.to(...)``): a weight that is not float32 (or bfloat16, see :func:`prepack`) on the CPU is
+    not packed and the layer computes
+    the plain way. It also computes the plain way while autograd records (gradients stay
+    right), and under ``torch.compile``/``torch.export`` (they see ``F.conv2d`` + activation and
+    do their own packing). :meth:`to_plain` gives the convolution and activation back.
+
+    Shape:
+        as the convolution.
+    """
+
+    def __init__(
+        self,
+        conv: _ConvNd,
+        fusion: Fusion = _NONE,
+        activation: nn.Module | Callable | None = None,
+        activation_target: str | None = None,
+    ) -> None:
+        super().__init__()
+        why = _why_not(conv)
+        if why:
+            raise LoweringError(f"PackedConv: cannot pack this {type(conv).__name__}: {why}")
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.conv_class = type(conv)
+        self.transposed = bool(conv.transposed)
+        self.in_channels, self.out_channels, self.groups = conv.in_channels, conv.out_channels, conv.groups
+        self.kernel_size = tuple(conv.kernel_size)
+        self.stride, self.dilation = list(conv.stride), list(conv.dilation)
+        self.padding = _explicit_padding(conv)
+        self.padding_arg = conv.padding  # as the convolution was built ('same', 'valid' or ints)
+        self.output_padding = list(conv.output_padding)
+        self.activation, self.scalars, self.algorithm = fusion.attr, list(fusion.scalars), fusion.algorithm
+        self._fusion = (self.activation, self.scalars, self.algorithm)  # the op's last three arguments
+        if isinstance(activation, nn.Module):
+            self.act: nn.Module | None = activation
+            self.act_function: Callable | None = None
+        else:
+            self.act, self.act_function = None, activation
+        self.activation_target = activation_target  # where the activation module lived, for to_plain
+        self._packed: tuple[torch.Tensor | None, int] = (None, -1)  # (packed weight, the weight's version)
+        self.repack()
+
+    def repack(self) -> None:
+        """Pack the current weight (or drop the packed copy when the weight cannot be packed)."""
+        w = self.weight
+        if w.device.type != "cpu" or not _packable(w.dtype):
+            self._packed = (None, w._version)
+            return
+        with torch.no_grad():
+            if self.transposed:
+                packed = torch.ops.mkldnn._reorder_convolution_transpose_weight(
+                    w.detach(), self.padding, self.output_padding, self.stride, self.dilation, self.groups, None
+                )
+            else:
+                packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    w.detach(), self.padding, self.stride, self.dilation, self.groups, None
+                )
+        self._packed = (packed, w._version)
+
+    def _current(self) -> torch.Tensor | None:
+        packed, version = self._packed
+        if version != self.weight._version:
+            self.repack()
+            packed = self._packed[0]
+        return packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        compiling = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        recording = torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (self.weight, self.bias))
+        packed = None if compiling or recording or x.dtype != self.weight.dtype else self._current()
+        if packed is None:
+            return self._plain(x)
+        if self.transposed:
+            op, padding = torch.ops.mkldnn._convolution_transpose_pointwise, (self.padding, self.output_padding)
+        else:
+            op, padding = torch.ops.mkldnn._convolution_pointwise, (self.padding,)
+        return op(x, packed, self.bias, *padding, self.stride, self.dilation, self.groups, *self._fusion)
+
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        dims = len(self.kernel_size)
+        if self.transposed:
+            conv = (F.conv_transpose2d, F.conv_transpose3d)[dims - 2]
+            y = conv(
+                x, self.weight, self.bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+            )
+        else:
+            conv = (F.conv2d, F.conv3d)[dims - 2]
+            y = conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.act is not None:
+            return self.act(y)
+        if self.act_function is not None:
+            return self.act_function(y)
+        return y
+
+    def to_plain(self) -> tuple[_ConvNd, nn.Module | Callable | None]:
+        """The convolution (a new ``self.conv_class`` sharing this module's parameters) and the
+        fused activation (a module, a function or ``None``)."""
+        options: dict[str, Any] = dict(
+            stride=tuple(self.stride),
+            padding=self.padding_arg,
+            dilation=tuple(self.dilation),
+            groups=self.groups,
+            bias=self.bias is not None,
+            device="meta",
+        )
+        if self.transposed:
+            options["output_padding"] = tuple(self.output_padding)
+        conv = self.conv_class(self.in_channels, self.out_channels, self.kernel_size, **options)
+        conv.weight = self.weight
+        conv.bias = self.bias
+        return conv, self.act if self.act is not None else self.act_function
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> PackedConv:
+        super()._apply(fn, recurse)
+        self._packed = (None, -1)  # a move or cast: packed again at the next call, where packing applies
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_packed"] = (None, -1)  # oneDNN's tensors do not pickle or deepcopy: packed at the next call
+        return state
+
+    def extra_repr(self) -> str:
+        kind = "transposed " if self.transposed else ""
+        act = "" if self.activation == "none" else f", fused {self.activation}"
+        return (
+            f"{kind}{self.in_channels}→{self.out_channels}, kernel {self.kernel_size}, stride {tuple(self.stride)}, "
+            f"padding {tuple(self.padding)}{act}"
+        )
+
+
+def prepack(gm: fx.GraphModule, *, fuse: bool = True) -> PassResult:
+    """Replace each 2D/3D CPU convolution with a :class:`PackedConv`, in place, fusing the
+    activation that alone reads its output (ReLU, SiLU, GELU, LeakyReLU, sigmoid, tanh,
+    hardswish, hardtanh; with ``fuse=True``).
+
+    The rule is every convolution oneDNN's packed op takes: prepacking never lost in the
+    measured table (``benchmarks/prepack.py``: 3×3, 1×1 and 2×2 transposed layers of 16 to 1024
+    channels at the sizes U-Net levels see, 2D and 3D, batch 1 and 8); it gains most where
+    weights are large and maps small (2–5× for 512–1024 channels at 4–8 pixels a side, batch 1)
+    and little at large maps. The others stay, with a note: 1D, other devices or dtypes,
+    ``padding_mode`` other than zeros, asymmetric 'same' padding, depthwise transposed ones.
+
+    Weights are packed in float32, and in bfloat16 (after ``optimize(dtype=torch.bfloat16)``) on
+    CPUs where oneDNN has bfloat16 kernels; the reorder is exact, so outputs are unchanged within
+    rounding (oneDNN sums in another order). The packed weight is used on the CPU, for inputs of
+    the weight's dtype, under ``torch.no_grad()``/``inference_mode``;
+    :func:`unpack` (or :func:`plain`, on a copy) gives plain modules back for export, ONNX and
+    eject, which :func:`unetgraph.export`, :func:`unetgraph.eject` and :func:`unetgraph.compile`
+    do themselves.
+
+    Returns:
+        A :class:`PassResult`: one line per packed convolution (and the activation fused into
+        it), notes for the convolutions left alone.
+    """
+    name = "prepack"
+    changes: list[str] = []
+    skipped: dict[str, list[str]] = {}  # why → convolutions
+    fused: set[fx.Node] = set()
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or node in fused:
+            continue
+        conv = gm.get_submodule(str(node.target))
+        if not isinstance(conv, _ConvNd):
+            continue
+        why = _why_not(conv)
+        if why:
+            skipped.setdefault(why, []).append(str(node.target))
+            continue
+        shared = len(module_users(gm, str(node.target))) > 1
+        act_node = _fusable(gm, node) if fuse and not shared else None
+        fusion, activation, target = _NONE, None, None
+        if act_node is not None:
+            fusion = _node_fusion(gm, act_node) or _NONE
+            if act_node.op == "call_module":
+                target = str(act_node.target)
+                activation = gm.get_submodule(target)
+            else:
+                activation = act_node.target
+        packed = PackedConv(conv, fusion, activation, target)
+        gm.add_submodule(str(node.target), packed)
+        line = f"{node.target}: {_describe(conv)} packed"
+        if act_node is not None:
+            fused.add(act_node)
+            replace_node(gm, act_node, node)
+            if act_node.op == "call_module":
+                drop_module(gm, str(act_node.target))
+            line += f", {act_node.name} ({fusion.attr}) fused"
+        changes.append(line)
+    notes = [f"{_names(targets)} left alone: {why}" for why, targets in skipped.items()]
+    if not changes and not notes:
+        notes.append("no convolutions")
+    if changes:
+        gm.graph.lint()
+        gm.recompile()
+    return PassResult(name, tuple(changes), tuple(notes))
+
+
+def _names(targets: list[str], shown: int = 4) -> str:
+    more = len(targets) - shown
+    return ", ".join(targets[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def _fusable(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """The activation node that alone reads ``node``'s output and that oneDNN can fuse, if any."""
+    if len(node.users) != 1:
+        return None
+    (user,) = node.users
+    if not user.args or user.args[0] is not node or _node_fusion(gm, user) is None:
+        return None
+    if user.op == "call_module" and len(module_users(gm, str(user.target))) > 1:
+        return None  # an activation module called elsewhere too stays (it is not ours to take)
+    return user
+
+
+def _describe(conv: _ConvNd) -> str:
+    kernel = "×".join(map(str, conv.kernel_size))
+    kind = "transposed " if conv.transposed else ""
+    weight_mb = conv.weight.numel() * conv.weight.element_size() / 2**20
+    return f"{kind}{kernel} {conv.in_channels}→{conv.out_channels} ({weight_mb:.2g} MB)"
+
+
+def has_packed(module: nn.Module) -> bool:
+    """Whether ``module`` holds any :class:`PackedConv`."""
+    return any(isinstance(m, PackedConv) for m in module.modules())
+
+
+def unpack(gm: fx.GraphModule) -> PassResult:
+    """Turn every :class:`PackedConv` of ``gm`` back into its plain convolution and activation, in place.
+
+    The convolution takes the packed module's place (same parameters, same ``state_dict``
+    keys); a fused activation becomes its own node again after it (a module under the path it
+    had, with a ``_1`` suffix if that path is taken, or the function it was).
+    """
+    changes = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(str(node.target))
+        if not isinstance(module, PackedConv):
+            continue
+        conv, activation = module.to_plain()
+        gm.add_submodule(str(node.target), conv)
+        line = f"{node.target}: plain {type(conv).__name__}"
+        if activation is not None:
+            with gm.graph.inserting_after(node):
+                if isinstance(activation, nn.Module):
+                    target = _free_name(gm, module.activation_target or str(node.target) + "_act")
+                    gm.add_submodule(target, activation)
+                    act = gm.graph.call_module(target, (node,))
+                else:
+                    act = gm.graph.call_function(activation, (node,))
+            copy_meta(node, act)
+            node.replace_all_uses_with(act, delete_user_cb=lambda user, act=act: user is not act)
+            _follow(gm, node, act)
+            line += f" + {act.name}"
+        changes.append(line)
+    if changes:
+        gm.graph.lint()
+        gm.recompile()
+    return PassResult("unpack", tuple(changes))
+
+
+def _free_name(gm: fx.GraphModule, target: str) -> str:
+    """``target``, or ``target_1``, ``target_2``… when a submodule already has that path."""
+    names = {name for name, _ in gm.named_modules()}
+    candidate, k = target, 0
+    while candidate in names:
+        k += 1
+        candidate = f"{target}_{k}"
+    return candidate
+
+
+def _follow(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
+    """Graph nodes whose output ``old`` held (after fusion) are now held by ``new``."""
+    record = find_record(gm)
+    if record is not None and old.name in record.nodes.values():
+        nodes = {k: new.name if v == old.name else v for k, v in record.nodes.items()}
+        attach_record(gm, record.with_(nodes=nodes))
+
+
+def plain(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` itself when it holds no :class:`PackedConv`, else an unpacked copy that shares
+    ``gm``'s parameters and buffers (``gm`` is untouched): what export, eject and compile take."""
+    if not has_packed(gm):
+        return gm
+    shared: dict[int, Any] = {id(t): t for t in [*gm.parameters(), *gm.buffers()]}
+    out = copy.deepcopy(gm, shared)
+    unpack(out)
+    return out
