@@ -29,6 +29,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import RegistryError, SpecError
+from .tracing import ModuleTracer
 
 if TYPE_CHECKING:
     from .backbone import Backbone
@@ -681,13 +682,12 @@ def inline_graph(model: nn.Module, keys: Sequence[int | str]) -> fx.GraphModule 
         root: nn.Module = model
     else:
         root = model
-        tracer_args = _tracer_args()
+        leaf = _notrace_modules()
         mode = model.training
         try:
-            with _TRACE_LOCK:
-                for training in (True, False):
-                    model.train(training)
-                    graphs.append(_Tracer(**tracer_args).trace(model))
+            for training in (True, False):
+                model.train(training)
+                graphs.append(ModuleTracer(leaf).trace_module(model, 1)[0])
         except Exception:
             return None
         finally:
@@ -744,21 +744,14 @@ def _code(graph: fx.Graph) -> str:
     return graph.python_code("self").src
 
 
-def _tracer_args() -> dict[str, Any]:
-    """timm's own list of layers to keep whole and functions not to trace, when timm is loaded."""
+def _notrace_modules() -> tuple[type, ...]:
+    """timm's own list of layers to keep whole, when timm is loaded. (timm's list of functions not
+    to trace is left out: fx honours it by patching module globals process-wide; a backbone whose
+    trace then fails stays one called module.)"""
     import sys
 
     if "timm" not in sys.modules:
-        return {"leaf": (), "autowrap": ()}
-    from timm.layers import get_notrace_functions, get_notrace_modules
+        return ()
+    from timm.layers import get_notrace_modules
 
-    return {"leaf": tuple(get_notrace_modules()), "autowrap": tuple(get_notrace_functions())}
-
-
-class _Tracer(fx.Tracer):
-    def __init__(self, leaf: Sequence[type] = (), autowrap: Sequence[Callable[..., Any]] = ()) -> None:
-        super().__init__(autowrap_functions=tuple(autowrap))
-        self._leaf = tuple(leaf)
-
-    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        return isinstance(m, self._leaf) or super().is_leaf_module(m, qualified_name)
+    return tuple(get_notrace_modules())
