@@ -231,3 +231,13 @@ def test_new_activation_by_table_entry():
         assert any(isinstance(m, nn.Softsign) for m in gm.modules())
     finally:
         del ug.ACTS["softsign"]
+
+
+def test_a_merge_refuses_raw_timesteps_and_labels():
+    # found by the edit fuzzer: a label input joined an embedding concat as a 1-channel vector,
+    # and the lowered module failed in torch.cat ((N,) against (N, 16))
+    g = ug.diffusion_unet(
+        2, 2, widths=(4, 8), resblock=ug.ResBlock(groups=2), attention=ug.SelfAttention(groups=2), num_classes=3
+    )
+    with pytest.raises(ug.ShapeError, match=r"add_edge y→emb: emb \(add\): .* y→emb is labels \(N,\)"):
+        g.add_edge("y", "emb", kind="skip")

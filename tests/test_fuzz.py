@@ -3,7 +3,7 @@
 Counts go to the session's ``fuzz_tally`` (printed at the end of the run). Under ``CI=1`` the seed
 is fixed (a landing never depends on luck); elsewhere each run draws a new one, named in every
 failure so that it can be replayed: ``python tests/fuzz_documents.py 5000 SEED`` (or
-``fuzz_edits.py``). A case is too slow when it takes over 1 s of CPU time (wall time on a shared
+``fuzz_edits.py``). A case is too slow when it takes over 1 s of its thread's CPU time (wall time on a shared
 machine also counts other processes; a case blocked for 30 s of wall time is counted too).
 """
 

@@ -29,10 +29,10 @@ def small_doc():
 def refuses(read, error, match, *, within_s=2.0):
     """``read()`` raises ``error`` matching ``match``, within ``within_s`` seconds of CPU time
     (the work done: wall time on a shared machine also counts the other processes)."""
-    start = time.process_time()
+    start = time.thread_time()
     with pytest.raises(error, match=match):
         read()
-    assert time.process_time() - start < within_s
+    assert time.thread_time() - start < within_s
 
 
 class TestText:
@@ -137,9 +137,9 @@ class TestWork:
         def seconds(doc):
             best = math.inf
             for _ in range(2):
-                start = time.process_time()
+                start = time.thread_time()
                 g = ug.UNetGraph.from_dict(doc)
-                best = min(best, time.process_time() - start)
+                best = min(best, time.thread_time() - start)
             return best, g
 
         (small, _), (large, g) = seconds(wide(800)), seconds(wide(3200))
@@ -179,9 +179,9 @@ class TestWork:
 
     def test_shape_notes_of_many_convolutions_are_linear(self):
         g = ug.unet(1, 1, widths=(2, 2), block=ug.ConvBlock(convs=256, groups=1, norm="group"))
-        start = time.process_time()
+        start = time.thread_time()
         report = g.check((1, 1, 8, 8))
-        assert time.process_time() - start < 5 and report["enc0"].output == (1, 2, 8, 8)
+        assert time.thread_time() - start < 5 and report["enc0"].output == (1, 2, 8, 8)
 
     def test_a_shared_python_structure_cannot_expand_without_bound(self):
         """A Python document can share one list many times (10**9 values here): bounded by MAX_VALUES."""

@@ -66,6 +66,12 @@ class Merge(BlockSpec):
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         names = list(sources) or [f"input {i}" for i in range(len(inputs))]
+        for t, name in zip(inputs, names):
+            if t.form != "dense":  # (N,) timesteps or labels, (N, L, D) context: no channel axis to merge on
+                raise ShapeError(
+                    f"{self.mode} merges feature maps or vectors (N, C, ...); {name} is {t} (pass it through "
+                    "an embedding first)"
+                )
         first = inputs[0]
         for t, name in zip(inputs[1:], names[1:]):
             if t.dims != first.dims or t.scale != first.scale:
