@@ -33,10 +33,16 @@ _CASES = {
         {"x": (1, 1, 4, 8, 8)},
     ),
     "residual": (P.residual_unet, {}, {"x": (2, 3, 8, 8)}),
+    "smp_resnet18": (
+        P.smp_unet,
+        dict(encoder_name="resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 8), classes=2),
+        {"x": (2, 3, 32, 32)},
+    ),
 }
 
 PRESET_CASES = {key: (partial(fn, **kwargs), shapes) for key, (fn, kwargs, shapes) in _CASES.items()}
-COVERED = {fn.__name__ for fn, _, _ in _CASES.values()}
+# smp_state_dict is smp_unet's key map, not a preset of its own
+COVERED = {fn.__name__ for fn, _, _ in _CASES.values()} | {"smp_state_dict"}
 
 
 def inputs_for(g: ug.UNetGraph, shapes: dict[str, tuple[int, ...]]) -> tuple[torch.Tensor, ...]:

@@ -326,8 +326,11 @@ class TestToMonai:
             ug.interop.to_monai(ug.unet(1, 1, widths=(4, 8), name="Mine").lower())
         model = nets.BasicUNet(2, 1, 1, features=(2, 2, 2, 2, 4, 2), norm="batch").eval()
         _, gm = ug.interop.from_monai(model)
-        fast, _ = ug.optimize(gm)  # batch norms folded into the convolutions
+        folded, _ = ug.optimize(gm, prepack=False)  # batch norms folded into the convolutions
         with pytest.raises(ug.LoweringError, match=r"enc0\.norm0 .* does not match MONAI's conv_0\.conv_0\.adn\.N"):
+            ug.interop.to_monai(folded)
+        fast, _ = ug.optimize(gm)  # and the convolutions prepacked for oneDNN
+        with pytest.raises(ug.LoweringError, match=r"enc0\.conv0 \(PackedConv.* does not match MONAI's conv_0\.conv_0\.conv"):
             ug.interop.to_monai(fast)
 
 
