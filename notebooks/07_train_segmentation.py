@@ -127,11 +127,11 @@ for step in range(1, steps + 1):
     if step % 50 == 0:
         val = dice_scores(model, val_x, val_y)
         took = time.perf_counter() - start
-        print(f"step {step:4d}  loss {loss.item():.3f}  validation Dice {val[0]:.3f} / {val[1]:.3f}  {took:5.0f} s")
+        print(f"step {step:4d}  loss {loss.item():.3f}  validation Dice {val[0]:.3f} / {val[1]:.3f}  {took:6.1f} s")
         if min(val) >= 0.95:
             break
 train_seconds = time.perf_counter() - start
-print(f"trained {step} steps in {train_seconds:.0f} s")
+print(f"trained {step} steps in {train_seconds:.1f} s")
 
 # %% [markdown]
 # ## Held-out Dice

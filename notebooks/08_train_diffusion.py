@@ -113,7 +113,7 @@ for step in range(1, steps + 1):
     schedule.step()
     losses.append(loss.item())
     if step % 100 == 0:
-        print(f"step {step:4d}  loss {sum(losses[-100:]) / 100:.4f}  {time.perf_counter() - start:5.0f} s")
+        print(f"step {step:4d}  loss {sum(losses[-100:]) / 100:.4f}  {time.perf_counter() - start:6.1f} s")
 
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.plot(losses, lw=0.5, alpha=0.5)
