@@ -312,7 +312,7 @@ def _timm_features(spec: Backbone, in_channels: int) -> Features:
 @functools.lru_cache(maxsize=64)
 def _timm_all(name: str, in_channels: int, kwargs: tuple[tuple[str, Any], ...]) -> Features:
     model = _timm_model(name, in_channels, dict(kwargs), None, meta=True)
-    info = model.feature_info
+    info: Any = model.feature_info  # timm's FeatureInfo (timm is untyped here)
     if getattr(model, "output_fmt", "NCHW") not in ("NCHW", None) and str(model.output_fmt) != "NCHW":
         raise SpecError(
             f"Backbone {name!r}: timm returns its features channels-last ({model.output_fmt}); not supported"
@@ -487,6 +487,12 @@ def _keep_output(
         order.append(name)
 
 
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """A ``Conv2d`` size field as the pair it is (torch types it ``tuple[int, ...]``)."""
+    h, w = value
+    return h, w
+
+
 def replace_first_conv(model: nn.Module, in_channels: int) -> None:
     """Give ``model``'s first 3-channel ``Conv2d`` ``in_channels`` inputs, in place: one channel
     sums the RGB weights, more repeat them cyclically scaled by ``3 / in_channels`` (smp's rule);
@@ -497,10 +503,10 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> None:
                 new = nn.Conv2d(
                     in_channels,
                     conv.out_channels,
-                    conv.kernel_size,
-                    conv.stride,
-                    conv.padding,
-                    conv.dilation,
+                    _pair(conv.kernel_size),
+                    _pair(conv.stride),
+                    conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
+                    _pair(conv.dilation),
                     conv.groups,
                     conv.bias is not None,
                     conv.padding_mode,
@@ -515,7 +521,7 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> None:
                         else:
                             idx = torch.arange(in_channels, device=w.device) % 3
                             new.weight.copy_(w[:, idx] * (3 / in_channels))
-                        if conv.bias is not None:
+                        if conv.bias is not None and new.bias is not None:
                             new.bias.copy_(conv.bias)
                 setattr(parent, child_name, new)
                 return
