@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import LoweringError
 from ..record import attach_record, find_record
 
-M = TypeVar("M", bound=nn.Module)
+_M = TypeVar("_M", bound=nn.Module)
 
 __all__ = [
     "PassResult",
@@ -99,7 +99,7 @@ def target_of(node: fx.Node) -> str:
     return node.target
 
 
-def called_module(gm: fx.GraphModule, node: fx.Node, kind: type[M]) -> M | None:
+def called_module(gm: fx.GraphModule, node: fx.Node, kind: type[_M]) -> _M | None:
     """The submodule ``node`` calls when it is a ``kind``, else ``None``."""
     if node.op != "call_module":
         return None

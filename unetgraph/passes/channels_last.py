@@ -62,8 +62,8 @@ def channels_last(gm: fx.GraphModule, *, force: bool = False) -> PassResult:
         with gm.graph.inserting_after(node):
             converted = copy_meta(node, gm.graph.call_method("contiguous", (node,), {"memory_format": fmt}))
 
-        def others(user: fx.Node, converted: fx.Node = converted) -> bool:
-            return user is not converted
+        def others(user: fx.Node, new: fx.Node = converted) -> bool:
+            return user is not new
 
         node.replace_all_uses_with(converted, delete_user_cb=others)
         changes.append(f"input {input_name} → {fmt}")
