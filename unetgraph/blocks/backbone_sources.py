@@ -487,12 +487,6 @@ def _keep_output(
         order.append(name)
 
 
-def _pair(value: tuple[int, ...]) -> tuple[int, int]:
-    """A ``Conv2d`` size field as the pair it is (torch types it ``tuple[int, ...]``)."""
-    h, w = value
-    return h, w
-
-
 def replace_first_conv(model: nn.Module, in_channels: int) -> None:
     """Give ``model``'s first 3-channel ``Conv2d`` ``in_channels`` inputs, in place: one channel
     sums the RGB weights, more repeat them cyclically scaled by ``3 / in_channels`` (smp's rule);
@@ -500,13 +494,17 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> None:
     for parent in model.modules():
         for child_name, conv in parent.named_children():
             if isinstance(conv, nn.Conv2d) and conv.in_channels == 3:
+                # a Conv2d's sizes are pairs (torch types them tuple[int, ...]); this function is
+                # copied into ejected files, so it stays self-contained
+                (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+                pad = conv.padding if isinstance(conv.padding, str) else (conv.padding[0], conv.padding[1])
                 new = nn.Conv2d(
                     in_channels,
                     conv.out_channels,
-                    _pair(conv.kernel_size),
-                    _pair(conv.stride),
-                    conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
-                    _pair(conv.dilation),
+                    (kh, kw),
+                    (sh, sw),
+                    pad,
+                    (dh, dw),
                     conv.groups,
                     conv.bias is not None,
                     conv.padding_mode,
