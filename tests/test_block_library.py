@@ -6,10 +6,12 @@ from fractions import Fraction
 import pytest
 import torch
 import torch._dynamo
+from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
 import unetgraph as ug
+from unetgraph.blocks.gates import SqueezeExcitationModule
 from unetgraph.types import TensorType
 
 # name -> (spec, extra inputs) examples: every registered block must appear here.
@@ -300,6 +302,19 @@ class TestBadInput:
     def test_bad_fields(self, make, message):
         with pytest.raises(ug.SpecError, match=message):
             make()
+
+    def test_timestep_embedding_without_a_width_is_a_shape_error_everywhere(self):
+        spec, t, out = ug.TimestepEmbedding(), TensorType(1, (), "scalar"), TensorType(32, ())
+        for call in (lambda: spec.build([t], out), lambda: spec.params([t], out), lambda: spec.flops([(2,)], (2, 32))):
+            with pytest.raises(ug.ShapeError, match=r"TimestepEmbedding\.dim is not set"):
+                call()
+
+    def test_squeeze_excitation_module_needs_a_branch(self):
+        with pytest.raises(ug.SpecError, match="needs a channel branch, a spatial branch or both"):
+            SqueezeExcitationModule(None, None, 2)
+        spatial = nn.Sequential(nn.Conv2d(4, 1, 1), nn.Sigmoid())
+        x = torch.randn(1, 4, 3, 3)
+        assert torch.equal(SqueezeExcitationModule(None, spatial, 2)(x), x * spatial(x))
 
 
 class TestDiffusionBlocksRefuse:

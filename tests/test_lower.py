@@ -6,6 +6,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 import unetgraph as ug
 from benchmarks.handwritten import HandWrittenUNet, copy_weights
+from unetgraph.record import attach_record, lowered_record
 
 
 def real_shapes(gm, *inputs):
@@ -47,6 +48,14 @@ class TestStructure:
         meta = {n.name: n.meta["custom"] for n in gm.graph.nodes if n.op != "output"}
         assert meta["enc0_norm0"] == {"unet_node": "enc0", "role": "encoder", "level": 0, "block": "ConvBlock"}
         assert meta["merge0"]["role"] == "merge"
+
+    def test_the_record_goes_only_on_a_module_with_meta(self):
+        gm = ug.unet(1, 1, widths=(4, 8)).lower()
+        record = lowered_record(gm)
+        with pytest.raises(ug.LoweringError, match="cannot attach a lowering record to a Linear: it has no meta"):
+            attach_record(torch.nn.Linear(2, 2), record)
+        attach_record(gm, record.with_(guard=False))
+        assert lowered_record(gm).guard is False and lowered_record(gm).graph is record.graph
 
     def test_graph_lint_clean_and_not_traced_from_python(self):
         gm = ug.unet(3, 2, widths=(8, 16, 32)).lower()

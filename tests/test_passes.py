@@ -18,6 +18,7 @@ from unetgraph.passes import (
     prepack,
     remove_dead_nodes,
 )
+from unetgraph.passes.fold_batchnorm import fold_into_conv
 
 PASSES = [drop_identities, fold_batchnorm, fold_constants, remove_dead_nodes, channels_last, prepack]
 
@@ -102,6 +103,14 @@ def test_fold_batchnorm_leaves_what_it_cannot_fold_with_a_note():
     result = fold_batchnorm(trained)
     assert not result.changed and "training mode" in result.notes[0]
     assert any(isinstance(m, nn.BatchNorm2d) for m in trained.modules())
+
+
+def test_fold_into_conv_refuses_a_norm_without_running_statistics():
+    conv, bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False).eval()
+    weight = conv.weight.detach().clone()
+    with pytest.raises(ug.LoweringError, match="BatchNorm2d keeps no running statistics"):
+        fold_into_conv(conv, bn)
+    assert torch.equal(conv.weight, weight)  # untouched
 
 
 def test_drop_identities_eval_only():

@@ -177,7 +177,7 @@ def unet(
         up_i = _part(up, i, Up, "up")
         if isinstance(up, str):
             up_i = up_i.with_(factor=_factor(b.type_of(skips[i]), b.type_of(h)))
-        if _has_field(up_i, "channels") and getattr(up_i, "conv", True) and up_i.channels is None:
+        if getattr(up_i, "conv", True) and _unset(up_i, "channels"):
             up_i = up_i.with_(channels=widths[i])
         h = b.add(f"up{i}", up_i, Role.UP, i, [h])
         skip: str | In = In(skips[i], EdgeKind.SKIP)
@@ -227,11 +227,10 @@ def _encoder_unet(
     x = b.input("x", channels=in_channels, dims=dims)
     b.add("encoder", encoder, Role.ENCODER, 0, [x])
     enc = b.node("encoder")
-    levels = enc.levels
     if len(enc.outputs) < 2:
         raise SpecError(f"encoder: {encoder.label()} has one output; a U-Net encoder needs one per scale")
-    bad = [k for k, lv in enumerate(levels) if lv is None or lv < 1]
-    if bad or any(a >= b_ for a, b_ in pairwise(levels)):
+    levels = [lv for lv in enc.levels if lv is not None and lv >= 1]
+    if len(levels) < len(enc.levels) or any(a >= b_ for a, b_ in pairwise(levels)):
         scales = ", ".join(str(t.scale[0]) for t in enc.outputs)
         raise SpecError(
             f"encoder: {encoder.label()}'s outputs are at scales {scales}; the decoder needs one output per "
@@ -265,7 +264,7 @@ def _encoder_unet(
         up_i = _part(up, level, Up, "up")
         if isinstance(up, str):
             up_i = up_i.with_(factor=_factor(below.rescaled((Fraction(2),) * below.dims), below))
-        if _has_field(up_i, "channels") and getattr(up_i, "conv", True) and up_i.channels is None:
+        if getattr(up_i, "conv", True) and _unset(up_i, "channels"):
             up_i = up_i.with_(channels=width)
         h = b.add(f"up{level}", up_i, Role.UP, level, [h])
         if level in at:
@@ -407,9 +406,9 @@ def diffusion_unet(
     for arg, spec, cls in checks:
         if not isinstance(spec, cls):
             raise SpecError(f"{arg}: expected a {cls.__name__} spec, got {spec!r}")
-    for arg, spec in (("class_embedding", class_embedding), ("stem", stem), ("preprocess", preprocess)):
-        if spec is not None and not isinstance(spec, BlockSpec):
-            raise SpecError(f"{arg}: expected a block spec, got {spec!r}")
+    for arg, part in (("class_embedding", class_embedding), ("stem", stem), ("preprocess", preprocess)):
+        if part is not None and not isinstance(part, BlockSpec):
+            raise SpecError(f"{arg}: expected a block spec, got {part!r}")
     if postprocess is not None and not isinstance(postprocess, BlockSpec):
         raise SpecError(f"postprocess: expected a block spec, got {postprocess!r}")
     b = GraphBuilder(name)
@@ -439,7 +438,7 @@ def diffusion_unet(
                 class_embedding = ClassEmbedding(num_classes, width)  # type: ignore[arg-type]
             if isinstance(class_embedding, TimestepEmbedding) and class_embedding.dim is None:
                 class_embedding = class_embedding.with_(dim=widths[0])
-            if _has_field(class_embedding, "channels") and class_embedding.channels is None:  # type: ignore[attr-defined]
+            if _unset(class_embedding, "channels"):
                 class_embedding = class_embedding.with_(channels=width)
             b.add("class_embedding", class_embedding, Role.EMBEDDING, None, ["y"])
             temb = b.add("emb", Merge("add"), Role.EMBEDDING, None, [temb, "class_embedding"])
@@ -570,7 +569,7 @@ def nested_unet(
             below = f"x{i + 1}_{j - 1}"
             if isinstance(up, str):
                 up_i = up_i.with_(factor=_factor(b.type_of(f"x{i}_0"), b.type_of(below)))
-            if _has_field(up_i, "channels") and getattr(up_i, "conv", True) and up_i.channels is None:
+            if getattr(up_i, "conv", True) and _unset(up_i, "channels"):
                 up_i = up_i.with_(channels=widths[i])
             u = b.add(f"up{i}_{j}", up_i, Role.UP, i, [below])
             skips = [In(f"x{i}_{k}", EdgeKind.SKIP) for k in range(j)]
@@ -622,6 +621,11 @@ def _positive(name: str, value: object, *, zero: bool = False) -> None:
 
 def _has_field(spec: BlockSpec, name: str) -> bool:
     return any(f.name == name for f in fields(spec))
+
+
+def _unset(spec: BlockSpec, name: str) -> bool:
+    """Whether ``spec`` has the field ``name`` and leaves it ``None`` (for the builder to fill)."""
+    return _has_field(spec, name) and getattr(spec, name) is None
 
 
 def _part(value: Part, level: int, cls: type[BlockSpec], arg: str) -> BlockSpec:

@@ -257,7 +257,7 @@ def check(
 def _propagate(g: UNetGraph, plan: Sequence[_Step], inputs: Mapping[str, Shape], rows: list[Row] | None) -> None:
     """Walk ``plan`` from ``inputs``, raising where a node cannot take what reaches it; append
     each node's :class:`Row` to ``rows`` when given (``None``: only the verdict)."""
-    shapes: dict[object, Shape] = dict(inputs)
+    shapes: dict[object, Shape] = {name: shape for name, shape in inputs.items()}
     for step in plan:
         node = step.node
         ins = tuple(_at(shapes, e) for e in step.edges)

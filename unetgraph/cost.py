@@ -398,7 +398,7 @@ def _packed_convolutions() -> dict:
     def weight(x: Shape, rest: tuple) -> list[int]:
         # default: (x, weight, bias, ...); binary: (x, other, weight, bias, ...), bias 1-D or None
         binary = len(rest) > 1 and isinstance(rest[1], torch.Size) and len(rest[1]) == len(x)
-        return list(rest[1] if binary else rest[0])  # type: ignore[arg-type]
+        return list(rest[1] if binary else rest[0])
 
     def packed(x: Shape, *rest: object, out_shape: Shape, **kw: object) -> int:
         return conv_flop_count(list(x), weight(x, rest), list(out_shape), transposed=False)

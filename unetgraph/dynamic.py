@@ -417,13 +417,14 @@ def _local_layer(gm: fx.GraphModule, node: fx.Node) -> str:
         padding = m.padding if isinstance(m, PackedConv) else conv_padding(m)
         return "" if padding is not None and not any(padding) else f"{kind} pads its input with {m.padding}"
     if isinstance(m, (_MaxPoolNd, _AvgPoolNd)):
-        padding = m.padding if isinstance(m.padding, (tuple, list)) else (m.padding,)
-        if any(padding) or m.ceil_mode:
+        pads = m.padding if isinstance(m.padding, (tuple, list)) else (m.padding,)
+        if any(pads) or m.ceil_mode:
             return f"{kind} pads its input (padding {m.padding}, ceil_mode {m.ceil_mode})"
         return ""
     if isinstance(m, nn.Upsample):
-        factors = m.scale_factor if isinstance(m.scale_factor, tuple) else (m.scale_factor,)
-        integer = m.scale_factor is not None and all(float(f).is_integer() for f in factors)
+        scale = m.scale_factor
+        factors = () if scale is None else scale if isinstance(scale, tuple) else (scale,)
+        integer = scale is not None and all(float(f).is_integer() for f in factors)
         return "" if m.mode == "nearest" and integer else f"{kind} ({m.mode}) interpolates near the border"
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return "" if not m.training else f"{kind} in training mode computes statistics over every position"

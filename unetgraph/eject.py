@@ -511,7 +511,7 @@ class _Writer:
     def _backbone_init(self, name: str) -> list[str]:
         node = self.g[name]
         try:
-            made = creation(node.block, node.inputs[0].channels, f"self.{name}")
+            made = creation(self.backbones[name], node.inputs[0].channels, f"self.{name}")
         except SpecError as e:
             raise LoweringError(f"{name}: {e.message}", node=name) from None
         self.third += made.imports

@@ -22,7 +22,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -39,6 +39,9 @@ from .inputs import example_inputs as _example_inputs
 from .record import lowered_record
 from .runtime import InputGuard, check_input_size, guard_inputs
 from .serialize import from_dict, to_dict
+
+if TYPE_CHECKING:
+    from torch.export.pt2_archive._package_weights import Weights
 
 __all__ = ["export", "load_exported", "ExportedUNet", "OnnxUNet", "FORMATS"]
 
@@ -171,7 +174,7 @@ def _export(
     from torch.export.pt2_archive._package import package_pt2
 
     with steps.step("AOTInductor compile (minutes for large models)"), torch.no_grad():
-        files = torch._inductor.aot_compile(program.module(), args, options=_aoti_configs(inductor_configs))
+        files = _aot_compile(program, args, inductor_configs)
     with steps.step("packaging"):
         package_pt2(buffer, aoti_files={"model": files}, extra_files={_DOC: doc})
         write_atomic(path, buffer.getvalue())
@@ -180,6 +183,16 @@ def _export(
 
 def _aoti_configs(inductor_configs: dict[str, Any] | None) -> dict[str, Any]:
     return {**({"freezing": True} if inductor_configs is None else inductor_configs), "aot_inductor.package": True}
+
+
+def _aot_compile(
+    program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...], inductor_configs: dict[str, Any] | None
+) -> list[str | Weights]:
+    """AOTInductor's files for one model of a package (``aot_inductor.package`` makes it return their list)."""
+    files = torch._inductor.aot_compile(program.module(), args, options=_aoti_configs(inductor_configs))
+    if not isinstance(files, list):
+        raise LoweringError(f"AOTInductor compiled to a {type(files).__name__}, not the file list of a package")
+    return files
 
 
 def _bucket_model(batch: int, size: tuple[int, ...]) -> str:
@@ -221,9 +234,7 @@ def _export_buckets(
             name = _bucket_model(b, size)
             with steps.step(f"{name}: torch.export + AOTInductor compile"), torch.no_grad():
                 program = torch.export.export(gm, tuple(args.values()), strict=False)
-                models[name] = torch._inductor.aot_compile(
-                    program.module(), tuple(args.values()), options=_aoti_configs(inductor_configs)
-                )
+                models[name] = _aot_compile(program, tuple(args.values()), inductor_configs)
     doc = _document(g, "aoti", False, None, args)
     doc["buckets"] = {"sizes": [list(s) for s in buckets.sizes], "batches": batch_sizes}
     from torch.export.pt2_archive._package import package_pt2
@@ -277,6 +288,8 @@ def _export_onnx(
             program = torch.onnx.export(gm, args, dynamic_shapes=shapes, dynamo=True, verbose=False)
     finally:
         registry.setLevel(level)
+    if program is None:  # only the legacy (dynamo=False) exporter returns no program
+        raise LoweringError("torch.onnx.export returned no ONNX program")
     program.model.metadata_props[_DOC] = doc
     with steps.step("saving"), atomic_path(path) as tmp:
         program.save(str(tmp), external_data=False)

@@ -284,7 +284,7 @@ class UNetGraph:
     def __init__(
         self,
         nodes: Iterable[tuple[str, BlockSpec, Role | str, int | None]],
-        edges: Iterable[tuple[str, str, EdgeKind | str, int]],
+        edges: Iterable[tuple[str, str, EdgeKind | str, int] | tuple[str, str, EdgeKind | str, int, int]],
         outputs: Sequence[str],
         *,
         name: str = "UNet",

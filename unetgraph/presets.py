@@ -278,11 +278,16 @@ def nnunet_plain(
         bottleneck_block=encoder,
         decoder_block=lambda level: block.with_(kernel=kernels[level], convs=n_conv_decoder),
         down=None,
-        up=lambda level: Up("transpose", factor=strides[level + 1], bias=conv_bias),
+        up=lambda level: Up("transpose", factor=_int_or_tuple(strides[level + 1]), bias=conv_bias),
         skip_first=False,
         deep_supervision=stages - 2 if deep_supervision else 0,
         name="PlainConvUNet",
     )
+
+
+def _int_or_tuple(value: int | Sequence[int]) -> int | tuple[int, ...]:
+    """A per-axis value as a spec field holds it (a sequence becomes a tuple)."""
+    return value if isinstance(value, int) else tuple(value)
 
 
 def residual_unet(in_channels: int = 3, num_classes: int = 1) -> UNetGraph:

@@ -76,4 +76,7 @@ def lowered_record(module: Any, what: str = "this module") -> LoweredRecord:
 
 def attach_record(module: nn.Module, record: LoweredRecord) -> None:
     """Store ``record`` on ``module`` (a GraphModule: its ``meta`` travels with deepcopy and passes)."""
-    module.meta[_KEY] = record  # type: ignore[union-attr, index]
+    meta = getattr(module, "meta", None)
+    if not isinstance(meta, dict):
+        raise LoweringError(f"cannot attach a lowering record to a {type(module).__name__}: it has no meta dict")
+    meta[_KEY] = record

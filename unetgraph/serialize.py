@@ -262,7 +262,7 @@ class _Refused:
         self.reason = reason
 
 
-class _Mapping(dict):  # type: ignore[type-arg]
+class _Mapping(dict[Any, Any]):
     """A mapping as parsed, remembering keys that appeared more than once."""
 
     repeated: tuple[Any, ...] = ()

@@ -91,8 +91,15 @@ class TensorType:
         """The expected shape in words: ``(N, 3, H, W)``, ``(N,)``, ``(N, L, 512)``."""
         return input_pattern(self.form, self.channels, self.axes)
 
-    def with_(self, **changes: object) -> TensorType:
-        return replace(self, **changes)
+    def with_(
+        self, *, channels: int | None = None, scale: tuple[Fraction, ...] | None = None, form: str | None = None
+    ) -> TensorType:
+        """This type with the given fields replaced (the others kept)."""
+        return TensorType(
+            self.channels if channels is None else channels,
+            self.scale if scale is None else scale,
+            self.form if form is None else form,
+        )
 
     def rescaled(self, factors: tuple[Fraction, ...]) -> TensorType:
         """This type with each axis' scale multiplied by ``factors``."""

@@ -189,7 +189,12 @@ class Backbone(BlockSpec):
         if not isinstance(module, nn.Module):
             raise SpecError(f"Backbone.from_module: expected an nn.Module, got {module!r}")
         draft = cls(
-            import_path(type(module)), source="module", stages=stages, depth=depth, features=features, inline=inline
+            import_path(type(module)),
+            source="module",
+            stages=None if stages is None else tuple(stages),
+            depth=depth,
+            features=None if features is None else tuple(features),
+            inline=inline,
         )
         if features is not None:
             return draft.with_(module=module)

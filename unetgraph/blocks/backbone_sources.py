@@ -313,7 +313,7 @@ def _timm_features(spec: Backbone, in_channels: int) -> Features:
 @functools.lru_cache(maxsize=64)
 def _timm_all(name: str, in_channels: int, kwargs: tuple[tuple[str, Any], ...]) -> Features:
     model = _timm_model(name, in_channels, dict(kwargs), None, meta=True)
-    info = model.feature_info
+    info: Any = model.feature_info  # timm's FeatureInfo (timm is untyped here)
     if getattr(model, "output_fmt", "NCHW") not in ("NCHW", None) and str(model.output_fmt) != "NCHW":
         raise SpecError(
             f"Backbone {name!r}: timm returns its features channels-last ({model.output_fmt}); not supported"
@@ -495,13 +495,17 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> None:
     for parent in model.modules():
         for child_name, conv in parent.named_children():
             if isinstance(conv, nn.Conv2d) and conv.in_channels == 3:
+                # a Conv2d's sizes are pairs (torch types them tuple[int, ...]); this function is
+                # copied into ejected files, so it stays self-contained
+                (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+                pad = conv.padding if isinstance(conv.padding, str) else (conv.padding[0], conv.padding[1])
                 new = nn.Conv2d(
                     in_channels,
                     conv.out_channels,
-                    conv.kernel_size,
-                    conv.stride,
-                    conv.padding,
-                    conv.dilation,
+                    (kh, kw),
+                    (sh, sw),
+                    pad,
+                    (dh, dw),
                     conv.groups,
                     conv.bias is not None,
                     conv.padding_mode,
@@ -516,7 +520,7 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> None:
                         else:
                             idx = torch.arange(in_channels, device=w.device) % 3
                             new.weight.copy_(w[:, idx] * (3 / in_channels))
-                        if conv.bias is not None:
+                        if conv.bias is not None and new.bias is not None:
                             new.bias.copy_(conv.bias)
                 setattr(parent, child_name, new)
                 return

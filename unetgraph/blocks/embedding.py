@@ -142,37 +142,41 @@ class TimestepEmbedding(BlockSpec):
 
     def infer(self, inputs: Sequence[TensorType], sources: Sequence[str] = ()) -> TensorType:
         _require_form(self, inputs[0], "scalar", "a timestep input (N,)", (list(sources) or [""])[0])
+        dim = self._dim()
+        width = dim if not self.mlp else (self.channels or 4 * dim)
+        return TensorType(width, ())
+
+    def _dim(self) -> int:
+        """The encoding's width; a typed error while it is unset (the builder may fill it later)."""
         if self.dim is None:
             raise ShapeError("TimestepEmbedding.dim is not set: give the width of the sinusoidal encoding")
-        width = self.dim if not self.mlp else (self.channels or 4 * self.dim)
-        return TensorType(width, ())
+        return self.dim
 
     def build(self, inputs: Sequence[TensorType], output: TensorType) -> nn.Module:
         encode: nn.Module
+        dim = self._dim()
         if self.encoding == "fourier":
-            encode = FourierFeatures(self.dim, float(self.scale), self.log, self.flip_sin_to_cos)
+            encode = FourierFeatures(dim, float(self.scale), self.log, self.flip_sin_to_cos)
         else:
-            encode = Sinusoidal(
-                self.dim, self.flip_sin_to_cos, float(self.freq_shift), float(self.max_period), self.scale
-            )
+            encode = Sinusoidal(dim, self.flip_sin_to_cos, float(self.freq_shift), float(self.max_period), self.scale)
         if not self.mlp:
             return encode
         layers = OrderedDict(
             encode=encode,
-            linear1=nn.Linear(self.dim, output.channels),
+            linear1=nn.Linear(dim, output.channels),
             act=make_act(self.act, output.channels),
             linear2=nn.Linear(output.channels, output.channels),
         )
         return nn.Sequential(layers)
 
     def params(self, inputs: Sequence[TensorType], output: TensorType) -> int:
-        c = output.channels
-        frequencies = (self.dim or 0) // 2 if self.encoding == "fourier" else 0
-        return frequencies + ((self.dim * c + c + c * c + c + act_params(self.act, c)) if self.mlp else 0)
+        c, dim = output.channels, self._dim()
+        frequencies = dim // 2 if self.encoding == "fourier" else 0
+        return frequencies + ((dim * c + c + c * c + c + act_params(self.act, c)) if self.mlp else 0)
 
     def flops(self, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         n, c = output
-        return 2 * n * (self.dim * c + c * c) if self.mlp else 0
+        return 2 * n * (self._dim() * c + c * c) if self.mlp else 0
 
     def label(self) -> str:
         width = self.channels or (4 * self.dim if self.dim else "4·dim")

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import ShapeError
+from ..errors import ShapeError, SpecError
 from ..types import TensorType
 from .base import BlockSpec, register_block
 from .conv import _spatial_input, check_groups
@@ -122,17 +122,18 @@ class SqueezeExcitationModule(nn.Module):
 
     def __init__(self, channel: nn.Module | None, spatial: nn.Module | None, dims: int) -> None:
         super().__init__()
+        if channel is None and spatial is None:
+            raise SpecError("SqueezeExcitationModule needs a channel branch, a spatial branch or both; got neither")
         self.channel, self.spatial, self.dims = channel, spatial, dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = None
+        outs: list[torch.Tensor] = []
         if self.channel is not None:
             weights = self.channel(x.flatten(2).mean(-1))
-            out = x * weights[(slice(None), slice(None)) + (None,) * self.dims]
+            outs.append(x * weights[(slice(None), slice(None)) + (None,) * self.dims])
         if self.spatial is not None:
-            spatial = x * self.spatial(x)
-            out = spatial if out is None else out + spatial
-        return out
+            outs.append(x * self.spatial(x))
+        return outs[0] if len(outs) == 1 else outs[0] + outs[1]
 
 
 @register_block

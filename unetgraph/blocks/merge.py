@@ -21,6 +21,7 @@ class _Merge(nn.Module):
     def __init__(self, mode: str, inputs: int, crop: bool) -> None:
         super().__init__()
         self.mode = mode
+        self.crop: nn.ModuleDict | None
         if crop:
             self.crop = nn.ModuleDict(OrderedDict((f"in{i}", CenterCrop()) for i in range(inputs - 1)))
         else:

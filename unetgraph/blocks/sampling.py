@@ -173,9 +173,14 @@ class Down(BlockSpec):
             end = _axes(self, "pad_end", dims)
             if not any(end):
                 return conv
-            zeros = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)[dims - 1]
-            pads = tuple(p for e in reversed(end) for p in (0, e))  # last axis first, as F.pad wants
-            return nn.Sequential(OrderedDict(pad=zeros(pads, 0.0), conv=conv))
+            zeros: nn.Module  # pads the far end of each axis, last axis first, as F.pad wants
+            if dims == 1:
+                zeros = nn.ConstantPad1d((0, end[0]), 0.0)
+            elif dims == 2:
+                zeros = nn.ConstantPad2d((0, end[1], 0, end[0]), 0.0)
+            else:
+                zeros = nn.ConstantPad3d((0, end[2], 0, end[1], 0, end[0]), 0.0)
+            return nn.Sequential(OrderedDict(pad=zeros, conv=conv))
         return _POOL[self.mode][dims - 1](kernel, stride=stride, padding=pad)
 
     def _conv_kernel(self, dims: int) -> int:

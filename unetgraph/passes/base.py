@@ -9,14 +9,26 @@ so the graph's node names survive into ``gm.code`` and ``torch.export``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch.fx as fx
 from torch import nn
 
+from ..errors import LoweringError
 from ..record import attach_record, find_record
 
-__all__ = ["PassResult", "replace_node", "copy_meta", "module_users", "drop_module", "is_module"]
+_M = TypeVar("_M", bound=nn.Module)
+
+__all__ = [
+    "PassResult",
+    "replace_node",
+    "copy_meta",
+    "module_users",
+    "drop_module",
+    "is_module",
+    "called_module",
+    "target_of",
+]
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,21 @@ def drop_module(gm: fx.GraphModule, target: str) -> bool:
     return gm.delete_submodule(target)
 
 
+def target_of(node: fx.Node) -> str:
+    """The dotted path a ``call_module`` or ``get_attr`` node names (fx types a target ``str | Callable``)."""
+    if not isinstance(node.target, str):
+        raise LoweringError(f"{node.format_node()}: a {node.op} node whose target is not a path ({node.target!r})")
+    return node.target
+
+
+def called_module(gm: fx.GraphModule, node: fx.Node, kind: type[_M]) -> _M | None:
+    """The submodule ``node`` calls when it is a ``kind``, else ``None``."""
+    if node.op != "call_module":
+        return None
+    module = gm.get_submodule(target_of(node))
+    return module if isinstance(module, kind) else None
+
+
 def is_module(gm: fx.GraphModule, node: fx.Node, kind: type[nn.Module] | tuple[type[nn.Module], ...]) -> bool:
     """Whether ``node`` calls a submodule of type ``kind``."""
-    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), kind)
+    return node.op == "call_module" and isinstance(gm.get_submodule(target_of(node)), kind)

@@ -8,7 +8,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ..record import find_record
 from ..runtime import InputGuard
-from .base import PassResult, copy_meta
+from .base import PassResult, called_module, copy_meta
 
 __all__ = ["channels_last"]
 
@@ -61,7 +61,11 @@ def channels_last(gm: fx.GraphModule, *, force: bool = False) -> PassResult:
         node = _after_guard(gm, next(n for n in gm.graph.nodes if n.op == "placeholder" and n.name == input_name))
         with gm.graph.inserting_after(node):
             converted = copy_meta(node, gm.graph.call_method("contiguous", (node,), {"memory_format": fmt}))
-        node.replace_all_uses_with(converted, delete_user_cb=lambda u, c=converted: u is not c)
+
+        def others(user: fx.Node, new: fx.Node = converted) -> bool:
+            return user is not new
+
+        node.replace_all_uses_with(converted, delete_user_cb=others)
         changes.append(f"input {input_name} → {fmt}")
     # one input channel per group: both layouts are the same memory, and the converted strides
     # make inductor (freezing with dynamic sizes) assume the wrong output layout: leave those
@@ -90,6 +94,6 @@ def channels_last(gm: fx.GraphModule, *, force: bool = False) -> PassResult:
 def _after_guard(gm: fx.GraphModule, placeholder: fx.Node) -> fx.Node:
     """The input guard's output when the input has one (convert after checking), else the input."""
     for user in placeholder.users:
-        if user.op == "call_module" and isinstance(gm.get_submodule(user.target), InputGuard):
+        if called_module(gm, user, InputGuard) is not None:
             return user
     return placeholder

@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from .base import PassResult, copy_meta, drop_module, is_module, module_users, replace_node
+from ..errors import LoweringError
+from .base import PassResult, called_module, copy_meta, drop_module, module_users, replace_node, target_of
 
 __all__ = ["fold_batchnorm", "fold_into_conv", "NORM_TAILS"]
 
@@ -39,14 +40,15 @@ def fold_batchnorm(gm: fx.GraphModule) -> PassResult:
     """
     changes, notes = [], []
     for node in list(gm.graph.nodes):
-        if not is_module(gm, node, _BatchNorm):
+        bn = called_module(gm, node, _BatchNorm)
+        if bn is None:
             continue
         src = node.args[0] if node.args else None
-        if not (isinstance(src, fx.Node) and is_module(gm, src, _ConvNd)):
+        conv = called_module(gm, src, _ConvNd) if isinstance(src, fx.Node) else None
+        if not isinstance(src, fx.Node) or conv is None:
             what = src.name if isinstance(src, fx.Node) else repr(src)
             notes.append(f"{node.target} follows {what}, not a convolution")
             continue
-        bn, conv = gm.get_submodule(node.target), gm.get_submodule(src.target)
         tail = _tail(bn)
         why = _why_not(gm, node, src, bn) or ("" if tail is not None else _own_forward(bn))
         if why:
@@ -56,7 +58,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> PassResult:
         kept = _keep_tail(gm, node, src, bn, tail) if tail else []
         if not tail:
             replace_node(gm, node, src)
-            drop_module(gm, node.target)
+            drop_module(gm, target_of(node))
         changes.append(f"{node.target} folded into {src.target}" + (f" ({', '.join(kept)} kept)" if kept else ""))
     if changes:
         gm.graph.lint()
@@ -89,7 +91,7 @@ def _keep_tail(gm: fx.GraphModule, node: fx.Node, src: fx.Node, bn: nn.Module, t
     container = nn.Module()
     for child in kept:
         container.add_module(child, bn.get_submodule(child))
-    gm.set_submodule(node.target, container)
+    gm.set_submodule(target_of(node), container)
     h: fx.Node = src
     with gm.graph.inserting_before(node):
         for child in kept:
@@ -105,9 +107,9 @@ def _why_not(gm: fx.GraphModule, bn_node: fx.Node, conv_node: fx.Node, bn: _Batc
         return "the norm keeps no running statistics (track_running_stats=False)"
     if len(conv_node.users) != 1:
         return f"the convolution's output also feeds {', '.join(u.name for u in conv_node.users if u is not bn_node)}"
-    if len(module_users(gm, conv_node.target)) != 1:
+    if len(module_users(gm, target_of(conv_node))) != 1:
         return "the convolution module is called more than once"
-    if len(module_users(gm, bn_node.target)) != 1:
+    if len(module_users(gm, target_of(bn_node))) != 1:
         return "the norm module is called more than once"
     return ""
 
@@ -118,6 +120,11 @@ def fold_into_conv(conv: _ConvNd, bn: _BatchNorm) -> None:
 
     Computed in float64 and stored in the convolution's dtype.
     """
+    if bn.running_mean is None or bn.running_var is None:
+        raise LoweringError(
+            f"fold_into_conv: the {type(bn).__name__} keeps no running statistics (track_running_stats=False); "
+            "there is nothing to fold"
+        )
     dtype = conv.weight.dtype
     std = torch.sqrt(bn.running_var.double() + bn.eps)
     scale = (bn.weight.double() if bn.weight is not None else torch.ones_like(std)) / std

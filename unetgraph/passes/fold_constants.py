@@ -6,7 +6,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .base import PassResult, copy_meta, replace_node
+from .base import PassResult, copy_meta, replace_node, target_of
 
 __all__ = ["fold_constants"]
 
@@ -117,7 +117,7 @@ def _foldable(gm: fx.GraphModule, node: fx.Node) -> bool:
         return node.target not in _RANDOM
     if node.op == "call_method":
         return node.target not in _RANDOM_METHODS
-    module = gm.get_submodule(node.target)
+    module = gm.get_submodule(target_of(node))
     return not any(m.training for m in module.modules()) and not isinstance(module, nn.modules.dropout._DropoutNd)
 
 

@@ -154,7 +154,9 @@ def optimize(
         results.append(_channels_last(out, force=bool(channels_last)))
     if for_inference and prepack:
         results.append(_prepack(out))
-    diff = _compare(reference, out, example_inputs, atol) if reference is not None else None
+    diff = None
+    if reference is not None and example_inputs is not None:
+        diff = _compare(reference, out, example_inputs, atol)
     report = OptimizeReport(tuple(results), (nodes_before, _count(out)[0]), (params_before, _count(out)[1]), diff)
     return Optimized(out, report)
 

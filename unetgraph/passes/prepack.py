@@ -94,7 +94,7 @@ def conv_padding(conv: _ConvNd) -> list[int] | None:
     if conv.padding == "same":
         totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
         return None if any(t % 2 for t in totals) else [t // 2 for t in totals]
-    return [int(p) for p in conv.padding]  # type: ignore[union-attr]
+    return [int(p) for p in conv.padding]
 
 
 def _explicit_padding(conv: _ConvNd) -> list[int] | str:
@@ -162,9 +162,9 @@ class PackedConv(nn.Module):
         activation_target: str | None = None,
     ) -> None:
         super().__init__()
-        why = _why_not(conv)
-        if why:
-            raise LoweringError(f"PackedConv: cannot pack this {type(conv).__name__}: {why}")
+        why, padding = _why_not(conv), _explicit_padding(conv)
+        if why or isinstance(padding, str):
+            raise LoweringError(f"PackedConv: cannot pack this {type(conv).__name__}: {why or padding}")
         self.weight = conv.weight
         self.bias = conv.bias
         self.conv_class = type(conv)
@@ -172,7 +172,7 @@ class PackedConv(nn.Module):
         self.in_channels, self.out_channels, self.groups = conv.in_channels, conv.out_channels, conv.groups
         self.kernel_size = tuple(conv.kernel_size)
         self.stride, self.dilation = list(conv.stride), list(conv.dilation)
-        self.padding = _explicit_padding(conv)
+        self.padding = padding
         self.padding_arg = conv.padding  # as the convolution was built ('same', 'valid' or ints)
         self.output_padding = list(conv.output_padding)
         self.activation, self.scalars, self.algorithm = fusion.attr, list(fusion.scalars), fusion.algorithm
@@ -216,6 +216,7 @@ class PackedConv(nn.Module):
         packed = None if compiling or recording or x.dtype != self.weight.dtype else self._current()
         if packed is None:
             return self._plain(x)
+        padding: tuple[list[int], ...]
         if self.transposed:
             op, padding = torch.ops.mkldnn._convolution_transpose_pointwise, (self.padding, self.output_padding)
         else:
@@ -224,6 +225,7 @@ class PackedConv(nn.Module):
 
     def _plain(self, x: torch.Tensor) -> torch.Tensor:
         dims = len(self.kernel_size)
+        conv: Callable[..., torch.Tensor]
         if self.transposed:
             conv = (F.conv_transpose2d, F.conv_transpose3d)[dims - 2]
             y = conv(
@@ -315,14 +317,17 @@ def prepack(gm: fx.GraphModule, *, fuse: bool = True) -> PassResult:
             continue
         shared = len(module_users(gm, str(node.target))) > 1
         act_node = _fusable(gm, node) if fuse and not shared else None
-        fusion, activation, target = _NONE, None, None
+        fusion, target = _NONE, None
+        activation: nn.Module | Callable | None = None
         if act_node is not None:
             fusion = _node_fusion(gm, act_node) or _NONE
             if act_node.op == "call_module":
                 target = str(act_node.target)
                 activation = gm.get_submodule(target)
-            else:
+            elif callable(act_node.target):  # a call_function (_node_fusion fuses no other kind)
                 activation = act_node.target
+            else:
+                raise LoweringError(f"prepack: cannot fuse {act_node.format_node()} (its target is not callable)")
         packed = PackedConv(conv, fusion, activation, target)
         gm.add_submodule(str(node.target), packed)
         line = f"{node.target}: {_describe(conv)} packed"

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..blocks.layers import NORM_TYPES
 from ..errors import LoweringError
-from .base import PassResult, copy_meta
+from .base import PassResult, copy_meta, target_of
 
 __all__ = ["reduced_precision", "DTYPES"]
 
@@ -85,8 +85,8 @@ def reduced_precision(
         f"{len(low)} weights → {dtype}"
         + (f" ({len(floats) - len(low)} of normalization layers keep {original})" if len(low) < len(floats) else ""),
         *(
-            f"{cast.args[0].name} → {cast.args[1]} before {', '.join(u.name for u in cast.users)}"
-            for cast in casts.casts.values()
+            f"{value.name} → {to} before {', '.join(u.name for u in cast.users)}"
+            for (value, to), cast in casts.casts.items()
         ),
         f"{len(back)} output{'s' if len(back) != 1 else ''} → {original}",
     )
@@ -124,19 +124,22 @@ class _Casts(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm, garbage_collect_values=False)
+        self.gm = gm
         self.casts: dict[tuple[fx.Node, torch.dtype], fx.Node] = {}  # (value, dtype) → its cast
 
     def run_node(self, n: fx.Node) -> Any:
-        want, inputs = None, []
+        want: torch.dtype | None = None
+        inputs: list[fx.Node] = []
         if n.op == "call_module":
-            want, inputs = _weights_dtype(self.module.get_submodule(n.target)), list(n.all_input_nodes)
+            want, inputs = _weights_dtype(self.module.get_submodule(target_of(n))), list(n.all_input_nodes)
         elif n.op == "call_function" and n.target in _WEIGHTED and len(n.args) > 1:
             weight = self.env.get(n.args[1]) if isinstance(n.args[1], fx.Node) else None
             if isinstance(weight, torch.Tensor) and isinstance(n.args[0], fx.Node):
                 want, inputs = weight.dtype, [n.args[0]]
-        for arg in inputs if want is not None else ():
+        for arg in inputs:
             value = self.env[arg]
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != want:
+            floating = isinstance(value, torch.Tensor) and value.is_floating_point()
+            if want is not None and floating and value.dtype != want:
                 n.replace_input_with(arg, self._cast(arg, want))
         try:
             result = super().run_node(n)
@@ -154,8 +157,8 @@ class _Casts(fx.Interpreter):
     def _cast(self, arg: fx.Node, dtype: torch.dtype) -> fx.Node:
         key = (arg, dtype)
         if key not in self.casts:
-            with self.module.graph.inserting_after(arg):
-                cast = copy_meta(arg, self.module.graph.call_method("to", (arg, dtype)))
+            with self.gm.graph.inserting_after(arg):
+                cast = copy_meta(arg, self.gm.graph.call_method("to", (arg, dtype)))
             self.env[cast] = self.env[arg].to(dtype)
             self.casts[key] = cast
         return self.casts[key]

@@ -7,7 +7,7 @@ from typing import Callable
 import torch.fx as fx
 
 from ..runtime import InputGuard
-from .base import PassResult
+from .base import PassResult, called_module
 
 __all__ = ["remove_dead_nodes"]
 
@@ -55,7 +55,7 @@ def remove_dead_nodes(gm: fx.GraphModule) -> PassResult:
 
 def _impure(gm: fx.GraphModule) -> Callable[[fx.Node], bool]:
     def impure(node: fx.Node) -> bool:
-        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), InputGuard):
+        if called_module(gm, node, InputGuard) is not None:
             return True
         return node.is_impure()
 

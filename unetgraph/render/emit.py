@@ -269,7 +269,7 @@ def _legend_rows(scene: Scene) -> list[str]:
         glyph = {"dashed": "╌╌▶", "dotted": "┈┈▷"}.get(attrs.get("style", ""), "━━▶")
         text = {EdgeKind.DATA: "data", EdgeKind.COND: "conditioning"}.get(kind) or f"skip ({merge})"
         lines.append(_key(attrs["color"], glyph, text))
-    for m in _present(it.mark for it in (*scene.items, *scene.links)):
+    for m in _present([*(it.mark for it in scene.items), *(ln.mark for ln in scene.links)]):
         lines.append(_key(MARK_STYLES[m][0]["color"], "□", f"{MARK_STYLES[m][2].strip()} {m}"))
     return ["    ".join(row) for row in (boxes, lines) if row]
 

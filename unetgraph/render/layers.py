@@ -28,6 +28,8 @@ def _axes(v: object) -> str:
 
 
 def _conv(m: nn.Module) -> str:
+    if not isinstance(m, nn.modules.conv._ConvNd):
+        return type(m).__name__
     stride = max(m.stride) if isinstance(m.stride, tuple) else m.stride
     return f"{type(m).__name__} {_axes(m.kernel_size)} {m.in_channels}→{m.out_channels}" + (
         f" /{stride}" if stride > 1 and not isinstance(m, nn.modules.conv._ConvTransposeNd) else ""
@@ -92,7 +94,8 @@ def layer_scene(g: UNetGraph, cost: CostReport, notes: Sequence[str], heat: str 
             if n.op == "placeholder":
                 title, text = n.name, row.block
             elif n.op == "call_module":
-                title, text = n.target.removeprefix(f"{block_name}."), describe_module(modules[n.target])
+                target = str(n.target)  # a call_module's target is the submodule's path
+                title, text = target.removeprefix(f"{block_name}."), describe_module(modules[target])
             else:
                 title, text = _function_name(n), ""
             if not framed:

@@ -336,12 +336,12 @@ def _collapse_levels(g: UNetGraph, blocks: Scene, cost: CostReport, notes: Seque
     heads: dict[str, tuple[str, Role, int | None]] = {}
     deep = {it.level for it in blocks.items if it.role is Role.BOTTLENECK}
     for it in blocks.items:
-        key = None if it.port is not None else level_group(it.role, it.level, it.level in deep)
-        gid = it.id if key is None else key[0]
+        group = None if it.port is not None else level_group(it.role, it.level, it.level in deep)
+        gid = it.id if group is None else group[0]
         owner[it.id] = gid
         if gid not in groups:
             groups[gid] = []
-            heads[gid] = (it.title, it.role, it.level) if key is None else (key[1], key[2], it.level)
+            heads[gid] = (it.title, it.role, it.level) if group is None else (group[1], group[2], it.level)
         groups[gid].append(it)
     order = list(groups)
     heats = heat_values(cost, heat, [[m for it in groups[gid] for m in it.members] for gid in order] if heat else order)
@@ -401,7 +401,7 @@ def _split_marks(marks: Marks) -> tuple[dict[str, str], dict[tuple[str, str], st
         if isinstance(key, str):
             nodes[key] = mark
         elif isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key):
-            edges[key] = mark  # type: ignore[index]
+            edges[key] = mark
         else:
             raise RenderError(f"marks: key {key!r} is neither a node name nor a (src, dst) edge")
     return nodes, edges
