@@ -330,7 +330,9 @@ class TestToMonai:
         with pytest.raises(ug.LoweringError, match=r"enc0\.norm0 .* does not match MONAI's conv_0\.conv_0\.adn\.N"):
             ug.interop.to_monai(folded)
         fast, _ = ug.optimize(gm)  # and the convolutions prepacked for oneDNN
-        with pytest.raises(ug.LoweringError, match=r"enc0\.conv0 \(PackedConv.* does not match MONAI's conv_0\.conv_0\.conv"):
+        with pytest.raises(
+            ug.LoweringError, match=r"enc0\.conv0 \(PackedConv.* does not match MONAI's conv_0\.conv_0\.conv"
+        ):
             ug.interop.to_monai(fast)
 
 
