@@ -279,7 +279,7 @@ def to_smp(
     try:
         expected = smp_unet(**config)
     except UNetGraphError as e:  # the configuration read off the graph is not one smp_unet matches
-        raise GraphError(f"{e.node or 'encoder'}: the graph does not fit smp's Unet: {e.message}", node=e.node) from e
+        raise GraphError(f"the graph does not fit smp's Unet: {e.message}", node=e.node) from e
     first = diff(expected, g).first_difference()
     if first is not None:
         node, words = first
