@@ -81,7 +81,7 @@ def _config(model: nn.Module) -> dict[str, Any]:
     for key in config:
         if key not in defaults:
             raise SpecError(
-                f"smp Unet config {key}={config[key]!r}: an encoder keyword argument; unetgraph imports Unets "
+                f"from_smp: Unet config {key}={config[key]!r}: an encoder keyword argument; unetgraph imports Unets "
                 "built without them"
             )
     return config
