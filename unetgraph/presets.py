@@ -36,9 +36,8 @@ __all__ = [
     "residual_unet",
     "smp_unet",
     "smp_state_dict",
-    "smp_keys",
-    "smp_tensor",
 ]
+# smp_keys and smp_tensor are smp_unet's key map, used by smp_state_dict and ug.interop.from_smp / to_smp
 
 
 def classic_unet(in_channels: int = 1, num_classes: int = 2, *, padded: bool = False) -> UNetGraph:
