@@ -74,12 +74,12 @@ def test_smp_unet_options_in_channels_depth_and_bilinear():
     [
         ({"encoder_name": "efficientnet-b0"}, "one of smp's own encoder implementations"),
         ({"encoder_name": "tu-vit_tiny_patch16_224"}, "features start at 1/2 or 1/4"),
-        ({"decoder_attention_type": "scse"}, "decoder_attention_type: only None"),
-        ({"activation": "sigmoid"}, "activation: only None"),
+        ({"decoder_attention_type": "cbam"}, "decoder_attention_type='cbam': not matched; choose from None, 'scse'"),
+        ({"activation": "sigmoid"}, "activation='sigmoid': only None"),
         ({"aux_params": {"classes": 2}}, "auxiliary classification head"),
-        ({"decoder_use_norm": "inplace"}, "'inplace' is not matched"),
+        ({"decoder_use_norm": "inplace"}, "decoder_use_norm='inplace': not matched"),
         ({"encoder_weights": "ssl"}, "only 'imagenet'"),
-        ({"encoder_depth": 6}, "encoder_depth: smp's Unet takes 1 … 5"),
+        ({"encoder_depth": 6}, "encoder_depth=6: smp's Unet takes 1 … 5"),
     ],
 )
 def test_smp_unet_refuses_what_it_cannot_match(kwargs, message):

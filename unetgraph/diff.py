@@ -185,6 +185,20 @@ class GraphDiff:
             or self.a.name != self.b.name
         )
 
+    def first_difference(self) -> tuple[str | None, str] | None:
+        """The first difference other than the graphs' names, as ``(node, words)`` (``node`` is
+        ``None`` for an edge or the outputs), or ``None``: what a check that a graph still has
+        another library's layout names (``ug.interop.to_diffusers``, ``to_smp``)."""
+        node = next((d for d in self.nodes.values() if d.status != "same"), None)
+        if node is not None:
+            return node.name, f"{node.name}: {node.status} ({node.describe()})"
+        edge = next((d for d in self.edges.values() if d.status != "same"), None)
+        if edge is not None:
+            return None, f"edge {edge.name}: {edge.describe()}"
+        if self.outputs[0] != self.outputs[1]:
+            return None, f"outputs {', '.join(self.outputs[0])} → {', '.join(self.outputs[1])}"
+        return None
+
     def summary(self) -> str:
         counts = [
             f"{len(v)} {k}"

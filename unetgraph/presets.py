@@ -7,7 +7,7 @@ states no count, the docstring says so and the tests assert the structure instea
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from .blocks import (
     AttentionGate,
@@ -18,6 +18,7 @@ from .blocks import (
     Merge,
     ResBlock,
     SelfAttention,
+    SqueezeExcitation,
     TimestepEmbedding,
     Up,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "smp_unet",
     "smp_state_dict",
 ]
+# smp_keys and smp_tensor are smp_unet's key map, used by smp_state_dict and ug.interop.from_smp / to_smp
 
 
 def classic_unet(in_channels: int = 1, num_classes: int = 2, *, padded: bool = False) -> UNetGraph:
@@ -335,6 +337,7 @@ _SMP_TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"
 _SMP_TIMM_ALIASES = ("timm-regnet", "timm-res2", "timm-resnest", "timm-mobilenetv3", "timm-gernet")
 _SMP_NORMS = {"batchnorm": "batch", True: "batch", "identity": "none", False: "none"}
 _SMP_UPS = {"nearest": "nearest", "bilinear": "linear"}
+_SMP_ATTENTION: dict[Any, SqueezeExcitation | None] = {None: None, "scse": SqueezeExcitation("scse", reduction=16)}
 
 
 def smp_unet(
@@ -358,10 +361,13 @@ def smp_unet(
     no weights), ``merge{i}`` (concat of the upsampled path, then the skip; levels without a
     feature, such as 1/2 below ConvNeXt's stride-4 stem, have none), ``dec{i}`` (two conv3×3 →
     batch norm → ReLU, smp's ``DecoderBlock``); then ``head`` (conv3×3 with bias, smp's
-    ``SegmentationHead``). Equal to smp's ``Unet`` for the same encoder: the same parameter
-    count, and equal outputs given the same weights (:func:`smp_state_dict` maps smp's keys),
-    tested for ``"resnet34"`` and ``"tu-"`` encoders of the ResNet, EfficientNet, MobileNetV3,
-    RegNet and ConvNeXt families.
+    ``SegmentationHead``). With ``decoder_attention_type="scse"`` a
+    :class:`~unetgraph.SqueezeExcitation` node precedes each decoder block but level 0's
+    (``dec{i}_att1``, smp's ``attention1``) and follows each (``dec{i}_att2``, ``attention2``). Equal to
+    smp's ``Unet`` for the same encoder: the same parameter count, and equal outputs given the
+    same weights (:func:`smp_state_dict` maps smp's keys), tested for ``"resnet18"``,
+    ``"resnet34"`` and ``"tu-"`` encoders of the ResNet, MobileNetV3, RegNet, ConvNeXt, GhostNet
+    and EfficientViT families (``tests/test_backbone.py``, ``tests/test_interop_smp.py``).
 
     Args:
         encoder_name: smp's own ``"resnet18"`` … ``"resnet152"``, ``"resnext50_32x4d"``,
@@ -373,37 +379,38 @@ def smp_unet(
             timm's or torchvision's own loading) or ``None`` for random weights; ``True`` for ``"tu-"``.
         decoder_use_norm: ``"batchnorm"``/``True`` or ``"identity"``/``False``.
         decoder_channels: one per level, deep to shallow.
-        decoder_attention_type: ``None`` only.
+        decoder_attention_type: ``None`` or ``"scse"`` (every attention on at least 16 channels:
+            smp's channel squeeze has ``channels // 16`` of them, and its model fails with none).
         decoder_interpolation: ``"nearest"`` or ``"bilinear"``.
         in_channels, classes: input channels and output channels.
         activation: ``None`` only (apply it to the output).
         aux_params: ``None`` only.
 
     Raises:
-        SpecError: an option or encoder this preset cannot match, naming why.
+        SpecError: an option or encoder this preset cannot match, naming the argument, its value and why.
 
-    With smp's own ResNets at ``encoder_depth < 5``, smp keeps the unused deeper stages'
-    weights (they never run): the parameter counts then differ by those, the outputs do not.
+    smp keeps some weights it never uses, which have no node here: with smp's own ResNets at
+    ``encoder_depth < 5`` the deeper stages, and with ``"scse"`` the ``attention1`` of the last
+    decoder block (level 0, which has no skip). The parameter counts then differ by those; the outputs do not.
 
     Shape:
         ``(N, in_channels, H, W) → (N, classes, H, W)``, ``H`` and ``W`` multiples of ``2**depth``
         (smp interpolates other sizes; lower with ``pad="auto"`` to pad them).
     """
     if encoder_depth not in (1, 2, 3, 4, 5):
-        raise SpecError(f"encoder_depth: smp's Unet takes 1 … 5, got {encoder_depth!r}")
-    why = {
-        "decoder_attention_type": (decoder_attention_type is not None, "only None (no scSE attention) is matched"),
-        "activation": (activation not in (None, "identity"), "only None; apply the activation to the output"),
-        "aux_params": (aux_params is not None, "the auxiliary classification head is not matched"),
-    }
-    for arg, (bad, reason) in why.items():
-        if bad:
-            raise SpecError(f"smp_unet {arg}: {reason}")
+        raise SpecError(f"smp_unet encoder_depth={encoder_depth!r}: smp's Unet takes 1 … 5")
+    if activation not in (None, "identity"):
+        raise SpecError(f"smp_unet activation={activation!r}: only None is matched; apply the activation to the output")
+    if aux_params is not None:
+        raise SpecError(
+            f"smp_unet aux_params={aux_params!r}: the auxiliary classification head is not matched; only None"
+        )
     norm = _smp_choice("decoder_use_norm", decoder_use_norm, _SMP_NORMS)
     mode = _smp_choice("decoder_interpolation", decoder_interpolation, _SMP_UPS)
+    attention = _smp_choice("decoder_attention_type", decoder_attention_type, _SMP_ATTENTION)
     encoder = _smp_encoder(encoder_name, encoder_depth, encoder_weights)
     name = re.sub(r"\W", "_", f"Unet_{encoder_name}")
-    return unet(
+    g = unet(
         in_channels,
         classes,
         encoder=encoder,
@@ -415,6 +422,30 @@ def smp_unet(
         head=Head(kernel=3),
         name=name,
     )
+    if attention is not None:
+        g = _smp_attention(g, attention)
+    return g
+
+
+def _smp_attention(g: UNetGraph, attention: SqueezeExcitation) -> UNetGraph:
+    """``g`` with smp's decoder attention: ``dec{i}_att1`` on each decoder block's input (smp's
+    ``attention1``, on the merged features; on the upsampled ones where the skip has no channels,
+    below a stride-4 stem), ``dec{i}_att2`` on its output (``attention2``). Level 0 has no skip and
+    smp never calls its ``attention1``: it has no node."""
+    decoders = [m for n in g.nodes(role="decoder") if (m := re.fullmatch(r"dec(\d+)", n.name))]
+    for level in sorted((int(m.group(1)) for m in decoders), reverse=True):
+        anchors = [(f"dec{level}", f"dec{level}_att2")]
+        if level > 0:
+            anchors.insert(0, (f"merge{level}" if f"merge{level}" in g else f"up{level}", f"dec{level}_att1"))
+        for anchor, name in anchors:
+            channels = g[anchor].type.channels
+            if channels < attention.reduction:
+                raise SpecError(
+                    f"smp_unet decoder_attention_type='scse': {name} would take {channels} channels; smp's channel "
+                    f"squeeze keeps channels // {attention.reduction} = 0 of them and its model cannot run"
+                )
+            g = g.insert_after(anchor, attention, name=name)
+    return g
 
 
 _K = TypeVar("_K")
@@ -423,9 +454,10 @@ _K = TypeVar("_K")
 def _smp_choice(arg: str, value: object, table: Mapping[Any, _K]) -> _K:
     if isinstance(value, str):
         value = value.lower()
-    if value not in table or (isinstance(value, int) and not isinstance(value, bool)):
+    hashable = value is None or isinstance(value, (str, bool))  # smp also takes dicts: none is matched
+    if not hashable or value not in table:
         known = ", ".join(repr(k) for k in table)
-        raise SpecError(f"smp_unet {arg}: {value!r} is not matched; choose from {known}")
+        raise SpecError(f"smp_unet {arg}={value!r}: not matched; choose from {known}")
     return table[value]
 
 
@@ -466,23 +498,43 @@ def _smp_encoder(encoder_name: str, depth: int, weights: str | bool | None) -> B
 
 
 def smp_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """An smp ``Unet``'s ``state_dict`` with the keys of :func:`smp_unet`'s lowered module.
+    """An smp ``Unet``'s ``state_dict`` with the keys of :func:`smp_unet`'s lowered module (:func:`smp_keys`).
 
-    ``encoder.model.*`` (smp's timm wrapper) → ``encoder.*``; ``decoder.blocks.{i}.conv{1,2}.{0,1}``
-    → ``dec{level}.conv{0,1}`` / ``norm{0,1}`` (block ``i`` is level ``depth - 1 - i``);
-    ``segmentation_head.0`` → ``head``. Tensors are not copied.
+    Tensors are not copied; the 1×1 convolutions of smp's channel squeeze (``cSE``) become the
+    matrices of the :class:`~unetgraph.SqueezeExcitation` block's linear layers (a view).
 
     Raises:
         SpecError: a key this mapping does not know (an smp option :func:`smp_unet` does not match).
     """
-    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"decoder\.blocks\.(\d+)\.", k))}
-    depth = len(blocks)
-    out: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        out[_smp_key(key, depth)] = value
-    return out
+    return {ours: smp_tensor(ours, state_dict[key]) for key, ours in smp_keys(state_dict).items()}
 
 
+def smp_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Each key of an smp ``Unet``'s ``state_dict`` → its key in :func:`smp_unet`'s lowered module.
+
+    ``encoder.model.*`` (smp's timm wrapper) → ``encoder.*``; ``decoder.blocks.{i}.conv{1,2}.{0,1}``
+    → ``dec{level}.conv{0,1}`` / ``norm{0,1}`` (block ``i`` is level ``depth - 1 - i``);
+    ``decoder.blocks.{i}.attention{1,2}.attention.{cSE.1, cSE.3, sSE.0}`` →
+    ``dec{level}_att{1,2}.{channel.fc1, channel.fc2, spatial.conv}``;
+    ``segmentation_head.0`` → ``head``. Keys of weights smp keeps but never uses (see
+    :func:`smp_unet`) map to names the graph's module does not have.
+
+    Raises:
+        SpecError: a key this mapping does not know (an smp option :func:`smp_unet` does not match).
+    """
+    keys = list(keys)
+    depth = len({int(m.group(1)) for k in keys if (m := re.match(r"decoder\.blocks\.(\d+)\.", k))})
+    return {key: _smp_key(key, depth) for key in keys}
+
+
+def smp_tensor(ours: str, value: Any) -> Any:
+    """smp's tensor for our key ``ours`` in our shape: the channel squeeze's 1×1 convolution weights,
+    ``(out, in, 1, 1)``, are our linear layers' ``(out, in)``; every other tensor is the same."""
+    return value.flatten(1) if _SMP_FLATTENED.fullmatch(ours) else value
+
+
+_SMP_SQUEEZE = {"cSE.1": "channel.fc1", "cSE.3": "channel.fc2", "sSE.0": "spatial.conv"}
+_SMP_FLATTENED = re.compile(r"dec\d+_att[12]\.channel\.fc[12]\.weight")
 _SMP_RULES: tuple[tuple[str, Callable[[re.Match[str], int], str]], ...] = (
     (r"encoder\.model\.(.+)", lambda m, d: f"encoder.{m.group(1)}"),
     (r"encoder\.(.+)", lambda m, d: f"encoder.{m.group(1)}"),
@@ -491,6 +543,10 @@ _SMP_RULES: tuple[tuple[str, Callable[[re.Match[str], int], str]], ...] = (
         lambda m, d: (
             f"dec{d - 1 - int(m.group(1))}.{'conv' if m.group(3) == '0' else 'norm'}{int(m.group(2)) - 1}.{m.group(4)}"
         ),
+    ),
+    (
+        r"decoder\.blocks\.(\d+)\.attention([12])\.attention\.(cSE\.1|cSE\.3|sSE\.0)\.(.+)",
+        lambda m, d: f"dec{d - 1 - int(m.group(1))}_att{m.group(2)}.{_SMP_SQUEEZE[m.group(3)]}.{m.group(4)}",
     ),
     (r"segmentation_head\.0\.(.+)", lambda m, d: f"head.{m.group(1)}"),
 )

@@ -1,9 +1,9 @@
 """Bring models of other libraries in as graphs with their weights, and send graphs back.
 
-Each peer has its own module (``interop/diffusers.py``, ``interop/monai.py``). The peer libraries are
-optional dependencies: ``import unetgraph`` imports none of them, and each function imports its
-library when called (``pip install 'unetgraph[diffusers]'``, ``'unetgraph[monai]'``). See
-``docs/interop.md``.
+Each peer has its own module (``interop/diffusers.py``, ``interop/monai.py``, ``interop/smp.py``).
+The peer libraries are optional dependencies: ``import unetgraph`` imports none of them, and each
+function imports its library when called (``pip install 'unetgraph[diffusers]'``,
+``'unetgraph[monai]'``, ``'unetgraph[smp]'``). See ``docs/interop.md``.
 
 >>> import unetgraph as ug
 >>> callable(ug.interop.from_monai) and callable(ug.interop.from_diffusers)
@@ -15,7 +15,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["from_diffusers", "to_diffusers", "graph_from_diffusers_config", "diffusers_keys", "from_monai", "to_monai"]
+__all__ = [
+    "from_diffusers",
+    "to_diffusers",
+    "graph_from_diffusers_config",
+    "diffusers_keys",
+    "from_monai",
+    "to_monai",
+    "from_smp",
+    "to_smp",
+]
 
 # public name -> the submodule that defines it (imported on first use)
 _LAZY = {
@@ -25,6 +34,8 @@ _LAZY = {
     "diffusers_keys": "diffusers",
     "from_monai": "monai",
     "to_monai": "monai",
+    "from_smp": "smp",
+    "to_smp": "smp",
 }
 
 

@@ -489,16 +489,10 @@ def to_diffusers(
         graph, module = record.graph, getattr(model, "_orig_mod", model)  # torch.compile's wrapper: its module
     kind, config = config_from_graph(graph)
     expected = graph_from_diffusers_config(config, kind)
-    changes = diff(expected, graph)
-    node = next((n for n, s in changes.status.items() if s != "same"), None)
-    if node is not None:
-        d = changes.nodes[node]
-        raise SpecError(
-            f"{node}: {d.status} ({d.describe()}): the graph no longer fits diffusers' {kind} layout", node=node
-        )
-    edge = next((d for d in changes.edges.values() if d.status != "same"), None)
-    if edge is not None:
-        raise SpecError(f"edge {edge.name}: {edge.describe()}: the graph no longer fits diffusers' {kind} layout")
+    first = diff(expected, graph).first_difference()
+    if first is not None:
+        node, words = first
+        raise SpecError(f"{words}: the graph no longer fits diffusers' {kind} layout", node=node)
     peer = getattr(_diffusers(), kind)(**config, sample_size=sample_size)
     ours = module.state_dict()
     keys = diffusers_keys(graph, ours)
