@@ -20,7 +20,8 @@ import time
 from typing import Any
 
 from benchmarks import deploy
-from benchmarks.deploy import Table, check_same, compile_model, conv_peak, flops, graph_breaks, matmul_peak, row
+from benchmarks.deploy import Table, check_same, compile_model, flops, graph_breaks, row
+from benchmarks.layers import conv_peak, matmul_peak, randomize
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"encoder {args.encoder}; inference batch {args.batch}, training batch {args.train_batch}, {args.size}²\n")
 
-    theirs = deploy.randomize(smp.Unet(args.encoder, encoder_weights=None, classes=args.classes)).eval()
+    theirs = randomize(smp.Unet(args.encoder, encoder_weights=None, classes=args.classes)).eval()
     t = time.perf_counter()
     g = ug.presets.smp_unet(args.encoder, encoder_weights=None, classes=args.classes)
     gm = g.lower().eval()
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         fast, report = ug.optimize(gm, example_inputs=[x])
         print(report.summary(), "\n")
-        check_same(theirs, gm, x, "smp vs ours", atol=1e-4)
-        check_same(gm, fast, x, "optimize()", atol=1e-4)
+        check_same(theirs, gm, (x,), "smp vs ours", atol=1e-4)
+        check_same(gm, fast, (x,), "optimize()", atol=1e-4)
         work = flops(theirs, x)
         rows = {
             "smp Unet eager": row(theirs, work),
@@ -85,13 +86,13 @@ def main(argv: list[str] | None = None) -> None:
                 "unetgraph compiled": (gm, True),
                 "unetgraph optimize()d compiled": (fast, True),
             }.items():
-                breaks = graph_breaks(model, x)
+                breaks = graph_breaks(model, (x,))
                 torch._dynamo.reset()
-                compiled, seconds, graphs = compile_model(model, x, fullgraph)
+                compiled, seconds, graphs = compile_model(model, (x,), fullgraph)
                 rows[name] = row(compiled, work, model, compile=seconds, graphs=graphs, breaks=breaks)
-            check_same(rows["unetgraph optimize()d compiled"][0], theirs, x, "compiled", atol=1e-3)
+            check_same(rows["unetgraph optimize()d compiled"][0], theirs, (x,), "compiled", atol=1e-3)
         title = f"smp_unet({args.encoder!r}) vs smp Unet, inference (same weights)"
-        deploy.run_section(Table(title, "smp Unet eager", peak, work), rows, x)
+        deploy.run_section(Table(title, "smp Unet eager", peak, work), rows, (x,))
         ratios(rows, args)
     training(theirs, gm, args, peak)
 

@@ -46,7 +46,8 @@ def section(name: str, args: argparse.Namespace) -> None:
     import torch
 
     import unetgraph as ug
-    from benchmarks.deploy import compile_model, graph_breaks, params, randomize
+    from benchmarks.deploy import compile_model, graph_breaks, params
+    from benchmarks.layers import randomize
 
     model = randomize(build(name, args.tiny)).eval()
     _, gm = ug.interop.from_monai(model)

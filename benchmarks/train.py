@@ -260,12 +260,13 @@ def section_monai() -> None:
     run_table(f"MONAI BasicUNet {features}, batch {ARGS.batch} at {ARGS.size}² (same weights)", rows, pairs)
 
 
-def ddpm_pair() -> tuple[Any, Any, int]:
-    """(our lowered DDPM, diffusers' UNet2DModel with its weights, depth); tiny ones with --quick."""
+def ddpm_pair() -> tuple[Any, Any, dict[str, str]]:
+    """(our lowered DDPM, diffusers' UNet2DModel with its weights, our key → diffusers' key); tiny
+    ones with --quick."""
     from diffusers import UNet2DModel
 
     import unetgraph as ug
-    from benchmarks.ddpm_vs_diffusers import CONFIG, diffusers_key
+    from benchmarks.ddpm_vs_diffusers import CONFIG
 
     if ARGS.quick:  # the preset's structure at widths 32, 64 and 8 groups
         config = {
@@ -290,20 +291,17 @@ def ddpm_pair() -> tuple[Any, Any, int]:
     else:
         config, g = CONFIG, ug.presets.ddpm_unet(32)
     peer = UNet2DModel(**config)
-    depth = len(config["block_out_channels"])
     gm = g.lower()
     theirs = peer.state_dict()
-    gm.load_state_dict({k: theirs[diffusers_key(k, depth)] for k in gm.state_dict()})
-    # our parameters in diffusers' order, so gradients compare by position
-    return gm, peer, depth
+    keys = ug.interop.diffusers_keys(g, gm.state_dict())  # the one key map
+    gm.load_state_dict({k: theirs[v] for k, v in keys.items()})
+    return gm, peer, keys
 
 
 def section_ddpm() -> None:
     import torch
 
-    from benchmarks.ddpm_vs_diffusers import diffusers_key
-
-    gm, peer, depth = ddpm_pair()
+    gm, peer, keys = ddpm_pair()
     for m in (gm, peer):  # dropout off: the same function on both sides, step after step
         for mod in m.modules():
             if isinstance(mod, torch.nn.Dropout):
@@ -318,7 +316,7 @@ def section_ddpm() -> None:
     theirs = dict(b.named_parameters())
     worst = (out_a - out_b).abs().max().item()
     for k, p in a.named_parameters():
-        q = theirs[diffusers_key(k, depth)]
+        q = theirs[keys[k]]
         worst = max(worst, (p.grad - q.grad).abs().max().item() / max(1e-6, q.grad.abs().max().item()))
     if not worst <= 1e-3:
         raise SystemExit(f"DDPM: outputs or gradients differ from diffusers' by {worst:.3g}")
