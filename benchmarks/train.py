@@ -176,7 +176,7 @@ def run_table(title: str, rows: dict[str, dict[str, Any]], pairs: dict[str, str]
     print(f"{'training step':<44} {'ms':>9} {'ours/peer':>10} {'first step s':>13} {'graphs':>7}")
     for name, r in rows.items():
         peer = pairs.get(name)
-        ratio = f"{ms[name] / ms[peer]:.3f}" if peer else ""
+        ratio = f"{ms[name] / ms[peer]:.3f}" if peer in ms else ""
         first = "" if r.get("first") is None else f"{r['first']:.1f}"
         print(f"{name:<44} {ms[name]:>9.1f} {ratio:>10} {first:>13} {r.get('graphs', ''):>7}")
     print()
@@ -189,7 +189,13 @@ def compiled_rows(rows: dict[str, dict[str, Any]], models: dict[str, tuple[Any, 
         torch._dynamo.reset()
         fast, backend = compiled(model, fullgraph)
         step = trainer(fast, inputs, target, **options)
-        rows[name] = {"step": step, "first": first_step(step), "graphs": backend.count}
+        try:
+            first = first_step(step)
+        except Exception as e:  # a compiler failure on a peer's model is a result, not the end of the run
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            print(f"  {name}: the compiled training step fails ({type(e).__name__}: {reason})")
+            continue
+        rows[name] = {"step": step, "first": first, "graphs": backend.count}
 
 
 # -- sections -------------------------------------------------------------------------------------
