@@ -66,9 +66,9 @@ def section(name: str, args: argparse.Namespace) -> None:
     }
     if not args.no_compile:
         for label, m, fullgraph in (("MONAI compiled", model, False), ("imported optimize()d compiled", fast, True)):
-            breaks = graph_breaks(m, x)
+            breaks = graph_breaks(m, (x,))
             torch._dynamo.reset()
-            compiled, seconds, graphs = compile_model(m, x, fullgraph)
+            compiled, seconds, graphs = compile_model(m, (x,), fullgraph)
             rows[label] = (compiled, {"compile": seconds, "graphs": graphs, "breaks": breaks})
     ms = median_ms({label: (lambda fn=fn: fn(x)) for label, (fn, _) in rows.items()}, args.repeat)
     base = ms["MONAI eager"]
