@@ -155,6 +155,7 @@ def main() -> None:
             ug.save_model(model, args.save, overwrite=True)
         say(f"saved to {args.save}")
     if distributed:
+        dist.barrier()  # every process leaves together: gloo aborts a process whose peer tears down mid-exchange
         dist.destroy_process_group()
 
 

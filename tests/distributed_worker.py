@@ -127,6 +127,7 @@ def main(out: Path) -> None:
             results[name] = compare(make, wrap, batch, rank)
         if rank == 0:
             out.write_text(json.dumps(results, indent=1))
+        dist.barrier()  # leave together: gloo aborts a process whose peer tears down mid-exchange
     finally:
         dist.destroy_process_group()
 
