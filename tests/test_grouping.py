@@ -104,8 +104,19 @@ def test_lower_checkpoint_option_and_what_all_means():
     g = gn_unet()
     gm = g.lower(checkpoint="all")
     assert ug.lowered_record(gm).checkpoint == ("enc0", "enc1", "mid", "dec1", "dec0")
-    assert "checkpointed_call(enc1_module, down1)" in gm.code
-    assert "self.down1(enc0)" in gm.code and "torch.cat" not in gm.code  # merges run as their own call
+    assert "checkpointed_call(enc0_module, x_guard)" in gm.code
+    # feeders that only a checkpointed block reads run in its checkpoint: the pooling before enc1,
+    # the up-sampling and merge before dec0 (whose inputs are dec1's output and the skip)
+    assert "checkpointed_chain((down1_module, enc1_module), ((0,), (1,)), enc0)" in gm.code
+    assert "((up0_module, merge0_module, dec0_module), ((0,), (1, 2), (3,)), dec1, enc0)" in gm.code
+    assert "torch.cat" not in gm.code  # merges run as node modules
+    only_dec0 = g.lower(checkpoint="dec0")
+    assert "checkpointed_chain((up0_module, merge0_module, dec0_module)" in only_dec0.code
+    assert "down1 = self.down1(enc0)" in only_dec0.code and "checkpointed_call" not in only_dec0.code
+    # a feeder chosen on its own is its own checkpoint (taking in its own feeder), not part of its reader's
+    own = g.lower(checkpoint=["merge0", "dec0"])
+    assert "checkpointed_chain((up0_module, merge0_module), ((0,), (1, 2)), dec1, enc0)" in own.code
+    assert "checkpointed_call(dec0_module, merge0)" in own.code
     assert ug.checkpoint_nodes(g, "decoder") == ("dec1", "dec0")
     assert ug.checkpoint_nodes(g, ug.Role.ENCODER) == ("enc0", "enc1")
     assert ug.checkpoint_nodes(g, [1, "head"]) == ("enc1", "dec1", "head")
@@ -159,6 +170,30 @@ def test_checkpointing_saves_less_for_the_backward_pass():
     assert saved_bytes(ckpt) <= 0.6 * full
     selective = ug.group_nodes(flat, checkpoint="all", policy="selective")
     assert saved_bytes(ckpt) < saved_bytes(selective) < full
+
+
+def test_checkpoint_all_keeps_neither_concatenations_nor_pooling_indices():
+    """With feeders in the checkpoints, what a level keeps is its skip and the deeper level's
+    output: no merge's concatenation (2C channels) and no max-pool indices (int64)."""
+    g = ug.unet(1, 2, widths=(8, 16, 32), block=ug.ConvBlock(norm="batch"))
+    x = torch.randn(2, 1, 32, 32)
+    kept = []
+
+    def pack(t):
+        kept.append((tuple(t.shape), t.dtype))
+        return t
+
+    for gm in (g.lower(), g.lower(checkpoint="all")):
+        kept.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            gm(x)
+        shapes = {shape for shape, _ in kept}
+        concatenated = {(2, 16, 32, 32), (2, 32, 16, 16)} & shapes
+        indices = [shape for shape, dtype in kept if dtype == torch.int64]
+        if ug.lowered_record(gm).grouped:
+            assert not concatenated and not indices
+        else:  # the flat module keeps both: the test would see them
+            assert len(concatenated) == 2 and len(indices) == 2
 
 
 def test_batchnorm_statistics_and_dropout_follow_one_step_as_without_checkpointing():

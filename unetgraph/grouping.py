@@ -53,11 +53,19 @@ __all__ = [
     "node_modules",
     "checkpointed_call",
     "selective_checkpointed_call",
+    "checkpointed_chain",
+    "selective_checkpointed_chain",
 ]
 
 CHECKPOINT_ROLES = (Role.STEM, Role.ENCODER, Role.BOTTLENECK, Role.DECODER)
-"""What ``checkpoint="all"`` checkpoints: the blocks, where most activations live. Samplings,
-merges, embeddings and the head are cheap to keep and would cost a recompute for little memory."""
+"""What ``checkpoint="all"`` checkpoints: the blocks, where most activations live. Embeddings and
+the head are cheap to keep and would cost a recompute for little memory."""
+
+FEEDER_ROLES = (Role.DOWN, Role.UP, Role.MERGE)
+"""Nodes a checkpointed node takes into its checkpoint when they feed only it (a sampling before
+an encoder block; an up-sampling and a merge before a decoder block): kept, their outputs (a
+merge's concatenation, a max-pool's indices) would cost more memory than their recomputation
+costs time."""
 
 POLICIES = ("full", "selective")
 
@@ -92,7 +100,42 @@ def selective_checkpointed_call(module: nn.Module, *args: Any, **kwargs: Any) ->
     )
 
 
+def checkpointed_chain(modules: tuple[nn.Module, ...], wiring: tuple[tuple[int, ...], ...], *args: Any) -> Any:
+    """Several node modules under one non-reentrant checkpoint (a plain run without gradients).
+
+    Step ``k`` calls ``modules[k]`` on the values ``wiring[k]`` indexes: ``args`` first, then the
+    outputs of the earlier steps; the last step's output is returned. Only ``args`` are kept for
+    the backward pass.
+    """
+    run = functools.partial(_run_chain, modules, wiring)
+    if not torch.is_grad_enabled():
+        return run(*args)
+    if torch.compiler.is_compiling():
+        return checkpoint(run, *args, use_reentrant=False)
+    return checkpoint(run, *args, use_reentrant=False, context_fn=_KeepStats(modules, None))
+
+
+def selective_checkpointed_chain(
+    modules: tuple[nn.Module, ...], wiring: tuple[tuple[int, ...], ...], *args: Any
+) -> Any:
+    """:func:`checkpointed_chain` with the policy of :func:`selective_checkpointed_call`."""
+    run = functools.partial(_run_chain, modules, wiring)
+    if not torch.is_grad_enabled():
+        return run(*args)
+    if torch.compiler.is_compiling():
+        return checkpoint(run, *args, use_reentrant=False, context_fn=_selective_contexts)
+    return checkpoint(run, *args, use_reentrant=False, context_fn=_KeepStats(modules, _selective_contexts), **_HOOKS)
+
+
+def _run_chain(modules: tuple[nn.Module, ...], wiring: tuple[tuple[int, ...], ...], *args: Any) -> Any:
+    values = list(args)
+    for module, picks in zip(modules, wiring):
+        values.append(module(*(values[i] for i in picks)))
+    return values[-1]
+
+
 _CALLS: dict[str, Callable[..., Any]] = {"full": checkpointed_call, "selective": selective_checkpointed_call}
+_CHAINS: dict[str, Callable[..., Any]] = {"full": checkpointed_chain, "selective": selective_checkpointed_chain}
 
 
 def _compute_ops() -> frozenset[Any]:
@@ -132,10 +175,15 @@ class _KeepStats:
     """``context_fn`` for eager checkpointing: the recomputation leaves batch-norm running statistics
     as the forward pass left them (torch's checkpoint would update them a second time)."""
 
-    def __init__(self, module: nn.Module, inner: Callable[[], tuple[ContextManager, ContextManager]] | None) -> None:
+    def __init__(
+        self,
+        module: nn.Module | tuple[nn.Module, ...],
+        inner: Callable[[], tuple[ContextManager, ContextManager]] | None,
+    ) -> None:
         self.stats = [
             t
-            for m in module.modules()
+            for held in (module if isinstance(module, tuple) else (module,))
+            for m in held.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
             for t in (m.running_mean, m.running_var, m.num_batches_tracked)
             if t is not None
@@ -241,13 +289,18 @@ def group_nodes(gm: fx.GraphModule, *, checkpoint: Selection = None, policy: str
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     member = {op: name for name, ops in groups.items() for op in ops}
+    chains = _chains(gm, record, groups, modules, chosen)
+    absorbed = {step for steps in chains.values() for step in steps[:-1]}
     for n in gm.graph.nodes:
         owner = member.get(n)
         if owner is None:
             env[n] = graph.node_copy(n, env.__getitem__)
-        elif n.name == record.nodes[owner]:
+        elif n.name == record.nodes[owner] and owner not in absorbed:
             name = owner
             module, inputs = modules[name]
+            if name in chains:
+                env[n] = _emit_chain(graph, gm, record, chains[name], modules, env, policy)
+                continue
             missing = [x.name for x in inputs if x not in env]
             if missing:
                 raise LoweringError(f"{name}: cannot group its layers: they read {', '.join(missing)} after its output")
@@ -268,39 +321,25 @@ def ungroup(gm: fx.GraphModule) -> fx.GraphModule:
     env: dict[fx.Node, Any] = {}
     root = _adopted(nn.Module(), gm)
     for n in gm.graph.nodes:
+        chain = _chain_call(n)
+        if chain is not None:
+            names, wiring, args = chain
+            values = list(fx.map_arg(args, env.__getitem__))
+            metas = n.meta.get(_STEPS_META) or [n.meta] * len(names)
+            for k, (name, picks) in enumerate(zip(names, wiring)):
+                as_name = n.name if k == len(names) - 1 else record.nodes[name]
+                step = tuple(values[i] for i in picks)
+                values.append(_inline(graph, gm, root, name, step, {}, as_name, metas[k]))
+            env[n] = values[-1]
+            continue
         called = _called(gm, record, n)
         if called is None:
-            if not (n.op == "get_attr" and all(_called(gm, record, u) is not None for u in n.users) and n.users):
+            if not (n.op == "get_attr" and n.users and all(_held(gm, record, u) for u in n.users)):
                 env[n] = graph.node_copy(n, env.__getitem__)
             continue
         name, args, kwargs = called
-        module = gm.get_submodule(name)
-        if not isinstance(module, fx.GraphModule):  # a leaf layer called through checkpoint
-            new = graph.create_node(
-                "call_module", name, fx.map_arg(args, env.__getitem__), fx.map_arg(kwargs, env.__getitem__), name=n.name
-            )
-            new.meta = copy.copy(n.meta)
-            env[n] = new
-            continue
-        root._modules[name] = _adopted(nn.Module(), module, training=module.training)
-        inner: dict[fx.Node, Any] = {}
-        placeholders = iter(fx.map_arg(args, env.__getitem__))
-        for s in module.graph.nodes:
-            if s.op == "placeholder":
-                inner[s] = next(placeholders)
-            elif s.op == "output":
-                env[n] = fx.map_arg(s.args[0], inner.__getitem__)
-            else:
-                target = f"{name}.{s.target}" if s.op in ("call_module", "get_attr") else s.target
-                new = graph.create_node(
-                    s.op,
-                    target,
-                    fx.map_arg(s.args, inner.__getitem__),
-                    fx.map_arg(s.kwargs, inner.__getitem__),
-                    name=s.name,
-                )
-                new.meta = copy.copy(s.meta)
-                inner[s] = new
+        args, kwargs = fx.map_arg(args, env.__getitem__), fx.map_arg(kwargs, env.__getitem__)
+        env[n] = _inline(graph, gm, root, name, args, kwargs, n.name, n.meta)
     graph.lint()
     out = _adopted(fx.GraphModule(root, graph, class_name=type(gm).__name__), root)
     _finish(out, gm, record.with_(grouped=False, checkpoint=(), checkpoint_policy="full"))
@@ -324,10 +363,10 @@ def node_modules(gm: fx.GraphModule) -> dict[str, nn.Module]:
         )
     out: dict[str, nn.Module] = {}
     for n in gm.graph.nodes:
-        called = _called(gm, record, n)
-        if called is not None:
-            out[called[0]] = gm.get_submodule(called[0])
-        elif n.op == "call_module" and n.target in record.graph:
+        held = _held(gm, record, n)
+        for name in held:
+            out[name] = gm.get_submodule(name)
+        if not held and n.op == "call_module" and n.target in record.graph:
             out[n.target] = gm.get_submodule(n.target)
     return out
 
@@ -416,6 +455,152 @@ def _emit_call(
         raise LoweringError(f"{name}: the name {output.name} is taken in the grouped graph", node=name)
     call.meta = copy.copy(output.meta)
     return call
+
+
+def _chains(
+    gm: fx.GraphModule,
+    record: LoweredRecord,
+    groups: dict[str, list[fx.Node]],
+    modules: dict[str, tuple[nn.Module, list[fx.Node]]],
+    chosen: tuple[str, ...],
+) -> dict[str, list[str]]:
+    """Checkpointed node → the nodes its checkpoint runs, in order, when it takes in feeders
+    (:data:`FEEDER_ROLES` nodes, not chosen themselves, whose output only it reads)."""
+    g = record.graph
+    owner = {op: name for name, ops in groups.items() for op in ops}
+    place = {n: i for i, n in enumerate(gm.graph.nodes)}
+    taken = set(chosen)
+    chains: dict[str, list[str]] = {}
+    for head in chosen:
+        steps = [head]
+        grew = True
+        while grew:
+            grew = False
+            inside = {op for step in steps for op in groups[step]}
+            for step in list(steps):
+                for a in modules[step][1]:
+                    feeder = owner.get(a)
+                    if (
+                        feeder is None
+                        or feeder in taken
+                        or a.name != record.nodes[feeder]
+                        or g[feeder].role not in FEEDER_ROLES
+                        or any(u not in inside for u in a.users)
+                        or not _chainable(modules[feeder][0], a)
+                    ):
+                        continue
+                    steps.append(feeder)
+                    taken.add(feeder)
+                    grew = True
+        if len(steps) > 1:
+            chains[head] = sorted(
+                steps, key=lambda step: place[next(op for op in groups[step] if op.name == record.nodes[step])]
+            )
+    return chains
+
+
+def _chainable(module: nn.Module, output: fx.Node) -> bool:
+    """A node module a chain can call with positional values: a node GraphModule, or a leaf layer
+    called on fx nodes only."""
+    if isinstance(module, fx.GraphModule):
+        return True
+    return not output.kwargs and all(isinstance(a, fx.Node) for a in output.args)
+
+
+def _emit_chain(
+    graph: fx.Graph,
+    gm: fx.GraphModule,
+    record: LoweredRecord,
+    steps: list[str],
+    modules: dict[str, tuple[nn.Module, list[fx.Node]]],
+    env: dict[fx.Node, fx.Node],
+    policy: str,
+) -> fx.Node:
+    outputs = {name: next(op for op in gm.graph.nodes if op.name == record.nodes[name]) for name in steps}
+    reads = {
+        name: modules[name][1] if isinstance(modules[name][0], fx.GraphModule) else list(outputs[name].args)
+        for name in steps
+    }
+    made = {outputs[name]: k for k, name in enumerate(steps)}
+    taken: list[fx.Node] = []
+    for name in steps:
+        taken += [a for a in reads[name] if a not in made and a not in taken]
+    missing = [a.name for a in taken if a not in env]
+    if missing:
+        raise LoweringError(f"{steps[-1]}: cannot group its layers: they read {', '.join(missing)} after its output")
+    index = {a: i for i, a in enumerate(taken)}
+    index.update({op: len(taken) + k for op, k in made.items()})
+    wiring = tuple(tuple(index[a] for a in reads[name]) for name in steps)
+    held = tuple(graph.create_node("get_attr", name, name=f"{name}_module") for name in steps)
+    head = outputs[steps[-1]]
+    call = graph.create_node("call_function", _CHAINS[policy], (held, wiring, *(env[a] for a in taken)), name=head.name)
+    if call.name != head.name:
+        raise LoweringError(f"{steps[-1]}: the name {head.name} is taken in the grouped graph", node=steps[-1])
+    call.meta = copy.copy(head.meta)
+    call.meta[_STEPS_META] = [copy.copy(outputs[name].meta) for name in steps]
+    return call
+
+
+_STEPS_META = "unetgraph_chain"
+"""``meta`` key of a chain call: the metadata of each step's output in the flat graph."""
+
+
+def _chain_call(n: fx.Node) -> tuple[list[str], tuple[tuple[int, ...], ...], tuple] | None:
+    """``(node names, wiring, args)`` when ``n`` calls a checkpoint chain."""
+    if n.op != "call_function" or n.target not in _CHAINS.values():
+        return None
+    held, wiring, *args = n.args
+    assert isinstance(held, tuple) and isinstance(wiring, tuple)  # as _emit_chain writes them
+    picks = tuple(tuple(int(i) for i in step) for step in wiring if isinstance(step, tuple))
+    return [str(h.target) for h in held if isinstance(h, fx.Node)], picks, tuple(args)
+
+
+def _held(gm: fx.GraphModule, record: LoweredRecord, n: fx.Node) -> list[str]:
+    """The node modules ``n`` calls (none when it calls no node module)."""
+    chain = _chain_call(n)
+    if chain is not None:
+        return chain[0]
+    called = _called(gm, record, n)
+    return [] if called is None else [called[0]]
+
+
+def _inline(
+    graph: fx.Graph,
+    gm: fx.GraphModule,
+    root: nn.Module,
+    name: str,
+    args: tuple,
+    kwargs: dict,
+    as_name: str,
+    meta: dict,
+) -> Any:
+    """Node module ``name``'s layers, called from the root of ``graph`` on ``args``; its output."""
+    module = gm.get_submodule(name)
+    if not isinstance(module, fx.GraphModule):  # a leaf layer: one call
+        new = graph.create_node("call_module", name, args, kwargs, name=as_name)
+        new.meta = copy.copy(meta)
+        return new
+    root._modules[name] = _adopted(nn.Module(), module, training=module.training)
+    inner: dict[fx.Node, Any] = {}
+    placeholders = iter(args)
+    out: Any = None
+    for s in module.graph.nodes:
+        if s.op == "placeholder":
+            inner[s] = next(placeholders)
+        elif s.op == "output":
+            out = fx.map_arg(s.args[0], inner.__getitem__)
+        else:
+            target = f"{name}.{s.target}" if s.op in ("call_module", "get_attr") else s.target
+            new = graph.create_node(
+                s.op,
+                target,
+                fx.map_arg(s.args, inner.__getitem__),
+                fx.map_arg(s.kwargs, inner.__getitem__),
+                name=s.name,
+            )
+            new.meta = copy.copy(s.meta)
+            inner[s] = new
+    return out
 
 
 def _called(gm: fx.GraphModule, record: LoweredRecord, n: fx.Node) -> tuple[str, tuple, dict] | None:
