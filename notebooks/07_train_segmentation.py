@@ -172,10 +172,11 @@ plt.show()
 # %% [markdown]
 # ## The same model, checkpointed
 #
-# `lower(checkpoint="all")` runs every block under activation checkpointing: only the block's
-# input is kept for the backward pass, its activations are recomputed there. The gradients are
-# the plain module's, the `state_dict` keys are unchanged, and autograd keeps far less between
-# the forward and the backward pass.
+# `lower(checkpoint="all")` runs every block under activation checkpointing, together with the
+# pooling, up-sampling and merge that feed only it: only the inputs are kept for the backward
+# pass, the activations are recomputed there. The gradients are the plain module's, the
+# `state_dict` keys are unchanged, and autograd keeps far less between the forward and the
+# backward pass.
 
 # %%
 checkpointed = g.lower(checkpoint="all")
