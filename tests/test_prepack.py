@@ -10,6 +10,7 @@ import torch.fx as fx
 from deploy_helpers import assert_close, randomize_norms
 from preset_cases import PRESET_CASES, inputs_for
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import unetgraph as ug
 from unetgraph.passes import PackedConv, has_packed, plain, prepack, unpack
@@ -37,8 +38,11 @@ def optimized(request):
 def test_optimize_packs_every_2d_and_3d_convolution_of_every_preset(optimized):
     _, gm, fast, report, xs = optimized
     result = report["prepack"]
-    assert len(_packed(fast)) == len(result.changes) == len(_convs(gm)) and not _convs(fast)
-    assert all(" packed" in line for line in result.changes)
+    packed = [line for line in result.changes if " packed" in line]
+    merges = [line for line in result.changes if "without concatenating" in line]
+    assert len(packed) + len(merges) == len(result.changes)
+    assert len(_packed(fast)) == len(packed) == len(_convs(gm)) and not _convs(fast)
+    assert len(merges) == sum(p.concat is not None for p in _packed(fast))
     fused = [line for line in result.changes if "fused" in line]
     assert len(fused) == sum(p.activation != "none" for p in _packed(fast))
     with torch.no_grad():
@@ -231,3 +235,46 @@ def test_bfloat16_models_are_packed_where_onednn_has_bfloat16_kernels():
         assert not _packed(low) and "bfloat16 weights" in report["prepack"].notes[0]
     with torch.no_grad():
         assert torch.allclose(low(x), plain(low)(x), atol=1e-2)
+
+
+class _Ops(TorchDispatchMode):
+    """The ops a call dispatches, by name (what runs, not how torch counts it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket.__name__) + "." + func._overloadname)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_large_concatenation_is_read_without_being_made(tmp_path):
+    """A packed convolution that alone reads a merge takes the merged tensors; above SPLIT_BYTES it
+    convolves them one by one (oneDNN's sum post-op) instead of concatenating; plain copies,
+    eject and export get the concatenation back under its name."""
+    torch.manual_seed(0)
+    g = ug.unet(3, 2, widths=(8, 16), block=ug.ConvBlock(norm="batch"), up="transpose")
+    gm = randomize_norms(g.lower()).eval()
+    fast, report = ug.optimize(gm)
+    assert "dec0.conv0: reads merge0's 2 inputs without concatenating them (above 32 MiB)" in report["prepack"].changes
+    assert "torch.cat" not in fast.code and "self.dec0.conv0(enc0_conv1, up0)" in fast.code
+    big = torch.randn(4, 3, 384, 384)  # merge0: 4 × 16 × 384² float32 = 36 MiB
+    small = torch.randn(2, 3, 32, 32)
+    for x, split in ((big, True), (small, False)):
+        ops = _Ops()
+        with torch.no_grad(), ops:
+            out = fast(x)
+        with torch.no_grad():
+            assert_close(out, gm(x))
+        assert ("_convolution_pointwise.binary" in ops.names) is split
+        assert ("cat.default" in ops.names) is not split
+    ops = _Ops()
+    with ops:  # while autograd records, the plain convolution of the concatenation runs
+        fast(small).sum().backward()
+    assert "cat.default" in ops.names and "_convolution_pointwise.binary" not in ops.names
+    flat = plain(fast)
+    assert "merge0 = torch.cat((enc0" in flat.code and ug.fx_node_names(flat)["merge0"] == "merge0"
+    assert "torch.cat" in ug.eject(fast, tmp_path / "ejected.py").read_text()
+    with torch.no_grad():
+        assert_close(flat(small), gm(small))

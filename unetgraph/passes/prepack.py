@@ -183,7 +183,11 @@ class PackedConv(nn.Module):
         else:
             self.act, self.act_function = None, activation
         self.activation_target = activation_target  # where the activation module lived, for to_plain
+        # the concatenation this convolution reads its inputs without (see _concatenated):
+        # (its fx node name, its meta["custom"], the record's graph nodes it held), for unpack
+        self.concat: tuple[str, dict[str, Any], tuple[str, ...]] | None = None
         self._packed: tuple[torch.Tensor | None, int] = (None, -1)  # (packed weight, the weight's version)
+        self._parts: dict[tuple[int, ...], tuple[tuple[torch.Tensor, ...], int]] = {}  # input split → packed slices
         self.repack()
 
     def repack(self) -> None:
@@ -210,10 +214,10 @@ class PackedConv(nn.Module):
             packed = self._packed[0]
         return packed
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        compiling = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        recording = torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (self.weight, self.bias))
-        packed = None if compiling or recording or x.dtype != self.weight.dtype else self._current()
+    def forward(self, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
+        if more:
+            return self._concatenated((x, *more))
+        packed = self._current() if self._fast(x) else None
         if packed is None:
             return self._plain(x)
         padding: tuple[list[int], ...]
@@ -222,6 +226,56 @@ class PackedConv(nn.Module):
         else:
             op, padding = torch.ops.mkldnn._convolution_pointwise, (self.padding,)
         return op(x, packed, self.bias, *padding, self.stride, self.dilation, self.groups, *self._fusion)
+
+    def _fast(self, *xs: torch.Tensor) -> bool:
+        """Whether the packed weights serve this call (else the plain convolution computes it)."""
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return False
+        if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (self.weight, self.bias)):
+            return False
+        return all(x.dtype == self.weight.dtype for x in xs)
+
+    def _concatenated(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The convolution of ``torch.cat(xs, 1)``; a large concatenation is never made.
+
+        Above :data:`SPLIT_BYTES` the inputs are convolved one by one with their slices of the
+        weight, each result added by oneDNN's sum post-op (the activation fused into the last):
+        a buffer that large comes fresh from the system on every call (glibc maps blocks above
+        32 MiB), so concatenating pays page faults and zeroing on top of the copy.
+        """
+        channels = tuple(int(x.shape[1]) for x in xs)
+        big = sum(x.numel() * x.element_size() for x in xs) >= SPLIT_BYTES
+        splittable = self.weight.dtype == torch.float32 and self.activation in _SPLIT_ACTIVATIONS
+        if not (big and splittable and self._fast(*xs) and sum(channels) == self.in_channels):
+            return self.forward(torch.cat(xs, 1))
+        parts = self._split(channels)
+        if parts is None:
+            return self.forward(torch.cat(xs, 1))
+        geometry = (self.padding, self.stride, self.dilation, self.groups)
+        op = torch.ops.mkldnn._convolution_pointwise
+        y = op(xs[-1], parts[-1], self.bias, *geometry, "none", [], "")
+        for k in range(len(xs) - 2, -1, -1):
+            act = self.activation if k == 0 and self.activation != "none" else None
+            y = op.binary(xs[k], y, parts[k], None, *geometry, "add", None, act, [], "")
+        return y
+
+    def _split(self, channels: tuple[int, ...]) -> tuple[torch.Tensor, ...] | None:
+        """The weight's input-channel slices for ``channels``, packed (``None`` off the CPU)."""
+        w = self.weight
+        if self.transposed or self.groups != 1 or w.device.type != "cpu":
+            return None
+        parts, version = self._parts.get(channels, ((), -1))
+        if version != w._version:
+            with torch.no_grad():
+                slices = torch.split(w.detach(), list(channels), dim=1)
+                parts = tuple(
+                    torch.ops.mkldnn._reorder_convolution_weight(
+                        part.contiguous(), self.padding, self.stride, self.dilation, self.groups, None
+                    )
+                    for part in slices
+                )
+            self._parts = {**self._parts, channels: (parts, w._version)}
+        return parts
 
     def _plain(self, x: torch.Tensor) -> torch.Tensor:
         dims = len(self.kernel_size)
@@ -261,20 +315,31 @@ class PackedConv(nn.Module):
     def _apply(self, fn: Callable, recurse: bool = True) -> PackedConv:
         super()._apply(fn, recurse)
         self._packed = (None, -1)  # a move or cast: packed again at the next call, where packing applies
+        self._parts = {}
         return self
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_packed"] = (None, -1)  # oneDNN's tensors do not pickle or deepcopy: packed at the next call
+        state["_parts"] = {}
         return state
 
     def extra_repr(self) -> str:
         kind = "transposed " if self.transposed else ""
         act = "" if self.activation == "none" else f", fused {self.activation}"
+        concat = "" if self.concat is None else f", reads {self.concat[0]}'s inputs"
         return (
             f"{kind}{self.in_channels}→{self.out_channels}, kernel {self.kernel_size}, stride {tuple(self.stride)}, "
-            f"padding {tuple(self.padding)}{act}"
+            f"padding {tuple(self.padding)}{act}{concat}"
         )
+
+
+SPLIT_BYTES = 32 * 2**20
+"""Concatenations at least this large (all inputs together) are not made by a
+:class:`PackedConv` that reads them (glibc's largest ``mmap`` threshold: larger blocks are
+mapped fresh, page-faulted and zeroed on every call)."""
+
+_SPLIT_ACTIVATIONS = ("none", "relu")  # post-ops oneDNN applies after its sum (measured on this torch)
 
 
 def prepack(gm: fx.GraphModule, *, fuse: bool = True) -> PassResult:
@@ -338,6 +403,7 @@ def prepack(gm: fx.GraphModule, *, fuse: bool = True) -> PassResult:
                 drop_module(gm, str(act_node.target))
             line += f", {act_node.name} ({fusion.attr}) fused"
         changes.append(line)
+    changes += _read_concatenations(gm)
     notes = [f"{_names(targets)} left alone: {why}" for why, targets in skipped.items()]
     if not changes and not notes:
         notes.append("no convolutions")
@@ -345,6 +411,39 @@ def prepack(gm: fx.GraphModule, *, fuse: bool = True) -> PassResult:
         gm.graph.lint()
         gm.recompile()
     return PassResult(name, tuple(changes), tuple(notes))
+
+
+def _read_concatenations(gm: fx.GraphModule) -> list[str]:
+    """Let each packed 2D/3D convolution that alone reads a channel concatenation (a U-Net's
+    merge before its decoder block) take the concatenated tensors themselves; see
+    :meth:`PackedConv._concatenated`. One line per convolution."""
+    record = find_record(gm)
+    lines = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.cat or len(node.users) != 1:
+            continue
+        tensors = node.args[0] if node.args else None
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        (user,) = node.users
+        if dim != 1 or not isinstance(tensors, (list, tuple)) or len(tensors) < 2:
+            continue
+        if not all(isinstance(t, fx.Node) for t in tensors) or user.op != "call_module":
+            continue
+        conv = gm.get_submodule(str(user.target))
+        if not isinstance(conv, PackedConv) or conv.concat is not None or user.args != (node,) or user.kwargs:
+            continue
+        if conv.transposed or conv.groups != 1 or len(module_users(gm, str(user.target))) > 1:
+            continue
+        held = () if record is None else tuple(k for k, v in record.nodes.items() if v == node.name)
+        conv.concat = (node.name, dict(node.meta.get("custom", {})), held)
+        user.args = tuple(tensors)
+        _follow(gm, node, user)
+        gm.graph.erase_node(node)
+        lines.append(
+            f"{user.target}: reads {node.name}'s {len(tensors)} inputs without concatenating them "
+            f"(above {SPLIT_BYTES // 2**20} MiB)"
+        )
+    return lines
 
 
 def _names(targets: list[str], shown: int = 4) -> str:
@@ -393,6 +492,8 @@ def unpack(gm: fx.GraphModule) -> PassResult:
         conv, activation = module.to_plain()
         gm.add_submodule(str(node.target), conv)
         line = f"{node.target}: plain {type(conv).__name__}"
+        if module.concat is not None:
+            line += _restore_concatenation(gm, node, module.concat)
         if activation is not None:
             with gm.graph.inserting_after(node):
                 if isinstance(activation, nn.Module):
@@ -410,6 +511,23 @@ def unpack(gm: fx.GraphModule) -> PassResult:
         gm.graph.lint()
         gm.recompile()
     return PassResult("unpack", tuple(changes))
+
+
+def _restore_concatenation(
+    gm: fx.GraphModule, node: fx.Node, concat: tuple[str, dict[str, Any], tuple[str, ...]]
+) -> str:
+    """Put the concatenation :func:`_read_concatenations` took away back before ``node``."""
+    name, custom, held = concat
+    with gm.graph.inserting_before(node):
+        cat = gm.graph.call_function(torch.cat, (tuple(node.args),), {"dim": 1})
+    cat._rename(name)  # its own name again (a suffix where another node took it)
+    if custom:
+        cat.meta["custom"] = dict(custom)
+    node.args = (cat,)
+    record = find_record(gm)
+    if record is not None and held:
+        attach_record(gm, record.with_(nodes={**record.nodes, **{k: cat.name for k in held}}))
+    return f" reading {cat.name}"
 
 
 def _free_name(gm: fx.GraphModule, target: str) -> str:
