@@ -354,6 +354,11 @@ def prepack(gm: fx.GraphModule, *, fuse: bool = True) -> PassResult:
     and little at large maps. The others stay, with a note: 1D, other devices or dtypes,
     ``padding_mode`` other than zeros, asymmetric 'same' padding, depthwise transposed ones.
 
+    A packed convolution that alone reads a channel concatenation (a merge before a decoder
+    block) takes the concatenated tensors instead, and from :data:`SPLIT_BYTES` on convolves
+    them one by one rather than making the concatenation (:meth:`PackedConv._concatenated`); the
+    merge's graph node then names that convolution (``ug.fx_node_names``) until :func:`unpack`.
+
     Weights are packed in float32, and in bfloat16 (after ``optimize(dtype=torch.bfloat16)``) on
     CPUs where oneDNN has bfloat16 kernels; the reorder is exact, so outputs are unchanged within
     rounding (oneDNN sums in another order). The packed weight is used on the CPU, for inputs of
