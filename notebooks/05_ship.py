@@ -23,9 +23,9 @@ x = torch.randn(1, 3, 64, 64)
 # ## Inference passes
 #
 # `ug.optimize` runs plain passes over the GraphModule (drop dropout/identity, fold batch norm
-# into the convolutions, fold constant subgraphs, remove dead nodes, channels-last, and on the
-# CPU keep convolution weights packed in oneDNN's layout with their activations fused) and
-# reports what each one changed. `example_inputs` makes it check the outputs too.
+# into the convolutions, fold constant subgraphs, merge sibling layers, remove dead nodes,
+# channels-last, and on the CPU keep convolution weights packed in oneDNN's layout with their
+# activations fused) and reports what each one changed. `example_inputs` makes it check the outputs too.
 
 # %%
 fast, report = ug.optimize(gm, example_inputs=[x])
@@ -33,6 +33,21 @@ print(report.summary())
 print(report["fold_batchnorm"].changes[:3])
 print(report["channels_last"])
 print(report["prepack"].changes[:3])
+
+# %% [markdown]
+# A diffusion U-Net gives `merge_siblings` work: every residual block applies its own SiLU and
+# `Linear` to the same time embedding, and every attention reads one tensor with three `Linear`
+# layers. The pass keeps one SiLU and stacks each group of `Linear` layers into one, the old
+# nodes becoming views of its output under their own names.
+
+# %%
+diffusion = ug.diffusion_unet(
+    3, widths=(16, 32), layers_per_block=1, resblock=ug.ResBlock(groups=8), attention=ug.SelfAttention(groups=8)
+)
+d_inputs = list(ug.example_inputs(diffusion, batch=1, size=(32, 32)).values())
+d_fast, d_report = ug.optimize(diffusion.lower().eval(), example_inputs=d_inputs)
+for line in d_report["merge_siblings"].changes[:3]:
+    print(line)
 
 # %% [markdown]
 # Every default pass keeps the outputs equal within float32 rounding. `dtype=torch.bfloat16`

@@ -15,12 +15,13 @@ from unetgraph.passes import (
     drop_identities,
     fold_batchnorm,
     fold_constants,
+    merge_siblings,
     prepack,
     remove_dead_nodes,
 )
 from unetgraph.passes.fold_batchnorm import fold_into_conv
 
-PASSES = [drop_identities, fold_batchnorm, fold_constants, remove_dead_nodes, channels_last, prepack]
+PASSES = [drop_identities, fold_batchnorm, fold_constants, merge_siblings, remove_dead_nodes, channels_last, prepack]
 
 
 @pytest.fixture(scope="module", params=list(PRESET_CASES))
@@ -241,3 +242,73 @@ def test_optimize_inplace_and_refusals():
         ug.optimize(nn.Conv2d(1, 1, 1))
     with pytest.raises(KeyError, match="no pass 'fuse'"):
         report["fuse"]
+
+
+def test_merge_siblings_runs_a_diffusion_unets_sibling_linears_as_one():
+    g = small_diffusion(widths=(8, 16, 16), layers_per_block=2)
+    torch.manual_seed(0)
+    gm = randomize_norms(g.lower()).eval()
+    xs = tuple(ug.example_inputs(g, batch=3, size=(16, 16)).values())
+    with torch.no_grad():
+        want = gm(*xs)
+    names_before = {n.name for n in gm.graph.nodes}
+    recorded = ug.fx_node_names(gm)
+    linears = sum(isinstance(m, nn.Linear) for m in gm.modules())
+    attentions = sum(isinstance(m, nn.Module) and hasattr(m, "to_q") for m in gm.modules())
+    blocks = sum(n.target.endswith("cond_proj.act") for n in gm.graph.nodes if n.op == "call_module")
+    assert attentions >= 2 and blocks >= 8
+
+    result = merge_siblings(gm)
+    with torch.no_grad():
+        assert_close(gm(*xs), want)
+    # one SiLU of the time embedding and one Linear for every block's projection of it; one
+    # Linear for each attention's query, key and value
+    assert len(result.changes) == 2 + attentions
+    assert f"instead of {blocks}" in result.changes[0]
+    silus = [n for n in gm.graph.nodes if n.op == "call_module" and n.target.endswith("cond_proj.act")]
+    assert len(silus) == 1
+    merged = [n for n in gm.graph.nodes if n.op == "call_module" and "_to_k_" in f"_{n.target.rpartition('.')[2]}_"]
+    assert len(merged) == attentions
+    assert sum(isinstance(m, nn.Linear) for m in gm.modules()) == linears - 3 * attentions - blocks + attentions + 1
+    # the former Linears' nodes keep their names, now views of the merged output
+    narrows = [n for n in gm.graph.nodes if n.op == "call_method" and n.target == "narrow"]
+    assert len(narrows) == 3 * attentions + blocks and {n.name for n in narrows} <= names_before
+    assert ug.fx_node_names(gm) == recorded
+    again = merge_siblings(gm)
+    assert not again.changed and again.notes
+
+
+class _Siblings(nn.Module):
+    """Linears and activations reading one tensor, some of which must not be merged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 4), nn.Linear(6, 5, bias=False)
+        self.shared = nn.Linear(6, 6)
+        self.wide = nn.Linear(6, 3).double()
+        self.act0, self.act1 = nn.LeakyReLU(0.1), nn.LeakyReLU(0.1)
+        self.act2, self.act3 = nn.LeakyReLU(0.2), nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 2
+        linear = torch.cat([self.a(y), self.b(y), self.shared(y), self.shared(self.shared(y))], -1)
+        acts = self.act0(y) + self.act1(y) + self.act2(y) + torch.relu(y) + nn.functional.relu(y)
+        return linear.sum(-1) + acts.sum(-1) + self.wide(y.double()).float().sum(-1) + self.act3(y * 1).sum(-1)
+
+
+def test_merge_siblings_merges_only_what_computes_the_same():
+    torch.manual_seed(0)
+    gm = fx.symbolic_trace(_Siblings()).eval()
+    x = torch.randn(2, 6)
+    want = gm(x)
+    result = merge_siblings(gm)
+    assert_close(gm(x), want)
+    # a and b (one with a bias, one without) merge; the Linear called twice and the float64 one stay
+    assert any("2 Linears reading mul run as a_b (6→9)" in line for line in result.changes)
+    assert {name for name, m in gm.named_modules() if isinstance(m, nn.Linear)} == {"a_b", "shared", "wide"}
+    assert gm.a_b.bias is not None and torch.equal(gm.a_b.bias[4:], torch.zeros(5))
+    # equal LeakyReLUs become one, a different slope stays; torch.relu and F.relu become one; an
+    # in-place activation never merges
+    assert hasattr(gm, "act0") and not hasattr(gm, "act1") and hasattr(gm, "act2") and hasattr(gm, "act3")
+    relus = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (torch.relu, nn.functional.relu)]
+    assert len(relus) == 1

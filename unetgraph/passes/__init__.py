@@ -9,6 +9,7 @@ from .channels_last import channels_last
 from .drop_identities import drop_identities
 from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
+from .merge_siblings import merge_siblings
 from .pipeline import Optimized, OptimizeReport, optimize
 from .prepack import PackedConv, has_packed, plain, prepack, unpack
 from .reduced_precision import reduced_precision
@@ -22,6 +23,7 @@ __all__ = [
     "fold_batchnorm",
     "drop_identities",
     "fold_constants",
+    "merge_siblings",
     "channels_last",
     "remove_dead_nodes",
     "reduced_precision",

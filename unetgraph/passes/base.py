@@ -28,6 +28,7 @@ __all__ = [
     "is_module",
     "called_module",
     "target_of",
+    "free_target",
 ]
 
 
@@ -110,3 +111,24 @@ def called_module(gm: fx.GraphModule, node: fx.Node, kind: type[_M]) -> _M | Non
 def is_module(gm: fx.GraphModule, node: fx.Node, kind: type[nn.Module] | tuple[type[nn.Module], ...]) -> bool:
     """Whether ``node`` calls a submodule of type ``kind``."""
     return node.op == "call_module" and isinstance(gm.get_submodule(target_of(node)), kind)
+
+
+def free_target(gm: fx.GraphModule, target: str) -> str:
+    """``target``, or ``target_1``, ``target_2``… when a submodule or attribute (parameter,
+    buffer) already has that dotted path: where a pass may put something new."""
+    modules = {name for name, _ in gm.named_modules()}
+
+    def taken(path: str) -> bool:
+        parent, _, leaf = path.rpartition(".")
+        if path in modules:
+            return True
+        try:
+            return hasattr(gm.get_submodule(parent), leaf)
+        except AttributeError:
+            return False
+
+    candidate, k = target, 0
+    while taken(candidate):
+        k += 1
+        candidate = f"{target}_{k}"
+    return candidate

@@ -6,7 +6,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .base import PassResult, copy_meta, replace_node, target_of
+from .base import PassResult, copy_meta, free_target, replace_node, target_of
 
 __all__ = ["fold_constants"]
 
@@ -85,7 +85,7 @@ def fold_constants(gm: fx.GraphModule) -> PassResult:
         if not isinstance(value, torch.Tensor) and _ancestors([node], devices) & devices:
             notes.append(f"{node.name} kept: a {type(value).__name__} from a device would pin the module to {device}")
         elif isinstance(value, torch.Tensor):
-            name = _free_name(gm, f"{node.name}_folded")
+            name = free_target(gm, f"{node.name}_folded")
             gm.register_buffer(name, value.detach().clone())
             with gm.graph.inserting_before(node):
                 new = copy_meta(node, gm.graph.get_attr(name))
@@ -142,10 +142,3 @@ def _device(gm: fx.GraphModule) -> torch.device | None:
 
 def _reads_device(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target is getattr and node.args[1:] == ("device",)
-
-
-def _free_name(gm: fx.GraphModule, base: str) -> str:
-    name, i = base, 1
-    while hasattr(gm, name):
-        name, i = f"{base}{i}", i + 1
-    return name

@@ -18,6 +18,7 @@ from .channels_last import channels_last as _channels_last
 from .drop_identities import drop_identities
 from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
+from .merge_siblings import merge_siblings
 from .prepack import prepack as _prepack
 from .reduced_precision import DTYPES, reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
@@ -81,13 +82,13 @@ def optimize(
     """Run the passes that suit ``gm``'s use and report what each changed.
 
     For inference (``for_inference=True``; the module is put in eval mode): drop identities
-    and dropout, fold batch norms into convolutions, fold constant subgraphs, remove dead
-    nodes and state, convert to channels-last where it pays off, then keep 2D/3D float32 CPU
-    convolution weights in oneDNN's packed layout, fused with their activations
+    and dropout, fold batch norms into convolutions, fold constant subgraphs, compute sibling
+    activations once and run sibling ``Linear`` layers as one, remove dead nodes and state,
+    convert to channels-last where it pays off, then keep 2D/3D float32 CPU convolution
+    weights in oneDNN's packed layout, fused with their activations
     (:func:`~unetgraph.passes.prepack`; export, ONNX, eject and compile get plain modules back
-    by themselves). For training only
-    the passes that keep training semantics run: identity removal (dropout stays), dead
-    node removal and channels-last.
+    by themselves). For training only the passes that keep training semantics run: identity
+    removal (dropout stays), dead node removal and channels-last.
 
     Args:
         gm: a module made by :func:`unetgraph.lower` (passes that need the graph, such as
@@ -144,7 +145,7 @@ def optimize(
     nodes_before, params_before = _count(out)
     if for_inference:
         out.eval()
-        steps: list[Any] = [drop_identities, fold_batchnorm, fold_constants, remove_dead_nodes]
+        steps: list[Any] = [drop_identities, fold_batchnorm, fold_constants, merge_siblings, remove_dead_nodes]
     else:
         steps = [drop_identities, remove_dead_nodes]
     results = [step(out) for step in steps]

@@ -24,7 +24,7 @@ from torch.nn.modules.conv import _ConvNd
 from ..blocks.base import leaf_module
 from ..errors import LoweringError
 from ..record import attach_record, find_record
-from .base import PassResult, copy_meta, drop_module, module_users, replace_node
+from .base import PassResult, copy_meta, drop_module, free_target, module_users, replace_node
 
 __all__ = ["prepack", "unpack", "PackedConv", "has_packed", "plain", "conv_padding"]
 
@@ -502,7 +502,7 @@ def unpack(gm: fx.GraphModule) -> PassResult:
         if activation is not None:
             with gm.graph.inserting_after(node):
                 if isinstance(activation, nn.Module):
-                    target = _free_name(gm, module.activation_target or str(node.target) + "_act")
+                    target = free_target(gm, module.activation_target or str(node.target) + "_act")
                     gm.add_submodule(target, activation)
                     act = gm.graph.call_module(target, (node,))
                 else:
@@ -533,16 +533,6 @@ def _restore_concatenation(
     if record is not None and held:
         attach_record(gm, record.with_(nodes={**record.nodes, **{k: cat.name for k in held}}))
     return f" reading {cat.name}"
-
-
-def _free_name(gm: fx.GraphModule, target: str) -> str:
-    """``target``, or ``target_1``, ``target_2``… when a submodule already has that path."""
-    names = {name for name, _ in gm.named_modules()}
-    candidate, k = target, 0
-    while candidate in names:
-        k += 1
-        candidate = f"{target}_{k}"
-    return candidate
 
 
 def _follow(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
