@@ -18,10 +18,20 @@ from unetgraph.passes import (
     merge_siblings,
     prepack,
     remove_dead_nodes,
+    swap_instance_norms,
 )
 from unetgraph.passes.fold_batchnorm import fold_into_conv
 
-PASSES = [drop_identities, fold_batchnorm, fold_constants, merge_siblings, remove_dead_nodes, channels_last, prepack]
+PASSES = [
+    drop_identities,
+    fold_batchnorm,
+    fold_constants,
+    merge_siblings,
+    swap_instance_norms,
+    remove_dead_nodes,
+    channels_last,
+    prepack,
+]
 
 
 @pytest.fixture(scope="module", params=list(PRESET_CASES))
@@ -312,3 +322,51 @@ def test_merge_siblings_merges_only_what_computes_the_same():
     assert hasattr(gm, "act0") and not hasattr(gm, "act1") and hasattr(gm, "act2") and hasattr(gm, "act3")
     relus = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (torch.relu, nn.functional.relu)]
     assert len(relus) == 1
+
+
+class _OwnNorm(nn.InstanceNorm2d):
+    pass
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_swap_instance_norms_runs_them_as_group_norms_with_the_same_outputs_and_names(dims):
+    g = ug.unet(2, 3, widths=(6, 12), dims=dims, block=ug.ConvBlock(norm="instance"))
+    g = g.replace("mid", g["mid"].block.with_(norm="instance(affine=False)"))
+    torch.manual_seed(0)
+    gm = g.lower().eval()
+    with torch.no_grad():
+        for m in gm.modules():
+            if isinstance(m, nn.InstanceNorm2d | nn.InstanceNorm1d | nn.InstanceNorm3d) and m.affine:
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-1, 1)
+    x = torch.randn(2, 2, *(16,) * dims) * 3 + 1
+    with torch.no_grad():
+        want = gm(x)
+    keys = {k: v for k, v in gm.state_dict().items()}
+    norms = [n for n, m in gm.named_modules() if isinstance(m, nn.modules.instancenorm._InstanceNorm)]
+    result = swap_instance_norms(gm)
+    assert len(result.changes) == len(norms) >= 4 and not result.notes
+    assert not any(isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in gm.modules())
+    assert all(isinstance(gm.get_submodule(n), nn.GroupNorm) for n in norms)
+    assert not gm.get_submodule("mid.norm0").affine and gm.get_submodule("enc0.norm0").affine
+    state = gm.state_dict()
+    assert state.keys() == keys.keys() and all(torch.equal(state[k], keys[k]) for k in keys)
+    with torch.no_grad():
+        assert_close(gm(x), want)
+
+
+def test_swap_instance_norms_leaves_alone_what_means_something_else():
+    gm = ug.unet(1, 1, widths=(4, 8), block=ug.ConvBlock(norm="instance")).lower().eval()
+    gm.enc0.norm0 = nn.InstanceNorm2d(4, track_running_stats=True).eval()
+    gm.enc0.norm1 = _OwnNorm(4)
+    result = swap_instance_norms(gm)
+    assert set(result.notes) == {
+        "enc0.norm0 left alone: it keeps running statistics",
+        "enc0.norm1 left alone: a subclass of InstanceNorm2d",
+    }
+    assert type(gm.enc0.norm0) is nn.InstanceNorm2d and type(gm.enc0.norm1) is _OwnNorm
+    assert isinstance(gm.dec0.norm0, nn.GroupNorm)
+    # a module of unknown origin may be called on unbatched inputs: left alone
+    plain = fx.symbolic_trace(nn.Sequential(nn.Conv2d(1, 4, 3), nn.InstanceNorm2d(4)))
+    result = swap_instance_norms(plain)
+    assert not result.changes and "not a module made by unetgraph.lower" in result.notes[0]
+    assert isinstance(plain.get_submodule("1"), nn.InstanceNorm2d)

@@ -14,6 +14,7 @@ from .pipeline import Optimized, OptimizeReport, optimize
 from .prepack import PackedConv, has_packed, plain, prepack, unpack
 from .reduced_precision import reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
+from .swap_instance_norms import swap_instance_norms
 
 __all__ = [
     "PassResult",
@@ -26,6 +27,7 @@ __all__ = [
     "merge_siblings",
     "channels_last",
     "remove_dead_nodes",
+    "swap_instance_norms",
     "reduced_precision",
     "prepack",
     "unpack",

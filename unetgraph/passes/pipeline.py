@@ -22,6 +22,7 @@ from .merge_siblings import merge_siblings
 from .prepack import prepack as _prepack
 from .reduced_precision import DTYPES, reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
+from .swap_instance_norms import swap_instance_norms
 
 __all__ = ["optimize", "Optimized", "OptimizeReport"]
 
@@ -83,9 +84,9 @@ def optimize(
 
     For inference (``for_inference=True``; the module is put in eval mode): drop identities
     and dropout, fold batch norms into convolutions, fold constant subgraphs, compute sibling
-    activations once and run sibling ``Linear`` layers as one, remove dead nodes and state,
-    convert to channels-last where it pays off, then keep 2D/3D float32 CPU convolution
-    weights in oneDNN's packed layout, fused with their activations
+    activations once and run sibling ``Linear`` layers as one, run instance norms as group
+    norms, remove dead nodes and state, convert to channels-last where it pays off, then keep
+    2D/3D float32 CPU convolution weights in oneDNN's packed layout, fused with their activations
     (:func:`~unetgraph.passes.prepack`; export, ONNX, eject and compile get plain modules back
     by themselves). For training only the passes that keep training semantics run: identity
     removal (dropout stays), dead node removal and channels-last.
@@ -145,7 +146,14 @@ def optimize(
     nodes_before, params_before = _count(out)
     if for_inference:
         out.eval()
-        steps: list[Any] = [drop_identities, fold_batchnorm, fold_constants, merge_siblings, remove_dead_nodes]
+        steps: list[Any] = [
+            drop_identities,
+            fold_batchnorm,
+            fold_constants,
+            merge_siblings,
+            swap_instance_norms,
+            remove_dead_nodes,
+        ]
     else:
         steps = [drop_identities, remove_dead_nodes]
     results = [step(out) for step in steps]
