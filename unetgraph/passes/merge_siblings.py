@@ -6,7 +6,8 @@ and 22 matrix-vector products (about 80 µs each, mostly call overhead) on one 5
 Attention blocks read one normalized tensor with three ``Linear`` layers (query, key, value).
 This pass keeps one of several equal activations of the same tensor, and concatenates the
 ``Linear`` layers that read the same tensor into one, whose output each former layer's node
-takes a ``narrow`` view of (one matrix product, one weight read, the same numbers).
+takes a ``narrow`` view of: one matrix product and one call instead of several, outputs equal
+within float32 rounding.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .base import PassResult, drop_module, free_target, module_users, replace_node, target_of
+from .base import PassResult, copy_meta, drop_module, free_target, module_users, replace_node, target_of
 from .prepack import Fusion, _node_fusion
 
 __all__ = ["merge_siblings"]
@@ -145,7 +146,7 @@ def _merge(gm: fx.GraphModule, source: fx.Node, members: list[tuple[fx.Node, nn.
     first = members[0][0]
     with gm.graph.inserting_before(first):
         call = gm.graph.call_module(target, (source,))
-    call.meta.update({k: v for k, v in first.meta.items() if k == "custom"})
+    copy_meta(first, call)
     start = 0
     for node, linear in members:
         # the node keeps its name (and the graph node it holds): it becomes a view of the merged output

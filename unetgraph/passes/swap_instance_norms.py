@@ -1,4 +1,4 @@
-"""Run instance norms as group norms with one channel per group: the same numbers, a faster kernel.
+"""Run instance norms as group norms with one channel per group: equal outputs, a faster kernel.
 
 An instance norm without running statistics normalizes each sample's channel over its
 positions, as a group norm with one group per channel does, with the same per-channel scale
