@@ -238,7 +238,9 @@ def mark_dynamic(
     Uses ``torch._dynamo.maybe_mark_dynamic``: the valid sizes are multiples of a step,
     which ``mark_dynamic``'s plain ranges cannot express (it would raise a constraint
     violation on the guard ``H % 16 == 0``); the input guard's ``torch._check`` calls
-    tell the compiler the step instead. Returns ``x`` (the marks live on the tensor).
+    tell the compiler the step instead. Returns ``x``: the marks live on the tensor object, so
+    every later compile that ``x`` goes through treats those axes as dynamic (mark a view,
+    ``x.view_as(x)``, to keep ``x`` itself unmarked; :class:`CompiledUNet` does).
     """
     _mark(x, served_axes(model, max_size=max_size), batch)
     return x
@@ -312,7 +314,11 @@ class CompiledUNet(nn.Module):
             inputs = guard_inputs(self.guards, inputs, self.name)
         x = inputs[self.position]
         check_served(self.input, self.rules, self.axes, tuple(x.shape[2:]))
+        # dynamo keeps marks on the tensor object and every later compile that sees it honours
+        # them (a static bucket, the caller's own torch.compile): mark a view, not the caller's
+        x = x.view_as(x)
         _mark(x, self.axes, self.batch)
+        inputs = (*inputs[: self.position], x, *inputs[self.position + 1 :])
         return _call_with(self.options, self.compiled, inputs)
 
 
@@ -616,8 +622,10 @@ class BucketedUNet(nn.Module):
         spatial = tuple(x.shape[2:])
         check_input_size(self.buckets.input, self.buckets.rules, spatial)
         bucket = self.buckets.choose(spatial)
-        if bucket != spatial:
-            inputs = (*inputs[: self.position], self.buckets.pad(x, bucket), *inputs[self.position + 1 :])
+        # padded, or an alias: never the caller's tensor, which may carry dynamo's dynamic marks
+        # (from a dynamic compile it went through) that would make this static graph dynamic
+        x = self.buckets.pad(x, bucket) if bucket != spatial else x.view_as(x)
+        inputs = (*inputs[: self.position], x, *inputs[self.position + 1 :])
         out = _call_with(self.options, self._compiled_for((x.shape[0], bucket)), inputs)
         return out if bucket == spatial else self.buckets.crop(out, spatial)
 
