@@ -18,6 +18,7 @@ from unetgraph.passes import (
     merge_siblings,
     prepack,
     remove_dead_nodes,
+    separate,
     swap_instance_norms,
 )
 from unetgraph.passes.fold_batchnorm import fold_into_conv
@@ -262,6 +263,7 @@ def test_merge_siblings_runs_a_diffusion_unets_sibling_linears_as_one():
     with torch.no_grad():
         want = gm(*xs)
     names_before = {n.name for n in gm.graph.nodes}
+    before = {k: v.clone() for k, v in gm.state_dict().items()}
     recorded = ug.fx_node_names(gm)
     linears = sum(isinstance(m, nn.Linear) for m in gm.modules())
     attentions = sum(isinstance(m, nn.Module) and hasattr(m, "to_q") for m in gm.modules())
@@ -286,6 +288,15 @@ def test_merge_siblings_runs_a_diffusion_unets_sibling_linears_as_one():
     assert ug.fx_node_names(gm) == recorded
     again = merge_siblings(gm)
     assert not again.changed and again.notes
+    # separate(): the Linears back under their names with their weights (what a peer's layout maps)
+    merged_state = {k: v.clone() for k, v in gm.state_dict().items()}
+    back = separate(gm)
+    assert back is not gm and back.state_dict().keys() == before.keys()
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in before.items())
+    assert gm.state_dict().keys() == merged_state.keys()  # the merged module is untouched
+    with torch.no_grad():
+        assert_close(back(*xs), want)
+    assert separate(back) is back
 
 
 class _Siblings(nn.Module):

@@ -38,6 +38,7 @@ from ..build import diffusion_unet
 from ..diff import diff
 from ..errors import SpecError, UNetGraphError
 from ..graph import UNetGraph
+from ..passes.merge_siblings import separate
 from ..record import find_record
 
 __all__ = ["from_diffusers", "to_diffusers", "graph_from_diffusers_config", "diffusers_keys"]
@@ -494,6 +495,8 @@ def to_diffusers(
         node, words = first
         raise SpecError(f"{words}: the graph no longer fits diffusers' {kind} layout", node=node)
     peer = getattr(_diffusers(), kind)(**config, sample_size=sample_size)
+    if isinstance(module, fx.GraphModule):
+        module = separate(module)  # optimize()'s merged Linears, back to diffusers' own layers
     ours = module.state_dict()
     keys = diffusers_keys(graph, ours)
     theirs = peer.state_dict()

@@ -9,7 +9,7 @@ from .channels_last import channels_last
 from .drop_identities import drop_identities
 from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
-from .merge_siblings import merge_siblings
+from .merge_siblings import merge_siblings, separate, unmerge
 from .pipeline import Optimized, OptimizeReport, optimize
 from .prepack import PackedConv, has_packed, plain, prepack, unpack
 from .reduced_precision import reduced_precision
@@ -25,6 +25,8 @@ __all__ = [
     "drop_identities",
     "fold_constants",
     "merge_siblings",
+    "unmerge",
+    "separate",
     "channels_last",
     "remove_dead_nodes",
     "swap_instance_norms",

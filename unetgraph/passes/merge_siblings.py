@@ -12,16 +12,21 @@ within float32 rounding.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
+from ..errors import LoweringError
 from .base import PassResult, copy_meta, drop_module, free_target, module_users, replace_node, target_of
 from .prepack import Fusion, _node_fusion
 
-__all__ = ["merge_siblings"]
+__all__ = ["merge_siblings", "unmerge", "separate"]
+
+# on a merged Linear's call node: ((target, out_features, had a bias), ...) of the Linears it stands for
+MERGED = "unetgraph_merged"
 
 
 def merge_siblings(gm: fx.GraphModule) -> PassResult:
@@ -147,6 +152,7 @@ def _merge(gm: fx.GraphModule, source: fx.Node, members: list[tuple[fx.Node, nn.
     with gm.graph.inserting_before(first):
         call = gm.graph.call_module(target, (source,))
     copy_meta(first, call)
+    call.meta[MERGED] = tuple((t, lin.out_features, lin.bias is not None) for t, lin in zip(targets, linears))
     start = 0
     for node, linear in members:
         # the node keeps its name (and the graph node it holds): it becomes a view of the merged output
@@ -172,3 +178,53 @@ def _common_suffix(paths: list[list[str]]) -> list[str]:
 def _listed(names: list[str], shown: int = 3) -> str:
     more = len(names) - shown
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def unmerge(gm: fx.GraphModule) -> PassResult:
+    """Undo :func:`merge_siblings`' Linears in place: each part becomes its own ``nn.Linear``
+    again, under its old name, with its slice of the weights (the state dict of the module
+    before the pass: what a peer's layout, such as ``to_diffusers``, maps key by key).
+    Activations computed once stay so (they hold no state)."""
+    changes = []
+    for call in [n for n in gm.graph.nodes if n.op == "call_module" and MERGED in n.meta]:
+        merged = gm.get_submodule(target_of(call))
+        if not isinstance(merged, nn.Linear):
+            raise LoweringError(f"{call.name}: a merged Linear's node calls a {type(merged).__name__}", node=call.name)
+        views = {(n.args[2], n.args[3]): n for n in call.users if n.op == "call_method" and n.target == "narrow"}
+        start = 0
+        for target, width, bias in call.meta[MERGED]:
+            node = views.pop((start, width), None)
+            if node is None:
+                raise LoweringError(f"{call.name}: no view of columns {start}–{start + width} for {target}")
+            part = nn.Linear(
+                merged.in_features, width, bias=bias, device=merged.weight.device, dtype=merged.weight.dtype
+            )
+            with torch.no_grad():
+                part.weight.copy_(merged.weight[start : start + width])
+                if part.bias is not None and merged.bias is not None:
+                    part.bias.copy_(merged.bias[start : start + width])
+            gm.add_submodule(target, part.train(merged.training))
+            node.op, node.target, node.args = "call_module", target, call.args
+            start += width
+        if call.users:
+            raise LoweringError(
+                f"{call.name}: other nodes read the merged output ({', '.join(u.name for u in call.users)})"
+            )
+        changes.append(f"{target_of(call)} back to {len(call.meta[MERGED])} Linears")
+        gm.graph.erase_node(call)
+        drop_module(gm, target_of(call))
+    if changes:
+        gm.graph.lint()
+        gm.recompile()
+    return PassResult("unmerge", tuple(changes))
+
+
+def separate(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` itself when :func:`merge_siblings` merged no Linears in it, else an unmerged copy
+    (``gm`` is untouched; the copy shares every other parameter and buffer)."""
+    if not any(MERGED in n.meta for n in gm.graph.nodes):
+        return gm
+    shared: dict[int, Any] = {id(t): t for t in [*gm.parameters(), *gm.buffers()]}
+    out = copy.deepcopy(gm, shared)
+    unmerge(out)
+    return out
