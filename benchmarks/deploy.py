@@ -406,9 +406,8 @@ def print_summary(peaks: dict[int, float]) -> None:
     if not SUMMARY:
         return
     print("== summary: the best float32 mode of each preset (FLOP-weighted share of the convolution peak; target 85%)")
-    print(
-        "  peaks: " + ", ".join(f"{d}D {p:.0f} GFLOP/s" for d, p in sorted(peaks.items())) + " (the higher of two runs)"
-    )
+    rated = ", ".join(f"{d}D {p:.0f} GFLOP/s" for d, p in sorted(peaks.items()))
+    print(f"  peaks: {rated} (the higher of the two measurements)")
     print(
         f"{'preset':<10} {'batch':>5} {'size':>9} {'GFLOP':>7} {'best float32 mode':<46} {'ms':>9} {'% conv':>7} "
         f"{'eager %':>8} {'flagged':>8} {'static/hand':>12}"
