@@ -22,17 +22,9 @@ from unetgraph.passes import (
     swap_instance_norms,
 )
 from unetgraph.passes.fold_batchnorm import fold_into_conv
+from unetgraph.passes.pipeline import INFERENCE_STEPS
 
-PASSES = [
-    drop_identities,
-    fold_batchnorm,
-    fold_constants,
-    merge_siblings,
-    swap_instance_norms,
-    remove_dead_nodes,
-    channels_last,
-    prepack,
-]
+PASSES = [*INFERENCE_STEPS, channels_last, prepack]
 
 
 @pytest.fixture(scope="module", params=list(PRESET_CASES))

@@ -8,8 +8,9 @@ so the graph's node names survive into ``gm.code`` and ``torch.export``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch.fx as fx
 from torch import nn
@@ -29,6 +30,7 @@ __all__ = [
     "called_module",
     "target_of",
     "free_target",
+    "undone_copy",
 ]
 
 
@@ -132,3 +134,12 @@ def free_target(gm: fx.GraphModule, target: str) -> str:
         k += 1
         candidate = f"{target}_{k}"
     return candidate
+
+
+def undone_copy(gm: fx.GraphModule, undo: Callable[[fx.GraphModule], Any]) -> fx.GraphModule:
+    """A copy of ``gm`` sharing its parameters and buffers, with ``undo`` (an inverse pass such
+    as ``unpack``) applied to the copy: ``gm`` itself stays as it is."""
+    shared: dict[int, Any] = {id(t): t for t in [*gm.parameters(), *gm.buffers()]}
+    out = copy.deepcopy(gm, shared)
+    undo(out)
+    return out

@@ -12,7 +12,6 @@ within float32 rounding.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -20,7 +19,16 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import LoweringError
-from .base import PassResult, copy_meta, drop_module, free_target, module_users, replace_node, target_of
+from .base import (
+    PassResult,
+    copy_meta,
+    drop_module,
+    free_target,
+    module_users,
+    replace_node,
+    target_of,
+    undone_copy,
+)
 from .prepack import Fusion, _node_fusion
 
 __all__ = ["merge_siblings", "unmerge", "separate"]
@@ -125,19 +133,14 @@ def _merge(gm: fx.GraphModule, source: fx.Node, members: list[tuple[fx.Node, nn.
     members = sorted(members, key=lambda m: order[m[0]])
     linears = [linear for _, linear in members]
     weight = torch.cat([linear.weight.detach() for linear in linears])
-    merged = nn.Linear(weight.shape[1], weight.shape[0], bias=any(lin.bias is not None for lin in linears))
-    merged = merged.to(device=weight.device, dtype=weight.dtype).train(linears[0].training)
+    bias = any(lin.bias is not None for lin in linears)
+    merged = nn.Linear(weight.shape[1], weight.shape[0], bias=bias, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         merged.weight.copy_(weight)
         if merged.bias is not None:
-            merged.bias.copy_(
-                torch.cat(
-                    [
-                        lin.bias.detach() if lin.bias is not None else weight.new_zeros(lin.out_features)
-                        for lin in linears
-                    ]
-                )
-            )
+            zeros = weight.new_zeros  # a Linear without a bias adds nothing
+            merged.bias.copy_(torch.cat([zeros(lin.out_features) if lin.bias is None else lin.bias for lin in linears]))
+    merged.train(linears[0].training)
     targets = [target_of(node) for node, _ in members]
     parents = {t.rpartition(".")[0] for t in targets}
     if len(parents) == 1 and len(members) <= 4:
@@ -195,7 +198,9 @@ def unmerge(gm: fx.GraphModule) -> PassResult:
         for target, width, bias in call.meta[MERGED]:
             node = views.pop((start, width), None)
             if node is None:
-                raise LoweringError(f"{call.name}: no view of columns {start}–{start + width} for {target}")
+                raise LoweringError(
+                    f"{call.name}: no view of columns {start}–{start + width} for {target}", node=call.name
+                )
             part = nn.Linear(
                 merged.in_features, width, bias=bias, device=merged.weight.device, dtype=merged.weight.dtype
             )
@@ -208,7 +213,8 @@ def unmerge(gm: fx.GraphModule) -> PassResult:
             start += width
         if call.users:
             raise LoweringError(
-                f"{call.name}: other nodes read the merged output ({', '.join(u.name for u in call.users)})"
+                f"{call.name}: other nodes read the merged output ({', '.join(u.name for u in call.users)})",
+                node=call.name,
             )
         changes.append(f"{target_of(call)} back to {len(call.meta[MERGED])} Linears")
         gm.graph.erase_node(call)
@@ -222,9 +228,4 @@ def unmerge(gm: fx.GraphModule) -> PassResult:
 def separate(gm: fx.GraphModule) -> fx.GraphModule:
     """``gm`` itself when :func:`merge_siblings` merged no Linears in it, else an unmerged copy
     (``gm`` is untouched; the copy shares every other parameter and buffer)."""
-    if not any(MERGED in n.meta for n in gm.graph.nodes):
-        return gm
-    shared: dict[int, Any] = {id(t): t for t in [*gm.parameters(), *gm.buffers()]}
-    out = copy.deepcopy(gm, shared)
-    unmerge(out)
-    return out
+    return undone_copy(gm, unmerge) if any(MERGED in n.meta for n in gm.graph.nodes) else gm

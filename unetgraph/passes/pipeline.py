@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.fx as fx
@@ -24,7 +24,18 @@ from .reduced_precision import DTYPES, reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
 from .swap_instance_norms import swap_instance_norms
 
-__all__ = ["optimize", "Optimized", "OptimizeReport"]
+__all__ = ["optimize", "Optimized", "OptimizeReport", "INFERENCE_STEPS", "TRAINING_STEPS"]
+
+# the graph passes optimize() runs first, in this order (channels_last and prepack follow)
+INFERENCE_STEPS = (
+    drop_identities,
+    fold_batchnorm,
+    fold_constants,
+    merge_siblings,
+    swap_instance_norms,
+    remove_dead_nodes,
+)
+TRAINING_STEPS = (drop_identities, remove_dead_nodes)  # the ones that keep training semantics
 
 
 @dataclass(frozen=True)
@@ -146,17 +157,7 @@ def optimize(
     nodes_before, params_before = _count(out)
     if for_inference:
         out.eval()
-        steps: list[Any] = [
-            drop_identities,
-            fold_batchnorm,
-            fold_constants,
-            merge_siblings,
-            swap_instance_norms,
-            remove_dead_nodes,
-        ]
-    else:
-        steps = [drop_identities, remove_dead_nodes]
-    results = [step(out) for step in steps]
+    results: list[PassResult] = [step(out) for step in (INFERENCE_STEPS if for_inference else TRAINING_STEPS)]
     if dtype is not None:
         results.append(reduced_precision(out, _run_inputs(out, example_inputs), dtype))
     if channels_last is not False:

@@ -12,7 +12,6 @@ packed weight, fused with the activation that follows where oneDNN has it as a p
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -24,7 +23,7 @@ from torch.nn.modules.conv import _ConvNd
 from ..blocks.base import leaf_module
 from ..errors import LoweringError
 from ..record import attach_record, find_record
-from .base import PassResult, copy_meta, drop_module, free_target, module_users, replace_node
+from .base import PassResult, copy_meta, drop_module, free_target, module_users, replace_node, undone_copy
 
 __all__ = ["prepack", "unpack", "PackedConv", "has_packed", "plain", "conv_padding"]
 
@@ -546,9 +545,4 @@ def _follow(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
 def plain(gm: fx.GraphModule) -> fx.GraphModule:
     """``gm`` itself when it holds no :class:`PackedConv`, else an unpacked copy that shares
     ``gm``'s parameters and buffers (``gm`` is untouched): what export, eject and compile take."""
-    if not has_packed(gm):
-        return gm
-    shared: dict[int, Any] = {id(t): t for t in [*gm.parameters(), *gm.buffers()]}
-    out = copy.deepcopy(gm, shared)
-    unpack(out)
-    return out
+    return undone_copy(gm, unpack) if has_packed(gm) else gm

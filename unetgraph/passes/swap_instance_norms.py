@@ -40,30 +40,26 @@ def swap_instance_norms(gm: fx.GraphModule) -> PassResult:
         'enc0.norm0: InstanceNorm2d(8) → GroupNorm(8, 8)'
     """
     name = "swap_instance_norms"
-    calls: list[tuple[fx.Node, _InstanceNorm]] = []
+    norms: dict[str, _InstanceNorm] = {}  # by path: a module called twice is swapped once
     for node in gm.graph.nodes:
         norm = called_module(gm, node, _InstanceNorm)
         if norm is not None:
-            calls.append((node, norm))
-    if not calls:
+            norms[target_of(node)] = norm
+    if not norms:
         return PassResult(name, (), ("no instance norms",))
     if find_record(gm) is None:
-        return PassResult(name, (), (f"{len(calls)} instance norms left alone: not a module made by unetgraph.lower",))
+        return PassResult(name, (), (f"{len(norms)} instance norms left alone: not a module made by unetgraph.lower",))
     changes, notes = [], []
-    for node, norm in calls:
-        target = target_of(node)
+    for target, norm in norms.items():
         if type(norm) not in _INSTANCE_NORMS:
             notes.append(f"{target} left alone: a subclass of {type(norm).__mro__[1].__name__}")
-            continue
-        if norm.track_running_stats:
+        elif norm.track_running_stats:
             notes.append(f"{target} left alone: it keeps running statistics")
-            continue
-        if not isinstance(gm.get_submodule(target), _InstanceNorm):
-            continue  # called twice: swapped at its first call
-        group = nn.GroupNorm(norm.num_features, norm.num_features, eps=norm.eps, affine=norm.affine)
-        if norm.affine:
-            group.weight, group.bias = norm.weight, norm.bias
-        gm.add_submodule(target, group.train(norm.training))
-        kind, c = type(norm).__name__, norm.num_features
-        changes.append(f"{target}: {kind}({c}) → GroupNorm({c}, {c})")
+        else:
+            c = norm.num_features
+            group = nn.GroupNorm(c, c, eps=norm.eps, affine=norm.affine)
+            if norm.affine:
+                group.weight, group.bias = norm.weight, norm.bias
+            gm.add_submodule(target, group.train(norm.training))
+            changes.append(f"{target}: {type(norm).__name__}({c}) → GroupNorm({c}, {c})")
     return PassResult(name, tuple(changes), tuple(notes))
