@@ -171,8 +171,10 @@ def test_a_functional_convolution_with_folded_float32_weights_gets_its_input_cas
     fast, report = ug.optimize(gm, dtype=torch.bfloat16, example_inputs=[x])
     assert any("folded" in c for c in report["fold_constants"].changes)
     casts = report["reduced_precision"].changes
-    # the conv runs in float32 with its folded weights, the next layer in bfloat16 again
-    assert "down1 → torch.float32 before mid" in casts and "mid → torch.bfloat16 before up0" in casts, casts
+    # the conv runs in float32 with its folded weights, the next layer in bfloat16 again: the
+    # decoder's first convolution, which computes the upsampling up0 too (fold_upsampling)
+    assert report["fold_upsampling"].changes[0].startswith("dec0.conv0: ConvTranspose2d up0")
+    assert "down1 → torch.float32 before mid" in casts and "mid → torch.bfloat16 before dec0_conv0" in casts, casts
     with torch.no_grad():
         assert _relative_error(gm(x), fast(x)) < 5e-2
 

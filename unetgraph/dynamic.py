@@ -41,7 +41,8 @@ from .errors import LoweringError, ShapeError
 from .graph import UNetGraph
 from .inputs import example_inputs, input_shapes
 from .lower import lower
-from .passes.prepack import PackedConv, conv_padding, plain
+from .passes.pipeline import plain
+from .passes.prepack import PackedConv, conv_padding
 from .record import find_record, lowered_record
 from .runtime import check_input_size, guard_inputs, module_guards
 from .types import AXIS_NAMES
@@ -101,14 +102,17 @@ def _opt_int(value: object) -> int | None:
     return None if value is None else int(value)  # type: ignore[call-overload]
 
 
-def graph_and_module(model: UNetGraph | fx.GraphModule, **lower_options: Any) -> tuple[UNetGraph, fx.GraphModule]:
+def graph_and_module(
+    model: UNetGraph | fx.GraphModule, *, unfold: bool = True, **lower_options: Any
+) -> tuple[UNetGraph, fx.GraphModule]:
     """``(graph, module)`` for a graph (lowered with ``lower_options``, in eval mode) or a lowered module
-    (with plain convolutions: one with prepacked ones comes back as an unpacked copy, ``passes.plain``)."""
+    (with plain convolutions: one with prepacked or folded ones comes back as a copy without them,
+    ``passes.plain``; ``unfold=False`` keeps the folded upsamplings, which compile)."""
     if isinstance(model, UNetGraph):
         return model, lower(model, **lower_options).eval()
     record = find_record(model) if isinstance(model, fx.GraphModule) else None
     if record is not None:
-        return record.graph, plain(model)
+        return record.graph, plain(model, unfold=unfold)
     raise LoweringError(f"expected a UNetGraph or a GraphModule made by unetgraph.lower, got {type(model).__name__}")
 
 
@@ -386,7 +390,7 @@ def compile(
             Python from the size, so each size is its own graph; compile the ``pad=None`` one).
         ShapeError: a size in ``sizes`` does not fit the graph.
     """
-    g, gm = graph_and_module(model)
+    g, gm = graph_and_module(model, unfold=False)
     if lowered_record(gm).pad == "auto":
         raise LoweringError("dynamic compile needs a module lowered with pad=None: pad='auto' computes sizes in Python")
     if options is None and backend == "inductor" and not gm.training:

@@ -9,9 +9,10 @@ from .channels_last import channels_last
 from .drop_identities import drop_identities
 from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
+from .fold_upsampling import UpsampledConv, fold_upsampling, unfold_upsampling
 from .merge_siblings import merge_siblings, separate, unmerge
-from .pipeline import Optimized, OptimizeReport, optimize
-from .prepack import PackedConv, has_packed, plain, prepack, unpack
+from .pipeline import Optimized, OptimizeReport, optimize, plain
+from .prepack import PackedConv, has_packed, prepack, unpack
 from .reduced_precision import reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
 from .swap_instance_norms import swap_instance_norms
@@ -30,6 +31,9 @@ __all__ = [
     "channels_last",
     "remove_dead_nodes",
     "swap_instance_norms",
+    "fold_upsampling",
+    "unfold_upsampling",
+    "UpsampledConv",
     "reduced_precision",
     "prepack",
     "unpack",

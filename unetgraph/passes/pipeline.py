@@ -13,18 +13,20 @@ from ..errors import LoweringError
 from ..grouping import ungroup
 from ..inputs import example_inputs as _example_inputs
 from ..record import find_record
-from .base import PassResult
+from .base import PassResult, undone_copy
 from .channels_last import channels_last as _channels_last
 from .drop_identities import drop_identities
 from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
+from .fold_upsampling import fold_upsampling, has_folds, unfold_upsampling
 from .merge_siblings import merge_siblings
+from .prepack import has_packed, unpack
 from .prepack import prepack as _prepack
 from .reduced_precision import DTYPES, reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
 from .swap_instance_norms import swap_instance_norms
 
-__all__ = ["optimize", "Optimized", "OptimizeReport", "INFERENCE_STEPS", "TRAINING_STEPS"]
+__all__ = ["optimize", "plain", "Optimized", "OptimizeReport", "INFERENCE_STEPS", "TRAINING_STEPS"]
 
 # the graph passes optimize() runs first, in this order (channels_last and prepack follow)
 INFERENCE_STEPS = (
@@ -34,6 +36,7 @@ INFERENCE_STEPS = (
     merge_siblings,
     swap_instance_norms,
     remove_dead_nodes,
+    fold_upsampling,
 )
 TRAINING_STEPS = (drop_identities, remove_dead_nodes)  # the ones that keep training semantics
 
@@ -201,3 +204,22 @@ def _compare(
             + ") on the example inputs"
         )
     return diff
+
+
+def plain(gm: fx.GraphModule, *, unfold: bool = True) -> fx.GraphModule:
+    """``gm`` itself when no eager-only pass changed it, else a copy sharing ``gm``'s parameters
+    and buffers with :func:`~unetgraph.passes.prepack.unpack` and (with ``unfold``)
+    :func:`~unetgraph.passes.fold_upsampling.unfold_upsampling` applied; ``gm`` is untouched.
+    Export and eject take the standard modules; compile keeps the folds (``unfold=False``:
+    they trace to plain convolutions of the coarse input)."""
+    packed, folded = has_packed(gm), unfold and has_folds(gm)
+    if not (packed or folded):
+        return gm
+
+    def undo(m: fx.GraphModule) -> None:
+        if packed:
+            unpack(m)
+        if folded:
+            unfold_upsampling(m)
+
+    return undone_copy(gm, undo)

@@ -23,9 +23,9 @@ from torch.nn.modules.conv import _ConvNd
 from ..blocks.base import leaf_module
 from ..errors import LoweringError
 from ..record import attach_record, find_record
-from .base import PassResult, copy_meta, drop_module, free_target, module_users, replace_node, undone_copy
+from .base import PassResult, copy_meta, drop_module, free_target, module_users, replace_node
 
-__all__ = ["prepack", "unpack", "PackedConv", "has_packed", "plain", "conv_padding"]
+__all__ = ["prepack", "unpack", "PackedConv", "has_packed", "conv_padding"]
 
 
 class Fusion(NamedTuple):
@@ -362,7 +362,7 @@ def prepack(gm: fx.GraphModule, *, fuse: bool = True) -> PassResult:
     CPUs where oneDNN has bfloat16 kernels; the reorder is exact, so outputs are unchanged within
     rounding (oneDNN sums in another order). The packed weight is used on the CPU, for inputs of
     the weight's dtype, under ``torch.no_grad()``/``inference_mode``;
-    :func:`unpack` (or :func:`plain`, on a copy) gives plain modules back for export, ONNX and
+    :func:`unpack` (or :func:`~unetgraph.passes.plain`, on a copy) gives plain modules back for export, ONNX and
     eject, which :func:`unetgraph.export`, :func:`unetgraph.eject` and :func:`unetgraph.compile`
     do themselves.
 
@@ -540,9 +540,3 @@ def _follow(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
     if record is not None and old.name in record.nodes.values():
         nodes = {k: new.name if v == old.name else v for k, v in record.nodes.items()}
         attach_record(gm, record.with_(nodes=nodes))
-
-
-def plain(gm: fx.GraphModule) -> fx.GraphModule:
-    """``gm`` itself when it holds no :class:`PackedConv`, else an unpacked copy that shares
-    ``gm``'s parameters and buffers (``gm`` is untouched): what export, eject and compile take."""
-    return undone_copy(gm, unpack) if has_packed(gm) else gm

@@ -63,8 +63,13 @@ def _impure(gm: fx.GraphModule) -> Callable[[fx.Node], bool]:
 
 
 def _used_paths(gm: fx.GraphModule) -> set[str]:
-    """Qualified names that nodes call (``call_module``) or read (``get_attr``)."""
-    return {str(n.target) for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
+    """Qualified names that nodes call (``call_module``) or read (``get_attr``), and those a
+    called module says it uses besides its own (``reads``, e.g. a folded upsampling's module)."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            used.update(getattr(gm.get_submodule(str(n.target)), "reads", ()))
+    return used
 
 
 def _covered(name: str, used: set[str]) -> bool:
