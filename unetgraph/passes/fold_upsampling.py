@@ -164,7 +164,7 @@ class UpsampledConv(nn.Module):
         d, w = self.dims, self.weight.detach().float()
         k = self.slots.index("up")
         up_part = w.narrow(1, sum(widths[:k]), widths[k])
-        m = self.phase_map.to(device=w.device, dtype=torch.float32)
+        m = self.get_buffer("phase_map").to(device=w.device, dtype=torch.float32)
         taps = "".join(f"{t}{s}{t.upper()}," for t, s in zip("xyz"[:d], "uvw"))
         axes = "xyz"[:d]
         operands = [up_part]
