@@ -45,7 +45,7 @@ def test_optimize_packs_every_2d_and_3d_convolution_of_every_preset(optimized):
     # every convolution is packed, or folded with the upsampling it reads (a transposed
     # convolution stays registered, uncalled, for its state_dict keys)
     folded = [m for m in fast.modules() if isinstance(m, UpsampledConv)]
-    ups = [m.up for m in folded if m.transposed]
+    ups = [m.up for m in folded if m.transposed_up is not None]
     assert len(_packed(fast)) == len(packed) == len(_convs(gm)) - len(folded) - len(ups)
     assert {id(m) for m in _convs(fast)} == {id(m) for m in ups}
     assert len(merges) == sum(p.concat is not None for p in _packed(fast))

@@ -90,7 +90,8 @@ class UpsampledConv(nn.Module):
         return up
 
     @property
-    def transposed(self) -> Transposed | None:
+    def transposed_up(self) -> Transposed | None:
+        """The transposed convolution that upsamples, or ``None`` for a nearest upsampling."""
         up = self.up
         return up if isinstance(up, _TRANSPOSED) else None
 
@@ -143,13 +144,13 @@ class UpsampledConv(nn.Module):
         coarse = fine = padded = 1
         for s in size:
             coarse, fine, padded = coarse * s, fine * 2 * s, padded * (s + 1)
-        upsampling = channels * up_channels * 2**d * coarse if self.transposed is not None else 0
+        upsampling = channels * up_channels * 2**d * coarse if self.transposed_up is not None else 0
         phases = (channels + self._ones()) * out * 4**d * padded
         return phases <= PAYS * (upsampling + up_channels * out * 3**d * fine)
 
     def _ones(self) -> int:
         """1 where a transposed convolution's bias rides along as a channel of ones."""
-        up = self.transposed
+        up = self.transposed_up
         return int(up is not None and up.bias is not None)
 
     def _versions(self) -> tuple[int, ...]:
@@ -168,7 +169,7 @@ class UpsampledConv(nn.Module):
         taps = "".join(f"{t}{s}{t.upper()}," for t, s in zip("xyz"[:d], "uvw"))
         axes = "xyz"[:d]
         operands = [up_part]
-        up = self.transposed
+        up = self.transposed_up
         if up is not None:
             wt = up.weight.detach().float()
             if up.bias is not None:  # a channel of ones carries the bias through every tap
@@ -260,7 +261,7 @@ class UpsampledConv(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        kind = type(self.up).__name__ if self.transposed is not None else "nearest 2×"
+        kind = type(self.up).__name__ if self.transposed_up is not None else "nearest 2×"
         shape = f"{self.weight.shape[1]}→{self.weight.shape[0]}"
         return f"{kind} → 3×3 convolution {shape}, inputs {', '.join(self.slots)}"
 
@@ -438,7 +439,8 @@ def fold_upsampling(gm: fx.GraphModule) -> PassResult:
             gm.graph.erase_node(dead)
         for info in [folded.original["up"], folded.original["cat"] or {}, *folded.original["crops"]]:
             _point(gm, info.get("held", ()), node.name)
-        kind = f"{type(folded.up).__name__} {up_target}" if folded.transposed is not None else f"{up_target} (nearest)"
+        transposed = folded.transposed_up is not None
+        kind = f"{type(folded.up).__name__} {up_target}" if transposed else f"{up_target} (nearest)"
         changes.append(
             f"{target}: {kind} and the 3×3 convolution after it run as {2**folded.dims} phases at the coarse size"
         )
@@ -453,7 +455,7 @@ def fold_upsampling(gm: fx.GraphModule) -> PassResult:
 
 def _coarse_channels(folded: UpsampledConv, alone: bool) -> tuple[int, int] | None:
     """(coarse channels, upsampled channels) where the modules fix them, else ``None``."""
-    up = folded.transposed
+    up = folded.transposed_up
     if up is not None:
         return int(up.in_channels), int(up.out_channels)
     return (int(folded.weight.shape[1]),) * 2 if alone else None
