@@ -31,6 +31,9 @@ __all__ = [
     "target_of",
     "free_target",
     "undone_copy",
+    "has_submodule",
+    "held_by",
+    "hold",
 ]
 
 
@@ -72,10 +75,7 @@ def replace_node(gm: fx.GraphModule, old: fx.Node, new: Any) -> None:
     """
     if isinstance(new, fx.Node):
         old.replace_all_uses_with(new)
-        record = find_record(gm)
-        if record is not None and old.name in record.nodes.values():
-            nodes = {k: new.name if v == old.name else v for k, v in record.nodes.items()}
-            attach_record(gm, record.with_(nodes=nodes))
+        hold(gm, held_by(gm, old.name), new.name)
     else:
         for user in list(old.users):
             user.args = fx.node.map_arg(user.args, lambda a: new if a is old else a)
@@ -143,3 +143,26 @@ def undone_copy(gm: fx.GraphModule, undo: Callable[[fx.GraphModule], Any]) -> fx
     out = copy.deepcopy(gm, shared)
     undo(out)
     return out
+
+
+def has_submodule(gm: nn.Module, path: str) -> bool:
+    """Whether ``gm`` has a submodule at dotted ``path``."""
+    try:
+        gm.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def held_by(gm: fx.GraphModule, name: str) -> tuple[str, ...]:
+    """The graph nodes whose output fx node ``name`` holds (``ug.fx_node_names``); none off a
+    module made by :func:`unetgraph.lower`."""
+    record = find_record(gm)
+    return () if record is None else tuple(k for k, v in record.nodes.items() if v == name)
+
+
+def hold(gm: fx.GraphModule, graph_nodes: tuple[str, ...], name: str) -> None:
+    """Graph nodes ``graph_nodes`` are held by fx node ``name`` from now on (``ug.fx_node_names``)."""
+    record = find_record(gm)
+    if record is not None and graph_nodes:
+        attach_record(gm, record.with_(nodes={**record.nodes, **{k: name for k in graph_nodes}}))

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..blocks.layers import CenterCrop
-from ..record import attach_record, find_record
-from .base import PassResult, target_of, undone_copy
+from ..errors import LoweringError
+from .base import PassResult, has_submodule, held_by, hold, target_of
 from .prepack import PackedConv, _packable
 
 __all__ = ["fold_upsampling", "unfold_upsampling", "UpsampledConv", "has_folds", "PAYS"]
@@ -78,6 +78,7 @@ class UpsampledConv(nn.Module):
         self.slots = slots  # per concatenated input: "up", "part" or "crop"
         self.reads = (up_target,)  # paths used besides its own (remove_dead_nodes keeps them)
         self.__dict__["_up"] = up  # not a child: it keeps its own path and state_dict keys
+        self.node = ""  # the fx node that calls it (the convolution's), for errors
         self.original: dict[str, Any] = {}  # the nodes the fold replaced, for unfold_upsampling
         # a buffer, not a constant of the code: freezing then computes the traced kernel once
         self.register_buffer("phase_map", _phase_map(), persistent=False)
@@ -100,6 +101,12 @@ class UpsampledConv(nn.Module):
     def _parts(self, x: torch.Tensor, others: tuple[torch.Tensor, ...]) -> list[torch.Tensor | None]:
         """The concatenation's inputs, ``None`` for the upsampled one."""
         fine = [2 * s for s in x.shape[2:]]  # SymInts under a dynamic compile: no int()
+        if len(others) != len(self.slots) - 1:
+            raise LoweringError(
+                f"{self.node}: the folded convolution takes the coarse input and {len(self.slots) - 1} more "
+                f"({', '.join(self.slots)}), got {1 + len(others)} inputs",
+                node=self.node,
+            )
         parts: list[torch.Tensor | None] = []
         rest = iter(others)
         for slot in self.slots:
@@ -371,25 +378,12 @@ def _match(gm: fx.GraphModule, node: fx.Node) -> _Match | None:
     return _Match(up, src, crops)
 
 
-def _held(gm: fx.GraphModule, name: str) -> tuple[str, ...]:
-    """The graph nodes whose output fx node ``name`` holds (``ug.fx_node_names``)."""
-    record = find_record(gm)
-    return () if record is None else tuple(k for k, v in record.nodes.items() if v == name)
-
-
-def _point(gm: fx.GraphModule, keys: tuple[str, ...], name: str) -> None:
-    """Graph nodes ``keys`` are now named by fx node ``name``."""
-    record = find_record(gm)
-    if record is not None and keys:
-        attach_record(gm, record.with_(nodes={**record.nodes, **{k: name for k in keys}}))
-
-
 def _saved(gm: fx.GraphModule, node: fx.Node) -> dict[str, Any]:
     return {
         "name": node.name,
         "target": node.target if node.op == "call_module" else None,
         "custom": dict(node.meta.get("custom", {})),
-        "held": _held(gm, node.name),
+        "held": held_by(gm, node.name),
     }
 
 
@@ -427,6 +421,7 @@ def fold_upsampling(gm: fx.GraphModule) -> PassResult:
         if channels is not None and not folded.pays((_LARGE,) * folded.dims, *channels):
             never.append(target)
             continue
+        folded.node = node.name
         folded.original = {
             "up": _saved(gm, up),
             "cat": None if cat is None else _saved(gm, cat),
@@ -435,10 +430,10 @@ def fold_upsampling(gm: fx.GraphModule) -> PassResult:
         others = [t.args[0] if slot == "crop" else t for t, slot in zip(tensors, slots) if slot != "up"]
         gm.add_submodule(target, folded)
         node.args = (up.args[0], *others)  # the same node (and name) now calls the folded module
-        for dead in [*([cat] if cat is not None else []), *crops, up]:
-            gm.graph.erase_node(dead)
-        for info in [folded.original["up"], folded.original["cat"] or {}, *folded.original["crops"]]:
-            _point(gm, info.get("held", ()), node.name)
+        dead = [*([cat] if cat is not None else []), *crops, up]  # users first
+        hold(gm, tuple(k for n in dead for k in held_by(gm, n.name)), node.name)
+        for n in dead:
+            gm.graph.erase_node(n)
         transposed = folded.transposed_up is not None
         kind = f"{type(folded.up).__name__} {up_target}" if transposed else f"{up_target} (nearest)"
         changes.append(
@@ -479,9 +474,14 @@ def unfold_upsampling(gm: fx.GraphModule) -> PassResult:
             continue
         saved = folded.original
         (up_target,) = folded.reads
-        if not _exists(gm, up_target):
+        if not has_submodule(gm, up_target):
             gm.add_submodule(up_target, folded.up)
         x, *others = node.args
+        if len(others) != len(folded.slots) - 1:
+            raise LoweringError(
+                f"{node.name}: calls the folded convolution with {len(node.args)} inputs, not {len(folded.slots)}",
+                node=node.name,
+            )
         rest, crops = iter(others), iter(saved["crops"])
         with gm.graph.inserting_before(node):
             up = _restored(gm, gm.graph.call_module(up_target, (x,)), saved["up"])
@@ -510,18 +510,5 @@ def _restored(gm: fx.GraphModule, node: fx.Node, info: dict[str, Any]) -> fx.Nod
     node._rename(info["name"])
     if info["custom"]:
         node.meta["custom"] = dict(info["custom"])
-    _point(gm, info["held"], node.name)
+    hold(gm, info["held"], node.name)
     return node
-
-
-def _exists(gm: fx.GraphModule, path: str) -> bool:
-    try:
-        gm.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
-
-
-def unfolded(gm: fx.GraphModule) -> fx.GraphModule:
-    """``gm`` itself without folds, else a copy sharing its parameters with them undone."""
-    return undone_copy(gm, unfold_upsampling) if has_folds(gm) else gm

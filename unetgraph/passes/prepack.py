@@ -22,8 +22,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ..blocks.base import leaf_module
 from ..errors import LoweringError
-from ..record import attach_record, find_record
-from .base import PassResult, copy_meta, drop_module, free_target, module_users, replace_node
+from .base import PassResult, copy_meta, drop_module, free_target, held_by, hold, module_users, replace_node
 
 __all__ = ["prepack", "unpack", "PackedConv", "has_packed", "conv_padding"]
 
@@ -421,7 +420,6 @@ def _read_concatenations(gm: fx.GraphModule) -> list[str]:
     """Let each packed 2D/3D convolution that alone reads a channel concatenation (a U-Net's
     merge before its decoder block) take the concatenated tensors themselves; see
     :meth:`PackedConv._concatenated`. One line per convolution."""
-    record = find_record(gm)
     lines = []
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not torch.cat or len(node.users) != 1:
@@ -438,10 +436,10 @@ def _read_concatenations(gm: fx.GraphModule) -> list[str]:
             continue
         if conv.transposed or conv.groups != 1 or len(module_users(gm, str(user.target))) > 1:
             continue
-        held = () if record is None else tuple(k for k, v in record.nodes.items() if v == node.name)
+        held = held_by(gm, node.name)
         conv.concat = (node.name, dict(node.meta.get("custom", {})), held)
         user.args = tuple(tensors)
-        _follow(gm, node, user)
+        hold(gm, held, user.name)
         gm.graph.erase_node(node)
         lines.append(
             f"{user.target}: reads {node.name}'s {len(tensors)} inputs without concatenating them "
@@ -508,7 +506,7 @@ def unpack(gm: fx.GraphModule) -> PassResult:
                     act = gm.graph.call_function(activation, (node,))
             copy_meta(node, act)
             node.replace_all_uses_with(act, delete_user_cb=lambda user, act=act: user is not act)
-            _follow(gm, node, act)
+            hold(gm, held_by(gm, node.name), act.name)
             line += f" + {act.name}"
         changes.append(line)
     if changes:
@@ -528,15 +526,5 @@ def _restore_concatenation(
     if custom:
         cat.meta["custom"] = dict(custom)
     node.args = (cat,)
-    record = find_record(gm)
-    if record is not None and held:
-        attach_record(gm, record.with_(nodes={**record.nodes, **{k: cat.name for k in held}}))
+    hold(gm, held, cat.name)
     return f" reading {cat.name}"
-
-
-def _follow(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
-    """Graph nodes whose output ``old`` held (after fusion) are now held by ``new``."""
-    record = find_record(gm)
-    if record is not None and old.name in record.nodes.values():
-        nodes = {k: new.name if v == old.name else v for k, v in record.nodes.items()}
-        attach_record(gm, record.with_(nodes=nodes))

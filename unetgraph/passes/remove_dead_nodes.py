@@ -7,7 +7,7 @@ from typing import Callable
 import torch.fx as fx
 
 from ..runtime import InputGuard
-from .base import PassResult, called_module
+from .base import PassResult, called_module, has_submodule
 
 __all__ = ["remove_dead_nodes"]
 
@@ -38,7 +38,7 @@ def remove_dead_nodes(gm: fx.GraphModule) -> PassResult:
     used = _used_paths(gm)
     modules = [name for name, _ in gm.named_modules() if name]
     for name in modules:
-        if not _covered(name, used) and not any(_covered(u, {name}) for u in used) and _exists(gm, name):
+        if not _covered(name, used) and not any(_covered(u, {name}) for u in used) and has_submodule(gm, name):
             gm.delete_submodule(name)
             changes.append(f"submodule {name}")
     for kind, items in (("parameter", gm.named_parameters()), ("buffer", gm.named_buffers())):
@@ -75,11 +75,3 @@ def _used_paths(gm: fx.GraphModule) -> set[str]:
 def _covered(name: str, used: set[str]) -> bool:
     """Whether ``name`` is a used path or lies inside one (a called module owns its children)."""
     return any(name == u or name.startswith(u + ".") for u in used)
-
-
-def _exists(gm: fx.GraphModule, name: str) -> bool:
-    try:
-        gm.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
