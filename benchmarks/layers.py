@@ -288,13 +288,15 @@ def _describe(gm: fx.GraphModule, n: fx.Node, args: list, result: Any) -> str:
         module = gm.get_submodule(str(n.target))
         weight = getattr(module, "weight", None)
         kind = type(module).__name__
+        extra = f"+{module.activation}" if getattr(module, "activation", "none") != "none" else ""
         if isinstance(weight, torch.Tensor) and weight.dim() > 2:
             transposed = getattr(module, "transposed", False)
             cin, cout = (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
             kernel = "×".join(map(str, weight.shape[2:]))
-            extra = f"+{module.activation}" if getattr(module, "activation", "none") != "none" else ""
             return f"{kind}{extra} {kernel} {cin}→{cout}{where}"
-        return f"{kind}{where}"
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            return f"{kind}{extra} {weight.shape[1]}→{weight.shape[0]}{where}"
+        return f"{kind}{extra}{where}"
     target = getattr(n.target, "__name__", str(n.target))
     return f"{target}{where}"
 

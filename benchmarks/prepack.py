@@ -1,5 +1,6 @@
 """The measured table behind the ``prepack`` pass's rule: oneDNN convolutions with plain (channels-last)
-weights against weights kept in oneDNN's blocked layout, layer shape by layer shape.
+weights against weights kept in oneDNN's blocked layout, layer shape by layer shape; and ``F.linear``
+(MKL's GEMM) against oneDNN's inner product with a packed weight.
 
     .venv/bin/python -m benchmarks.prepack              # 2D and 3D, 3×3 / 2×2 transposed / 1×1, batch 1 and 8
     .venv/bin/python -m benchmarks.prepack --quick      # a few shapes
@@ -10,6 +11,9 @@ layout and oneDNN reorders it into its blocked layout first (``ONEDNN_VERBOSE=1`
 ``reorder`` of the whole weight before each ``brg_conv_fwd``): time proportional to the
 weight, not to the work. A prepacked weight skips it. The table prints, per layer shape, the
 time of each and the speed-up; the pass applies wherever the table says it does not lose.
+For ``linear`` rows, "size" is the tokens per side (``size²`` rows per image; 1: one vector, a
+time embedding's projection) and "plain" is ``F.linear``, which runs on MKL's GEMM: on AMD CPUs
+MKL takes its AVX2 code path.
 """
 
 from __future__ import annotations
@@ -43,10 +47,26 @@ def grid(quick: bool) -> list[Shape]:
         for c, s in ((32, 64), (128, 16), (512, 4)) if not quick else ((64, 32), (512, 4)):
             shapes.append(("3x3", 3, c, c, s, batch))
             shapes.append(("2x2 transposed", 3, c, c // 2, s, batch))
+        # attention (query/key/value, output) and time-embedding layers of diffusion U-Nets
+        linears = ((256, 768, 16), (256, 256, 16), (512, 1536, 8), (128, 512, 1), (512, 4096, 1))
+        for cin, cout, s in linears[::2] if quick else linears:
+            shapes.append(("linear", 0, cin, cout, s, batch))
     return shapes
 
 
+def _linear(cin: int, cout: int, s: int, batch: int) -> tuple[dict[str, Callable], int]:
+    x = torch.randn(batch, s * s, cin)
+    w = torch.randn(cout, cin)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+    return {
+        "plain": lambda: F.linear(x, w),
+        "packed": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
+    }, 2 * cin * cout * s * s * batch
+
+
 def _layer(kind: str, dims: int, cin: int, cout: int, s: int, batch: int) -> tuple[dict[str, Callable], int]:
+    if kind == "linear":
+        return _linear(cin, cout, s, batch)
     fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
     x = torch.randn(batch, cin, *(s,) * dims).contiguous(memory_format=fmt)
     ones, zeros = [1] * dims, [0] * dims
@@ -93,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             fns, flops = _layer(kind, dims, cin, cout, s, batch)
             ms = timed_ms(fns, args.repeat, warmup=2)
             k = 3 if kind == "3x3" else (2 if "transposed" in kind else 1)
-            weight_mb = cin * cout * k**dims * 4 / 2**20
+            weight_mb = cin * cout * k**dims * 4 / 2**20  # a Linear's: dims 0
             ratio = ms["plain"] / ms["packed"]
             worst = min(worst, ratio)
             print(

@@ -75,7 +75,7 @@ def test_bucketed_inductor_compile_is_static_frozen_and_matches_eager():
     torch.manual_seed(0)
     g = ug.unet(3, 2, widths=(8, 16))
     gm = randomize_norms(g.lower()).eval()
-    fast, _ = ug.optimize(gm)  # prepacked eager convolutions: the compile gets plain ones back
+    fast, _ = ug.optimize(gm)  # prepacked eager convolutions: they trace to plain ones
     model = ug.compile(fast, sizes=[16])
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """The prepack pass: outputs equal on every preset, plain weights back for export and eject, and a
-PackedConv that follows its weights (in-place changes, moves, casts, autograd, copies)."""
+PackedConv and PackedLinear that follow their weights (in-place changes, moves, casts, autograd, copies)."""
 
 import copy
 import io
@@ -13,12 +13,16 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import unetgraph as ug
-from unetgraph.passes import PackedConv, has_packed, plain, prepack, unpack
+from unetgraph.passes import PackedConv, PackedLinear, has_packed, plain, prepack, unpack
 from unetgraph.passes.fold_upsampling import UpsampledConv
 
 
 def _packed(m: nn.Module) -> list[PackedConv]:
     return [x for x in m.modules() if isinstance(x, PackedConv)]
+
+
+def _linears(m: nn.Module) -> list[PackedLinear]:
+    return [x for x in m.modules() if isinstance(x, PackedLinear)]
 
 
 def _convs(m: nn.Module) -> list[nn.Module]:
@@ -46,11 +50,14 @@ def test_optimize_packs_every_2d_and_3d_convolution_of_every_preset(optimized):
     # convolution stays registered, uncalled, for its state_dict keys)
     folded = [m for m in fast.modules() if isinstance(m, UpsampledConv)]
     ups = [m.up for m in folded if m.transposed_up is not None]
-    assert len(_packed(fast)) == len(packed) == len(_convs(gm)) - len(folded) - len(ups)
+    linears = [line for line in packed if ": Linear " in line]
+    assert len(_packed(fast)) == len(packed) - len(linears) == len(_convs(gm)) - len(folded) - len(ups)
     assert {id(m) for m in _convs(fast)} == {id(m) for m in ups}
+    # every Linear is packed (merged ones included)
+    assert len(_linears(fast)) == len(linears) and not any(type(m) is nn.Linear for m in fast.modules())
     assert len(merges) == sum(p.concat is not None for p in _packed(fast))
     fused = [line for line in result.changes if "fused" in line]
-    assert len(fused) == sum(p.activation != "none" for p in _packed(fast))
+    assert len(fused) == sum(p.activation != "none" for p in [*_packed(fast), *_linears(fast)])
     with torch.no_grad():
         assert_close(fast(*xs), gm(*xs))
 
@@ -69,7 +76,7 @@ def test_export_and_eject_of_an_optimized_preset_get_plain_weights(optimized, tm
     assert not has_packed(source)
     # eject's verify=True runs the generated class, with fast's weights, against the module
     text = ug.eject(fast, tmp_path / "ejected.py").read_text()
-    assert "PackedConv" not in text and "mkldnn" not in text
+    assert "PackedConv" not in text and "PackedLinear" not in text and "mkldnn" not in text
     path = ug.export(fast, tmp_path / "unet.pt2", progress=False)
     loaded = ug.load_exported(path)
     state = loaded.program.state_dict
@@ -137,6 +144,53 @@ def test_packed_conv_follows_in_place_changes_moves_casts_and_autograd():
             assert_close(other(x), reference(x))
 
 
+def test_packed_linear_runs_onednn_and_follows_its_weights():
+    """oneDNN's inner product (AVX-512 on AMD CPUs, where MKL's GEMM takes its AVX2 path), fused
+    with the activation; in-place changes, copies and casts followed; autograd and inputs it
+    cannot take computed the plain way; unpack gives the Linear and activation back."""
+    torch.manual_seed(0)
+    gm = fx.symbolic_trace(nn.Sequential(nn.Linear(16, 24), nn.SiLU(), nn.Linear(24, 8, bias=False)))
+    reference = copy.deepcopy(gm)
+    result = prepack(gm)
+    assert result.changes == (
+        "0: Linear 16→24 (0.0015 MB) packed, _1 (swish) fused",
+        "2: Linear 24→8 (0.00073 MB) packed",
+    )
+    first = gm.get_submodule("0")
+    x = torch.randn(3, 16, 5).transpose(1, 2)  # (3, 5, 16), not contiguous
+    ops = _Ops()
+    with torch.no_grad(), ops:
+        y = gm(x)
+    assert ops.names.count("_linear_pointwise.default") == 2 and not {"addmm.default", "mm.default"} & {*ops.names}
+    assert y.shape == (3, 5, 8)
+    with torch.no_grad():
+        assert_close(y, reference(x))
+        first.weight.mul_(-1)  # in place: the packed weight must follow
+        reference.get_submodule("0").weight.mul_(-1)
+        assert_close(gm(x), reference(x))
+        assert_close(gm(x[0, 0]), reference(x[0, 0]))  # one vector (1-D): the plain way
+        assert gm(x[:0]).shape == (0, 5, 8)  # no rows: the plain way
+        double = copy.deepcopy(gm).double()  # not packable: computes the plain way
+        assert torch.allclose(double(x.double()), reference.double()(x.double()))
+        reference.float()
+    buffer = io.BytesIO()
+    torch.save(gm, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(gm), torch.load(buffer, weights_only=False)):
+        with torch.no_grad():
+            assert_close(other(x), reference(x))
+    ops = _Ops()
+    with ops:  # while autograd records: F.linear, and gradients reach the weights
+        gm(x).sum().backward()
+    assert "_linear_pointwise.default" not in ops.names and first.weight.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError):  # torch's own error for a wrong width, from the plain layer
+        gm(torch.randn(2, 15))
+    assert unpack(gm).changes == ("0: plain Linear + _1_1", "2: plain Linear")  # fx keeps _1 reserved
+    assert type(gm.get_submodule("0")) is nn.Linear and isinstance(gm.get_submodule("1"), nn.SiLU)
+    with torch.no_grad():
+        assert_close(gm(x), reference(x))
+
+
 def test_prepack_leaves_alone_what_it_cannot_pack_with_notes():
     model = nn.Sequential(
         nn.Conv1d(2, 4, 3),
@@ -155,7 +209,7 @@ def test_prepack_leaves_alone_what_it_cannot_pack_with_notes():
     assert "1 left alone: pads in 'reflect' mode" in notes
     assert "2 left alone: 'same' padding with an even kernel is asymmetric" in notes
     assert "3 left alone: torch.float64 weights" in notes
-    assert "no convolutions" in prepack(fx.symbolic_trace(nn.Sequential(nn.ReLU()))).notes
+    assert "no convolutions or Linear layers" in prepack(fx.symbolic_trace(nn.Sequential(nn.ReLU()))).notes
 
 
 def test_shared_convolution_and_activation_are_packed_but_not_fused():
@@ -207,6 +261,42 @@ def test_torch_compile_of_a_packed_module_traces_plain_convolutions():
         assert_close(compiled(x), gm(x))
     code = graphs[0].code
     assert "conv2d" in code and "mkldnn" not in code
+
+
+def test_compile_traces_packed_linears_as_one_by_one_convolutions():
+    """Inductor runs a static-shape F.linear on MKL's GEMM (AVX2 on AMD CPUs); traced as a 1×1
+    convolution of the rows, it runs on oneDNN with the weight packed at freezing."""
+    torch.manual_seed(0)
+    g = ug.diffusion_unet(
+        3, widths=(16, 32), layers_per_block=1, resblock=ug.ResBlock(groups=8), attention=ug.SelfAttention(groups=8)
+    )
+    gm = randomize_norms(g.lower()).eval()
+    fast, _ = ug.optimize(gm)
+    linears = _linears(fast)
+    assert linears and any(p.activation == "swish" for p in linears)  # the time MLP's SiLU, fused
+    xs = tuple(ug.example_inputs(g, size=(16, 16), batch=2).values())
+    calls: dict[str, list[str]] = {}
+    for name, module in (("packed", fast), ("plain", plain(fast))):
+        traced: list[fx.GraphModule] = []
+
+        def recording(graph: fx.GraphModule, example: list, traced: list = traced) -> object:
+            traced.append(graph)
+            return graph.forward
+
+        with torch.no_grad():
+            assert_close(ug.compile(module, sizes=[(16, 16)], backend=recording)(*xs), gm(*xs))
+        calls[name] = [getattr(n.target, "__name__", str(n.target)) for t in traced for n in t.graph.nodes]
+    assert "linear" not in calls["packed"] and "mkldnn" not in str(calls["packed"])
+    called = sum(isinstance(_module(fast, n), PackedLinear) for n in fast.graph.nodes)  # Linear calls
+    assert calls["plain"].count("linear") == called
+    assert calls["packed"].count("conv2d") == calls["plain"].count("conv2d") + called
+    model = ug.compile(fast, sizes=[(16, 16)])  # inductor, frozen
+    with torch.no_grad():
+        assert_close(model(*xs), gm(*xs))
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(str(node.target)) if node.op == "call_module" else None
 
 
 def test_onnx_export_of_a_packed_module_runs_plain_convolutions_in_onnxruntime(tmp_path):

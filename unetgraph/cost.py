@@ -374,8 +374,8 @@ def flop_counter() -> torch.utils.flop_counter.FlopCounterMode:
 
     Torch registers its SDPA formula for the GPU and meta kernels only, so on the CPU it
     counts ``scaled_dot_product_attention`` as 0; this adds the same formula for the CPU
-    kernel, and counts oneDNN's packed convolutions (:mod:`unetgraph.passes.prepack`) as the
-    convolutions they are. Every FLOP comparison in unetgraph uses it.
+    kernel, and counts oneDNN's packed convolutions and Linears (:mod:`unetgraph.passes.prepack`)
+    as the convolutions and matrix products they are. Every FLOP comparison in unetgraph uses it.
     """
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
@@ -388,7 +388,8 @@ def flop_counter() -> torch.utils.flop_counter.FlopCounterMode:
 
 
 def _packed_convolutions() -> dict:
-    """Formulas for oneDNN's packed convolutions (``passes.prepack``), as ``aten.convolution`` counts them.
+    """Formulas for oneDNN's packed convolutions and Linears (``passes.prepack``), as
+    ``aten.convolution`` and ``aten.mm`` count them.
 
     FlopCounterMode looks formulas up by overload packet; the ``binary`` overloads take the
     tensor to add second and the weight third.
@@ -406,10 +407,18 @@ def _packed_convolutions() -> dict:
     def packed_transposed(x: Shape, *rest: object, out_shape: Shape, **kw: object) -> int:
         return conv_flop_count(list(x), weight(x, rest), list(out_shape), transposed=True)
 
+    def linear(x: Shape, *rest: object, out_shape: Shape, **kw: object) -> int:
+        return 2 * prod(x) * int(out_shape[-1])  # (…, in) → (…, out): one multiply-add per pair
+
     mkldnn = torch.ops.mkldnn
-    if not (hasattr(mkldnn, "_convolution_pointwise") and hasattr(mkldnn, "_convolution_transpose_pointwise")):
+    ops = ("_convolution_pointwise", "_convolution_transpose_pointwise", "_linear_pointwise")
+    if not all(hasattr(mkldnn, op) for op in ops):
         return {}  # a torch without oneDNN
-    return {mkldnn._convolution_pointwise: packed, mkldnn._convolution_transpose_pointwise: packed_transposed}
+    return {
+        mkldnn._convolution_pointwise: packed,
+        mkldnn._convolution_transpose_pointwise: packed_transposed,
+        mkldnn._linear_pointwise: linear,
+    }
 
 
 def measure(gm: torch.fx.GraphModule, *args: torch.Tensor) -> dict[str, tuple[Shape | None, int]]:

@@ -103,16 +103,17 @@ def _opt_int(value: object) -> int | None:
 
 
 def graph_and_module(
-    model: UNetGraph | fx.GraphModule, *, unfold: bool = True, **lower_options: Any
+    model: UNetGraph | fx.GraphModule, *, for_compile: bool = False, **lower_options: Any
 ) -> tuple[UNetGraph, fx.GraphModule]:
     """``(graph, module)`` for a graph (lowered with ``lower_options``, in eval mode) or a lowered module
-    (with plain convolutions: one with prepacked or folded ones comes back as a copy without them,
-    ``passes.plain``; ``unfold=False`` keeps the folded upsamplings, which compile)."""
+    (with plain layers: one with prepacked or folded ones comes back as a copy without them,
+    ``passes.plain``). ``for_compile=True`` gives the module itself: its packed
+    layers and folded upsamplings trace to standard ops by themselves."""
     if isinstance(model, UNetGraph):
         return model, lower(model, **lower_options).eval()
     record = find_record(model) if isinstance(model, fx.GraphModule) else None
     if record is not None:
-        return record.graph, plain(model, unfold=unfold)
+        return record.graph, model if for_compile else plain(model)
     raise LoweringError(f"expected a UNetGraph or a GraphModule made by unetgraph.lower, got {type(model).__name__}")
 
 
@@ -390,7 +391,7 @@ def compile(
             Python from the size, so each size is its own graph; compile the ``pad=None`` one).
         ShapeError: a size in ``sizes`` does not fit the graph.
     """
-    g, gm = graph_and_module(model, unfold=False)
+    g, gm = graph_and_module(model, for_compile=True)
     if lowered_record(gm).pad == "auto":
         raise LoweringError("dynamic compile needs a module lowered with pad=None: pad='auto' computes sizes in Python")
     if options is None and backend == "inductor" and not gm.training:

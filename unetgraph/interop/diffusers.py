@@ -39,6 +39,7 @@ from ..diff import diff
 from ..errors import SpecError, UNetGraphError
 from ..graph import UNetGraph
 from ..passes.merge_siblings import separate
+from ..passes.pipeline import plain
 from ..record import find_record
 
 __all__ = ["from_diffusers", "to_diffusers", "graph_from_diffusers_config", "diffusers_keys"]
@@ -496,7 +497,8 @@ def to_diffusers(
         raise SpecError(f"{words}: the graph no longer fits diffusers' {kind} layout", node=node)
     peer = getattr(_diffusers(), kind)(**config, sample_size=sample_size)
     if isinstance(module, fx.GraphModule):
-        module = separate(module)  # optimize()'s merged Linears, back to diffusers' own layers
+        # optimize()'s packed and merged Linears, back to diffusers' own layers (same parameters)
+        module = separate(plain(module, unfold=False))
     ours = module.state_dict()
     keys = diffusers_keys(graph, ours)
     theirs = peer.state_dict()

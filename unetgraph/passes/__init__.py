@@ -12,7 +12,7 @@ from .fold_constants import fold_constants
 from .fold_upsampling import UpsampledConv, fold_upsampling, unfold_upsampling
 from .merge_siblings import merge_siblings, separate, unmerge
 from .pipeline import Optimized, OptimizeReport, optimize, plain
-from .prepack import PackedConv, has_packed, prepack, unpack
+from .prepack import PackedConv, PackedLinear, has_packed, prepack, unpack
 from .reduced_precision import reduced_precision
 from .remove_dead_nodes import remove_dead_nodes
 from .swap_instance_norms import swap_instance_norms
@@ -40,4 +40,5 @@ __all__ = [
     "plain",
     "has_packed",
     "PackedConv",
+    "PackedLinear",
 ]
