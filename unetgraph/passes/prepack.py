@@ -387,8 +387,9 @@ class PackedLinear(_Packed):
     for the attention and embedding layers of the diffusion presets; the same rate on Zen 4).
     Like :class:`PackedConv` it keeps ``weight`` and ``bias`` (the ``state_dict`` keeps its
     keys), follows in-place weight changes and moves, and computes the plain way while autograd
-    records and under ``torch.compile``/``torch.export``. :meth:`to_plain` gives the ``nn.Linear``
-    and the activation back.
+    records and under ``torch.compile``/``torch.export`` (inductor packs ``F.linear`` for oneDNN
+    itself where the number of rows is dynamic, and runs it on MKL where it is static).
+    :meth:`to_plain` gives the ``nn.Linear`` and the activation back.
 
     Shape:
         as ``nn.Linear``: ``(*, in_features)`` → ``(*, out_features)``.
@@ -412,23 +413,11 @@ class PackedLinear(_Packed):
         return torch.ops.mkldnn._reorder_linear_weight(weight, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-            return self._activate(self._compiled(x))
         usable = self._fast(x) and x.dim() >= 2 and x.shape[-1] == self.in_features and x.numel() > 0
         packed = self._current() if usable else None
         if packed is None:
             return self._activate(F.linear(x, self.weight, self.bias))
         return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, *self._fusion)
-
-    def _compiled(self, x: torch.Tensor) -> torch.Tensor:
-        """What ``torch.compile`` traces: on the CPU, the product as a 1×1 convolution of the rows
-        (a channels-last view, no copy), which inductor runs on oneDNN with the weight packed at
-        freezing; for a static batch it would run ``F.linear`` on MKL's GEMM (AVX2 on AMD CPUs)."""
-        if self.weight.device.type != "cpu" or x.dim() < 2 or x.shape[-1] != self.in_features:
-            return F.linear(x, self.weight, self.bias)
-        rows = x.reshape(1, -1, 1, self.in_features).permute(0, 3, 1, 2)  # (1, in, rows, 1)
-        y = F.conv2d(rows, self.weight[:, :, None, None], self.bias)
-        return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
 
     def to_plain(self) -> tuple[nn.Linear, nn.Module | Callable | None]:
         """The ``nn.Linear`` (sharing this module's parameters) and the fused activation."""
