@@ -320,8 +320,10 @@ def section_preset(case: Any, batch: int, machine: Any) -> None:
         "eager (lowered)": row(gm, work),
         "optimize(prepack=False) (channels-last)": row(layout, work),
     }
-    packed = len(report["prepack"].changes)
-    note = f"{packed} convolutions prepacked" if packed else "; ".join(report["prepack"].notes)[:120]
+    packs = [line for line in report["prepack"].changes if " packed" in line]
+    linears = sum(": Linear " in line for line in packs)
+    packed = f"{len(packs) - linears} convolutions" + (f" and {linears} Linears" if linears else "")
+    note = f"{packed} prepacked" if packs else "; ".join(report["prepack"].notes)[:120]
     rows["optimize() (prepacked, default)" if cpu else "optimize()"] = row(fast, work, note=note)
     hand = _hand_written(g, gm, case)
     if hand is not None:
