@@ -128,14 +128,19 @@ def test_packed_conv_follows_in_place_changes_moves_casts_and_autograd():
         layer.weight.mul_(-1)
         reference.get_submodule("0").weight.mul_(-1)
         assert_close(gm(x), reference(x))
-        double = copy.deepcopy(gm).double()  # not packable: computes the plain way
-        assert torch.allclose(double(x.double()), reference.double()(x.double()))
-        reference.float()
+    _casts_and_copies_compute_alike(gm, reference, x)
     # with autograd recording, gradients reach the weights
     y = gm(x).sum()
     y.backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
-    # copies and pickles (oneDNN's tensors do neither) pack again when first called
+
+
+def _casts_and_copies_compute_alike(gm: fx.GraphModule, reference: fx.GraphModule, x: torch.Tensor) -> None:
+    """A float64 copy computes the plain way (not packable); copies and pickles (oneDNN's tensors
+    do neither) pack again when first called."""
+    with torch.no_grad():
+        double = copy.deepcopy(gm).double()
+        assert torch.allclose(double(x.double()), copy.deepcopy(reference).double()(x.double()))
     buffer = io.BytesIO()
     torch.save(gm, buffer)
     buffer.seek(0)
@@ -170,15 +175,7 @@ def test_packed_linear_runs_onednn_and_follows_its_weights():
         assert_close(gm(x), reference(x))
         assert_close(gm(x[0, 0]), reference(x[0, 0]))  # one vector (1-D): the plain way
         assert gm(x[:0]).shape == (0, 5, 8)  # no rows: the plain way
-        double = copy.deepcopy(gm).double()  # not packable: computes the plain way
-        assert torch.allclose(double(x.double()), reference.double()(x.double()))
-        reference.float()
-    buffer = io.BytesIO()
-    torch.save(gm, buffer)
-    buffer.seek(0)
-    for other in (copy.deepcopy(gm), torch.load(buffer, weights_only=False)):
-        with torch.no_grad():
-            assert_close(other(x), reference(x))
+    _casts_and_copies_compute_alike(gm, reference, x)
     ops = _Ops()
     with ops:  # while autograd records: F.linear, and gradients reach the weights
         gm(x).sum().backward()
