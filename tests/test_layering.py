@@ -9,6 +9,7 @@ PKG = Path(__file__).resolve().parents[1] / "unetgraph"
 ORDER = [
     "errors",
     "util",
+    "allocator",
     "files",
     "artifact",
     "contract",

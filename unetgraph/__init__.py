@@ -7,6 +7,7 @@
 """
 
 from . import distributed, dynamic, grouping, interop, passes, presets, render, saved
+from .allocator import keep_freed_memory
 from .blocks import (
     ACTS,
     NORMS,
@@ -171,6 +172,7 @@ __all__ = [
     "compile",
     "CompiledUNet",
     "BucketedUNet",
+    "keep_freed_memory",
     "export_shapes",
     "served_axes",
     "export",
