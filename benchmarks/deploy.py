@@ -29,7 +29,10 @@ prepacked oneDNN weights, channels-last) and float32 matmul peak (over 100% of s
 AMD CPUs oneDNN's convolutions beat MKL's sgemm), with the float32 floor (the network's FLOPs at the
 convolution peak); peak memory growth of one forward (Linux VmHWM after ``malloc_trim``; CUDA: the
 allocator's peak); for compiled rows the first-call (compile) time. Inductor's caches are disabled
-unless ``--cache``, so compile times are cold. Every compiled model uses ``freezing=True``.
+unless ``--cache``, so compile times are cold. Every compiled model uses ``freezing=True``. The
+process calls ``ug.keep_freed_memory()`` first, as docs/deploy.md recommends for inference (every
+row, peers included, runs under it); ``--default-allocator`` keeps glibc's defaults
+(benchmarks/allocator.py measures the difference).
 
 ``--device cuda`` moves every model and input to the GPU and synchronizes before each timer stops;
 CPU-only rows (oneDNN prepacking, onnxruntime) are left out there.
@@ -77,6 +80,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", nargs="+", choices=["presets", "monai", "ddpm", "recompiles"], help="sections (default: all)"
     )
     p.add_argument("--cache", action="store_true", help="allow inductor's caches (warm compile times)")
+    p.add_argument(
+        "--default-allocator", action="store_true", help="keep glibc's defaults (default: ug.keep_freed_memory())"
+    )
     return p.parse_args(argv)
 
 
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import torch._inductor.config
 
-    from benchmarks.layers import CASES, Case, Machine
+    from benchmarks.layers import CASES, Case, Machine, allocator_setting
 
     if DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {DEVICE}: torch {torch.__version__} sees no CUDA device here")
@@ -108,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     SGEMM = machines[2].sgemm
     for d, m in machines.items():
         print(f"machine ({d}D convolution peak): {m.describe()}")
-    print(f"batches {ARGS.batch}; {ARGS.repeat} interleaved rounds; every compiled row with freezing=True\n")
+    print(f"batches {ARGS.batch}; {ARGS.repeat} interleaved rounds; every compiled row with freezing=True")
+    print(allocator_setting(ARGS.default_allocator) + "\n")
     with torch.no_grad():
         if "presets" in only:
             for case in cases:

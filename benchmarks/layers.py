@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import sys
 import time
@@ -194,6 +195,28 @@ def bandwidth(device: str = "cpu") -> float:
     return 2 * a.numel() * 4 / (ms / 1e3) / 1e9
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as ``lscpu`` shows it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def allocator_setting(default: bool) -> str:
+    """Apply the allocator setting a benchmark measures under and say which it is: glibc's
+    defaults, or ``ug.keep_freed_memory()`` (docs/deploy.md recommends it for inference)."""
+    import unetgraph as ug
+
+    if default:
+        return "allocator: glibc's defaults (--default-allocator)"
+    kept = ug.keep_freed_memory()
+    return "allocator: ug.keep_freed_memory()" + ("" if kept else " had no effect (not glibc)")
+
+
 @dataclass(frozen=True)
 class Machine:
     """The limits a layer is measured against."""
@@ -208,7 +231,11 @@ class Machine:
         return cls(device, conv_peak(device, dims), matmul_peak(device), bandwidth(device))
 
     def describe(self) -> str:
-        where = f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads" if self.device == "cpu" else self.device
+        where = (
+            f"{cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+            if self.device == "cpu"
+            else self.device
+        )
         return (
             f"{where}, torch {torch.__version__}: float32 3×3 convolution peak {self.conv:.0f} GFLOP/s, "
             f"matmul {self.sgemm:.0f} GFLOP/s, memory {self.bandwidth:.0f} GB/s"
@@ -399,6 +426,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=None, help="override every preset's spatial size")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU and a CUDA torch are present")
+    p.add_argument(
+        "--default-allocator", action="store_true", help="keep glibc's defaults (default: ug.keep_freed_memory())"
+    )
     return p.parse_args(argv)
 
 
@@ -408,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--device {args.device}: torch {torch.__version__} sees no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(allocator_setting(args.default_allocator))
     machines: dict[int, Machine] = {}
     for name in args.preset:
         case = CASES[name]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import sys
 import time
 from contextlib import nullcontext
@@ -63,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
     import torch
 
+    from benchmarks.layers import cpu_model
+
     if ARGS.threads:
         torch.set_num_threads(ARGS.threads)
     torch.manual_seed(0)
@@ -79,17 +80,6 @@ def main(argv: list[str] | None = None) -> None:
         section_ddpm()
     if "memory" in only:
         section_memory()
-
-
-def cpu_model() -> str:
-    """The CPU's model name, as ``lscpu`` shows it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -- a training step ------------------------------------------------------------------------------
