@@ -20,7 +20,8 @@ Columns: median milliseconds per step over interleaved rounds (``unetgraph.util.
 our time over the peer's in the same mode (targets: eager ≤ 1.02, compiled ≤ 1.00), and for
 compiled rows the first step's time (compile, forward and backward) and the graphs compiled.
 Memory: peak resident-memory growth of one step after a warm-up step (Linux VmHWM) and what
-autograd saved for the backward pass (its saved-tensor hooks).
+autograd saved for the backward pass (its saved-tensor hooks). The process runs under
+``ug.keep_freed_memory()`` (every row, peers included) unless ``--default-allocator``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", choices=["classic", "monai", "ddpm", "memory"], help="sections to run")
     p.add_argument("--cache", action="store_true", help="allow inductor's caches (warm compile times)")
     p.add_argument("--quick", action="store_true", help="tiny models and sizes, 2 rounds: a smoke run")
+    p.add_argument(
+        "--default-allocator", action="store_true", help="keep glibc's defaults (default: ug.keep_freed_memory())"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.widths, args.size, args.batch, args.ddpm_batch, args.repeat = [8, 16, 32], 32, 2, 2, 2
@@ -62,15 +66,16 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
     import torch
 
-    from benchmarks.layers import cpu_model
+    from benchmarks.layers import allocator_setting, cpu_model
 
     if ARGS.threads:
         torch.set_num_threads(ARGS.threads)
     torch.manual_seed(0)
     print(
         f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {ARGS.repeat} interleaved rounds{' (--quick)' if ARGS.quick else ''}\n"
+        f"{torch.get_num_threads()} threads; {ARGS.repeat} interleaved rounds{' (--quick)' if ARGS.quick else ''}"
     )
+    print(allocator_setting(ARGS.default_allocator) + "\n")
     only = set(ARGS.only or ["classic", "monai", "ddpm", "memory"])
     if "classic" in only:
         section_classic()

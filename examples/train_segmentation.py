@@ -86,6 +86,8 @@ def main() -> None:
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
+    else:
+        ug.keep_freed_memory()  # reuse freed activations' memory: no page faults after the first steps
     say = print if rank == 0 else (lambda *a, **k: None)
 
     widths = tuple(int(w) for w in args.widths.split(","))
