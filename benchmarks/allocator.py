@@ -3,11 +3,14 @@ default allocator settings and with freed memory kept, and the page faults of on
 
     .venv/bin/python -m benchmarks.allocator                        # every preset, batch 1 and 8
     .venv/bin/python -m benchmarks.allocator --preset bn4 --batch 8
+    .venv/bin/python -m benchmarks.allocator --preset sizes         # a U-Net served at seven sizes in turn
 
 The setting is process-wide and cannot be undone (glibc's defaults adapt as the process runs),
 so each measurement runs in a child process of its own: the two settings alternate, ``--rounds``
-times each, and each cell is the median of the rounds' medians. The machine line (CPU model,
-convolution peak) is measured in the same run.
+times each, and each cell is the median of the rounds' medians. ``sizes`` is a small U-Net
+(widths 32, 64, 128) whose timed unit is one forward at each of seven sizes in turn (128² to 512²):
+what a service with dynamic sizes asks of the heap. The machine line (CPU model, convolution peak)
+is measured in the same run.
 """
 
 from __future__ import annotations
@@ -24,20 +27,23 @@ from benchmarks.layers import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("default", "kept")
+CYCLE = tuple(range(128, 513, 64))  # the sizes the ``sizes`` case serves in turn
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", nargs="+", choices=PRESETS, default=list(PRESETS))
+    cases = [*PRESETS, "sizes"]
+    p.add_argument("--preset", nargs="+", choices=cases, default=cases)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--repeat", type=int, default=7, help="timed calls per child (median)")
-    p.add_argument("--rounds", type=int, default=2, help="child processes per setting and cell")
+    p.add_argument("--rounds", type=int, default=3, help="child processes per setting and cell (median)")
     p.add_argument("--child", nargs=3, metavar=("PRESET", "BATCH", "SETTING"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def child(preset: str, batch: int, setting: str, repeat: int) -> None:
-    """One measurement: print ``{"ms": median, "faults": minor page faults per forward}`` as JSON."""
+    """One measurement: print ``{"ms": median, "faults": minor page faults per forward, "peak": the
+    process's peak resident memory in MiB}`` as JSON."""
     import resource
     import time
 
@@ -49,20 +55,30 @@ def child(preset: str, batch: int, setting: str, repeat: int) -> None:
     if setting == "kept" and not ug.keep_freed_memory():
         raise SystemExit("ug.keep_freed_memory() had no effect here (not glibc)")
     torch.manual_seed(0)
-    case = CASES[preset]
-    g = case.build()
+    if preset == "sizes":
+        g = ug.unet(3, 2, widths=(32, 64, 128))
+        calls = [(torch.randn(batch, 3, size, size),) for size in CYCLE]
+    else:
+        case = CASES[preset]
+        g = case.build()
+        calls = [case_inputs(case, g, batch)]
     fast = ug.optimize(randomize(g.lower()).eval()).module
-    xs = case_inputs(case, g, batch)
     times = []
     with torch.no_grad():
-        fast(*xs)  # the first forward faults its memory in under either setting
+
+        def unit() -> None:
+            for xs in calls:
+                fast(*xs)
+
+        unit()  # the first forward faults its memory in under either setting
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(repeat):
             start = time.perf_counter()
-            fast(*xs)
+            unit()
             times.append(time.perf_counter() - start)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    print(json.dumps({"ms": 1e3 * statistics.median(times), "faults": faults / repeat}))
+    peak = next(int(line.split()[1]) for line in Path("/proc/self/status").open() if line.startswith("VmHWM"))
+    print(json.dumps({"ms": 1e3 * statistics.median(times), "faults": faults / repeat, "peak": peak / 1024}))
 
 
 def measure(preset: str, batch: int, setting: str, repeat: int) -> dict[str, float]:
@@ -85,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"machine: {Machine.measure('cpu', 2).describe()}")
     print(f"{args.rounds} child processes per setting and cell, {args.repeat} timed forwards each (medians)\n")
-    print(f"{'preset':<10} {'batch':>5} {'default ms':>11} {'kept ms':>9} {'speed-up':>9} {'faults/forward':>21}")
+    print(
+        f"{'preset':<10} {'batch':>5} {'default ms':>11} {'kept ms':>9} {'speed-up':>9} {'faults/forward':>21} "
+        f"{'peak MiB':>15}"
+    )
     for preset in args.preset:
         for batch in args.batch:
             runs: dict[str, list[dict[str, float]]] = {s: [] for s in SETTINGS}
@@ -94,12 +113,18 @@ def main(argv: list[str] | None = None) -> None:
                     runs[setting].append(measure(preset, batch, setting, args.repeat))
             ms = {s: statistics.median(r["ms"] for r in runs[s]) for s in SETTINGS}
             faults = {s: statistics.median(r["faults"] for r in runs[s]) for s in SETTINGS}
+            peak = {s: statistics.median(r["peak"] for r in runs[s]) for s in SETTINGS}
             print(
                 f"{preset:<10} {batch:>5} {ms['default']:>11.1f} {ms['kept']:>9.1f} "
-                f"{ms['default'] / ms['kept']:>8.2f}× {faults['default']:>10,.0f} → {faults['kept']:>7,.0f}",
+                f"{ms['default'] / ms['kept']:>8.2f}× {faults['default']:>10,.0f} → {faults['kept']:>7,.0f} "
+                f"{peak['default']:>6,.0f} → {peak['kept']:>6,.0f}",
                 flush=True,
             )
-    print("\n  faults/forward: minor page faults of one forward (the kernel zeroing fresh pages), default → kept")
+    print(
+        "\n  faults/forward: minor page faults of one forward (the kernel zeroing fresh pages), default → kept"
+        "\n  (sizes: of the seven forwards together);"
+        "\n  peak MiB: the child process's peak resident memory (weights, Python and torch included), default → kept"
+    )
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ except ug.ShapeError as e:
 # glibc hands every block above 32 MiB straight back to the kernel when it is freed, so a model
 # whose maps are larger (here 16 channels of four 512² images: 67 MB) gets fresh pages for each
 # of them in every forward, and the kernel faults in and zeroes every page. `ug.keep_freed_memory()`
-# keeps freed memory for the next forward. It changes the whole process, like
+# keeps freed memory for the next forward, at the price of a higher peak of resident memory (the
+# heap keeps holes between blocks of changing sizes). It changes the whole process, like
 # `torch.set_num_threads`: call it once in a process that serves inference.
 
 # %%

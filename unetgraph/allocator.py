@@ -6,15 +6,17 @@ and gives the top of its heap back when more than the trim threshold is free. A 
 activations exceed that (a 4-level U-Net at 128², batch 8: 33.5 MB per 64-channel map; a 3D
 U-Net at 64³ even at batch 1) then gets fresh pages for every large tensor of every forward,
 and the kernel faults each page in and zeroes it: 8–19% of those forwards on the machine
-measured (``benchmarks/allocator.py``; docs/deploy.md has the table). :func:`keep_freed_memory` makes glibc serve every
-block from its heap and keep what is freed, so the next forward reuses the same memory.
+measured (``benchmarks/allocator.py``; docs/deploy.md has the table). :func:`keep_freed_memory`
+makes glibc serve every block from its heap and keep what is freed, so the next forward reuses
+the same memory.
 
 Training steps pay the same (a 4-level U-Net at batch 4, 128²: 1.17–1.19× per step). The
 setting is process-wide, like ``torch.set_num_threads``: call it once when an inference or a CPU
-training process starts. The process's resident memory then stays near its largest peak instead of
-shrinking after each forward (the peak itself is unchanged). With a C library other than
-glibc the call changes nothing and returns ``False``; jemalloc or tcmalloc loaded with
-``LD_PRELOAD`` keep freed memory by themselves, and the call does not disturb them.
+training process starts. The price is memory: the heap keeps what the largest forward needed,
+and blocks of changing sizes leave holes it cannot hand to larger requests, so the peak grows
+(up to 20% on the presets at one size; 2.2× for a model served at seven sizes in turn). With a
+C library other than glibc the call changes nothing and returns ``False``; jemalloc or tcmalloc
+loaded with ``LD_PRELOAD`` keep freed memory by themselves, and the call does not disturb them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ _kept = False
 
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the kernel (see the
-    module's description): large tensors then cost no page faults after the first forward.
+    module's description): large tensors then cost no page faults after the first forwards, for
+    a higher peak of resident memory.
 
     Process-wide and lasting; safe to call again and from several threads. Returns whether
     glibc took the setting: ``False`` where the C library is not glibc.
