@@ -180,7 +180,7 @@ def test_packed_linear_runs_onednn_and_follows_its_weights():
     with ops:  # while autograd records: F.linear, and gradients reach the weights
         gm(x).sum().backward()
     assert "_linear_pointwise.default" not in ops.names and first.weight.grad.abs().sum() > 0
-    with pytest.raises(RuntimeError):  # torch's own error for a wrong width, from the plain layer
+    with pytest.raises(ug.ShapeError, match=r"^0: expected an input of shape \(\*, 16\), got \(2, 15\)"):
         gm(torch.randn(2, 15))
     assert unpack(gm).changes == ("0: plain Linear + _1_1", "2: plain Linear")  # fx keeps _1 reserved
     assert type(gm.get_submodule("0")) is nn.Linear and isinstance(gm.get_submodule("1"), nn.SiLU)
@@ -308,6 +308,31 @@ def test_onnx_export_of_a_packed_module_runs_plain_convolutions_in_onnxruntime(t
 def test_packed_conv_refuses_what_it_cannot_pack():
     with pytest.raises(ug.LoweringError, match="cannot pack this Conv2d: pads in 'circular' mode"):
         PackedConv(nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"))
+
+
+def test_packed_layers_refuse_inputs_they_cannot_take_naming_the_layer():
+    """Wrong channels or rank, or merged inputs of different sizes, get a ShapeError that names
+    the layer (oneDNN's own messages would not); an unbatched input is convolved as
+    ``nn.Conv2d`` convolves it."""
+    torch.manual_seed(0)
+    fast, _ = ug.optimize(ug.unet(3, 2, widths=(8, 16)).lower())
+    conv, merged = fast.get_submodule("enc0.conv0"), fast.get_submodule("dec0.conv0")
+    assert isinstance(conv, PackedConv) and merged.concat is not None
+    expected = {
+        (conv, (torch.randn(1, 5, 8, 8),)): r"^enc0\.conv0: expected an input of shape \(N, 3, H, W\) or \(3, H, W\), "
+        r"got \(1, 5, 8, 8\)",
+        (conv, (torch.randn(3, 8),)): r"^enc0\.conv0: .* got \(3, 8\)",
+        (merged, (torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4))): r"^dec0\.conv0: expected an input of shape "
+        r"\(1, 8, 8, 8\) but for the channels, as the first input, got \(1, 8, 4, 4\)",
+    }
+    with torch.no_grad():
+        for (layer, xs), message in expected.items():
+            with pytest.raises(ug.ShapeError, match=message) as caught:
+                layer(*xs)
+            assert caught.value.node == layer.name
+        x = torch.randn(3, 8, 8)
+        plain_conv, act = conv.to_plain()
+        assert_close(conv(x), act(plain_conv(x)))
 
 
 def test_bfloat16_models_are_packed_where_onednn_has_bfloat16_kernels():

@@ -14,7 +14,7 @@ packed weight, fused with the activation that follows where oneDNN has it as a p
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, NoReturn
 
 import torch
 import torch.fx as fx
@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ..blocks.base import leaf_module
-from ..errors import LoweringError
+from ..errors import LoweringError, ShapeError
 from .base import PassResult, copy_meta, drop_module, free_target, held_by, hold, module_users, replace_node
 
 __all__ = ["prepack", "unpack", "PackedConv", "PackedLinear", "has_packed", "conv_padding"]
@@ -151,8 +151,10 @@ class _Packed(nn.Module):
         fusion: Fusion,
         activation: nn.Module | Callable | None,
         activation_target: str | None,
+        name: str,
     ) -> None:
         super().__init__()
+        self.name = name or type(self).__name__  # the layer's path in its model, for errors
         self.weight: torch.Tensor = weight  # the layer's Parameter itself (shared, not copied)
         self.bias: torch.Tensor | None = bias
         self.activation, self.scalars, self.algorithm = fusion.attr, list(fusion.scalars), fusion.algorithm
@@ -193,6 +195,14 @@ class _Packed(nn.Module):
         if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (self.weight, self.bias)):
             return False
         return all(x.dtype == self.weight.dtype for x in xs)
+
+    def _refuse(self, got: tuple[int, ...], expected: str) -> NoReturn:
+        """A :class:`ShapeError` naming this layer, for an input it cannot take."""
+        raise ShapeError(f"{self.name}: expected an input of shape {expected}, got {got}", node=self.name)
+
+    def to_plain(self) -> tuple[nn.Module, nn.Module | Callable | None]:
+        """The plain layer (sharing this module's parameters) and the fused activation."""
+        raise NotImplementedError
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
         """The fused activation, computed the plain way."""
@@ -247,11 +257,13 @@ class PackedConv(_Packed):
         fusion: Fusion = _NONE,
         activation: nn.Module | Callable | None = None,
         activation_target: str | None = None,
+        *,
+        name: str = "",
     ) -> None:
         why, padding = _why_not(conv), _explicit_padding(conv)
         if why or isinstance(padding, str):
             raise LoweringError(f"PackedConv: cannot pack this {type(conv).__name__}: {why or padding}")
-        super().__init__(conv.weight, conv.bias, fusion, activation, activation_target)
+        super().__init__(conv.weight, conv.bias, fusion, activation, activation_target, name)
         self.conv_class = type(conv)
         self.transposed = bool(conv.transposed)
         self.in_channels, self.out_channels, self.groups = conv.in_channels, conv.out_channels, conv.groups
@@ -278,7 +290,12 @@ class PackedConv(_Packed):
     def forward(self, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
         if more:
             return self._concatenated((x, *more))
-        packed = self._current() if self._fast(x) else None
+        dims = len(self.kernel_size)
+        batched = x.dim() == dims + 2
+        if not (batched or x.dim() == dims + 1) or x.shape[-dims - 1] != self.in_channels:
+            axes = ", ".join("DHW"[3 - dims :])
+            self._refuse(tuple(x.shape), f"(N, {self.in_channels}, {axes}) or ({self.in_channels}, {axes})")
+        packed = self._current() if batched and self._fast(x) else None  # unbatched: as the convolution does
         if packed is None:
             return self._plain(x)
         padding: tuple[list[int], ...]
@@ -296,6 +313,9 @@ class PackedConv(_Packed):
         a buffer that large comes fresh from the system on every call (glibc maps blocks above
         32 MiB), so concatenating pays page faults and zeroing on top of the copy.
         """
+        rest = [(x.dim(), *x.shape[:1], *x.shape[2:]) for x in xs]
+        if any(r != rest[0] for r in rest):  # torch.cat's own error would not name the layer
+            self._refuse(tuple(xs[1].shape), f"{tuple(xs[0].shape)} but for the channels, as the first input")
         if not self._fast(*xs):  # first: nothing size-dependent while torch.compile traces
             return self.forward(torch.cat(xs, 1))
         channels = tuple(int(x.shape[1]) for x in xs)
@@ -403,11 +423,13 @@ class PackedLinear(_Packed):
         fusion: Fusion = _NONE,
         activation: nn.Module | Callable | None = None,
         activation_target: str | None = None,
+        *,
+        name: str = "",
     ) -> None:
         why = _why_not(linear)
         if why:
             raise LoweringError(f"PackedLinear: cannot pack this {type(linear).__name__}: {why}")
-        super().__init__(linear.weight, linear.bias, fusion, activation, activation_target)
+        super().__init__(linear.weight, linear.bias, fusion, activation, activation_target, name)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.repack()
 
@@ -415,7 +437,9 @@ class PackedLinear(_Packed):
         return torch.ops.mkldnn._reorder_linear_weight(weight, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        usable = self._fast(x) and x.dim() >= 2 and x.shape[-1] == self.in_features and x.numel() > 0
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            self._refuse(tuple(x.shape), f"(*, {self.in_features})")
+        usable = self._fast(x) and x.dim() >= 2 and x.numel() > 0
         packed = self._current() if usable else None
         if packed is None:
             return self._activate(F.linear(x, self.weight, self.bias))
@@ -500,9 +524,9 @@ def prepack(gm: fx.GraphModule, *, fuse: bool = True) -> PassResult:
             else:
                 raise LoweringError(f"prepack: cannot fuse {act_node.format_node()} (its target is not callable)")
         packed: _Packed = (
-            PackedConv(layer, fusion, activation, target)
+            PackedConv(layer, fusion, activation, target, name=str(node.target))
             if isinstance(layer, _ConvNd)
-            else PackedLinear(layer, fusion, activation, target)
+            else PackedLinear(layer, fusion, activation, target, name=str(node.target))
         )
         gm.add_submodule(str(node.target), packed)
         line = f"{node.target}: {_describe(layer)} packed"
@@ -587,9 +611,10 @@ def has_packed(module: nn.Module) -> bool:
 
 
 def unpack(gm: fx.GraphModule) -> PassResult:
-    """Turn every :class:`PackedConv` of ``gm`` back into its plain convolution and activation, in place.
+    """Turn every :class:`PackedConv` and :class:`PackedLinear` of ``gm`` back into its plain
+    layer and activation, in place.
 
-    The convolution takes the packed module's place (same parameters, same ``state_dict``
+    The plain layer takes the packed module's place (same parameters, same ``state_dict``
     keys); a fused activation becomes its own node again after it (a module under the path it
     had, with a ``_1`` suffix if that path is taken, or the function it was).
     """
@@ -598,7 +623,7 @@ def unpack(gm: fx.GraphModule) -> PassResult:
         if node.op != "call_module":
             continue
         module = gm.get_submodule(str(node.target))
-        if not isinstance(module, (PackedConv, PackedLinear)):
+        if not isinstance(module, _Packed):
             continue
         layer, activation = module.to_plain()
         gm.add_submodule(str(node.target), layer)
