@@ -1,6 +1,8 @@
 """Static size buckets: ug.compile(model, sizes=...) and bucketed AOTInductor packages serve their
 sizes, pad smaller valid sizes up where that is exact, and refuse in words where it is not."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from deploy_helpers import randomize_norms
@@ -90,6 +92,40 @@ def test_bucketed_inductor_compile_is_static_frozen_and_matches_eager():
                 layer.weight.zero_()
         assert torch.allclose(model(x), want, atol=1e-4) and not torch.allclose(fast(x), want, atol=1e-4)
     assert model.compilations == 1
+
+
+def test_buckets_compiled_from_several_threads_at_once_are_all_frozen():
+    """Dynamo is not thread-safe: a bucket's GraphModule made while another thread compiled
+    broke fullgraph there (its layers compiled one by one until the recompile limit), and
+    inductor's config is one per process. Compiles take turns, each with the options."""
+    torch.manual_seed(0)
+    g = ug.unet(3, 2, widths=(8, 16))
+    gm = randomize_norms(g.lower()).eval()
+    fast, _ = ug.optimize(gm)
+    xs = {(b, n): torch.randn(b, 3, n, n) for b in (1, 2) for n in (16, 32)}
+    with torch.no_grad():
+        want = {k: gm(x) for k, x in xs.items()}
+    models = [ug.compile(fast, sizes=[16, 32]) for _ in range(2)]  # the second one failed
+    assert models[0].options == {"freezing": True, "cpp_wrapper": True}  # the CPU default
+    for model in models:
+
+        def infer(k, model=model):
+            with torch.no_grad():  # grad mode is per thread
+                return model(xs[k])
+
+        with ThreadPoolExecutor(4) as pool:
+            got = dict(zip(xs, pool.map(infer, xs)))
+        assert model.compilations == 4
+        for k in xs:
+            assert torch.allclose(got[k], want[k], atol=1e-4), k
+    with torch.no_grad():
+        for layer in fast.modules():  # every bucket froze its own packed copy of the weights
+            if isinstance(layer, PackedConv):
+                layer.weight.zero_()
+        for model in models:
+            for k, x in xs.items():
+                assert torch.allclose(model(x), want[k], atol=1e-4), k
+    assert [m.compilations for m in models] == [4, 4]
 
 
 def test_bucketed_aoti_package_pads_sizes_and_batches(tmp_path):

@@ -85,6 +85,23 @@ def test_compiled_unet_with_inductor_matches_eager_and_freezes_weights():
     assert any("_convolution_pointwise" in c and "'relu'" in c for c in code)
 
 
+def test_a_recompile_after_the_first_call_still_compiles_with_the_options():
+    """Calls after the first run without the options' config patch (it costs about 70 µs a call);
+    a recompile that starts there is refused by the backend and retried under the patch."""
+    torch._dynamo.reset()
+    g = ug.unet(3, 1, widths=(4, 8))
+    fast, _ = ug.optimize(g.lower())
+    compiled = ug.compile(fast)
+    with torch.no_grad():
+        x = torch.randn(2, 3, 8, 12)
+        compiled(x)
+        # another memory layout fails dynamo's guards: a second graph, compiled frozen as the first
+        y, code = run_and_get_code(compiled, x.contiguous(memory_format=torch.channels_last))
+    assert compiled.compilations == 2
+    assert torch.allclose(y, fast(x), atol=1e-5)
+    assert any("_convolution_pointwise" in c and "'relu'" in c for c in code)
+
+
 def test_mark_dynamic_and_refusals():
     g = ug.unet(1, 1, widths=(4, 8))
     x = ug.dynamic.mark_dynamic(torch.randn(1, 1, 8, 8), g, batch=True)

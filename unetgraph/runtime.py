@@ -45,9 +45,9 @@ def check_input_size(name: str, rules: SizeRules, sizes: tuple[int, ...], hint: 
     The input guard's own check, for compiled or exported modules, which check sizes before
     handing them to code that would fail with a guard or assertion message.
     """
-    why = contract.size_problem(name, tuple(sizes), axis_tuples(rules), str(rules), hint)
-    if why is not None:
-        raise ShapeError(why, node=name)
+    axes = axis_tuples(rules)
+    if contract.size_problem(name, tuple(sizes), axes, "") is not None:  # the rule's words only when needed
+        raise ShapeError(str(contract.size_problem(name, tuple(sizes), axes, str(rules), hint)), node=name)
 
 
 @leaf_module
