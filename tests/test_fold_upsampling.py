@@ -242,5 +242,28 @@ def test_a_folded_module_called_with_the_wrong_inputs_names_its_node(case):
     assert e.value.node == node.name
 
 
+def test_inputs_the_pair_could_not_take_get_a_shape_error_naming_the_node(case):
+    folded, xs = case[2], case[4]
+    node = next(n for n in folded.graph.nodes if n.op == "call_module" and n.target in _folded_targets(folded))
+    module = folded.get_submodule(str(node.target))
+    seen: dict[str, tuple[torch.Tensor, ...]] = {}
+    hook = module.register_forward_pre_hook(lambda m, args: seen.setdefault("args", args))
+    with torch.no_grad():
+        folded(*xs)
+        hook.remove()
+        x, *others = seen["args"]
+        module(x, *others)  # as the graph calls it
+        fine = 2 * x.shape[-1]
+        bad = {"fewer channels": (x[:, :-1], *others), "unbatched": (x[0], *others)}
+        for k, o in enumerate(others):
+            bad[f"input {k + 2} smaller"] = (x, *others[:k], o[..., : fine - 1], *others[k + 1 :])
+            bad[f"input {k + 2} another batch"] = (x, *others[:k], torch.cat([o, o]), *others[k + 1 :])
+            bad[f"input {k + 2} fewer channels"] = (x, *others[:k], o[:, :-1], *others[k + 1 :])
+        for what, args in bad.items():
+            with pytest.raises(ug.ShapeError, match=rf"^{node.name}: ") as e:
+                module(*args)
+            assert e.value.node == node.name, what
+
+
 def _folded_targets(gm: nn.Module) -> set[str]:
     return {name for name, m in gm.named_modules() if isinstance(m, UpsampledConv)}

@@ -17,7 +17,7 @@ the classic U-Net: about three quarters of the FLOPs), the pass leaves the pair 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import torch
 import torch.fx as fx
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..blocks.layers import CenterCrop
-from ..errors import LoweringError
+from ..errors import LoweringError, ShapeError
 from .base import PassResult, has_submodule, held_by, hold, target_of
 from .prepack import PackedConv, _packable
 
@@ -107,6 +107,8 @@ class UpsampledConv(nn.Module):
                 f"({', '.join(self.slots)}), got {1 + len(others)} inputs",
                 node=self.node,
             )
+        if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            self._check(x, others)
         parts: list[torch.Tensor | None] = []
         rest = iter(others)
         for slot in self.slots:
@@ -119,6 +121,38 @@ class UpsampledConv(nn.Module):
                     t = t.narrow(axis, (t.shape[axis] - size) // 2, size)
             parts.append(t)
         return parts
+
+    def _check(self, x: torch.Tensor, others: tuple[torch.Tensor, ...]) -> None:
+        """A :class:`ShapeError` naming the node for inputs the pair could not take (torch's own
+        errors would name neither), checked eagerly: a lowered module's input guard covers traces."""
+        d, axes = self.dims, ", ".join("DHW"[3 - self.dims :])
+
+        def refuse(what: str, expected: str, got: torch.Tensor) -> NoReturn:
+            raise ShapeError(f"{self.node}: expected {what} of shape {expected}, got {tuple(got.shape)}", node=self.node)
+
+        if x.dim() != d + 2:
+            refuse("the coarse input", f"(N, C, {axes})", x)
+        up = self.transposed_up
+        slots = [slot for slot in self.slots if slot != "up"]
+        known = sum(int(p.shape[1]) for p in others if p.dim() == d + 2)
+        channels = int(up.in_channels) if up is not None else int(self.weight.shape[1]) - known
+        if int(x.shape[1]) != channels:
+            refuse("the coarse input", f"(N, {channels}, {axes})", x)
+        fine = tuple(2 * int(s) for s in x.shape[2:])
+        for p, slot in zip(others, slots):
+            at_least = " or larger (centre-cropped)" if slot == "crop" else ""
+            size = ", ".join(map(str, fine))
+            wrong = any(s < f if slot == "crop" else s != f for s, f in zip(p.shape[2:], fine))
+            if p.dim() != d + 2 or p.shape[0] != x.shape[0] or wrong:
+                refuse("each other input", f"({x.shape[0]}, C, {size}){at_least}", p)
+        up_channels = int(up.out_channels) if up is not None else channels
+        if up_channels + known != int(self.weight.shape[1]):
+            got = ", ".join(str(int(p.shape[1])) for p in others)
+            raise ShapeError(
+                f"{self.node}: the other inputs have {got} channels, expected "
+                f"{int(self.weight.shape[1]) - up_channels} in all",
+                node=self.node,
+            )
 
     def _plain(self, x: torch.Tensor, parts: list[torch.Tensor | None], packed: bool) -> torch.Tensor:
         u = self.up(x)
