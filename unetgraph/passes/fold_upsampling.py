@@ -128,7 +128,8 @@ class UpsampledConv(nn.Module):
         d, axes = self.dims, ", ".join("DHW"[3 - self.dims :])
 
         def refuse(what: str, expected: str, got: torch.Tensor) -> NoReturn:
-            raise ShapeError(f"{self.node}: expected {what} of shape {expected}, got {tuple(got.shape)}", node=self.node)
+            why = f"{self.node}: expected {what} of shape {expected}, got {tuple(got.shape)}"
+            raise ShapeError(why, node=self.node)
 
         if x.dim() != d + 2:
             refuse("the coarse input", f"(N, C, {axes})", x)
