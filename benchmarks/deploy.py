@@ -394,6 +394,7 @@ def section_preset(case: Any, batch: int, machine: Any) -> None:
         totals = table(f"per layer: {title}, optimize()", layers, forward, machine, top=ARGS.top, nominal=work)
         summary["flagged"] = totals["flagged"]
         summary["eager_rate"] = totals["conv_pct"] / 100 * machine.conv  # GFLOP/s
+        summary["bound_rate"] = totals["bound_pct"] / 100 * machine.conv
     SUMMARY.append(summary)
 
 
@@ -419,20 +420,22 @@ def print_summary(peaks: dict[int, float]) -> None:
     print(f"  peaks: {rated} (the higher of the two measurements)")
     print(
         f"{'preset':<10} {'batch':>5} {'size':>9} {'GFLOP':>7} {'best float32 mode':<46} {'ms':>9} {'% conv':>7} "
-        f"{'eager %':>8} {'flagged':>8} {'static/hand':>12}"
+        f"{'eager %':>8} {'bound %':>8} {'flagged':>8} {'static/hand':>12}"
     )
     for s in SUMMARY:
         ratio = "" if not (s.get("hand") and s.get("static")) else f"{s['hand'] / s['static']:.2f}×"
         peak = peaks[s["dims"]]
         pct = 100 * s["gflop"] / (s["ms"] / 1e3) / peak
-        eager = "" if s.get("eager_rate") is None else f"{100 * s['eager_rate'] / peak:.0f}%"
+        eager, bound = ("" if s.get(k) is None else f"{100 * s[k] / peak:.0f}%" for k in ("eager_rate", "bound_rate"))
         print(
             f"{s['case']:<10} {s['batch']:>5} {s['size']:>9} {s['gflop']:>7.2f} {s['best'][:46]:<46} {s['ms']:>9.1f} "
-            f"{pct:>6.0f}% {eager:>8} {s.get('flagged', '')!s:>8} {ratio:>12}"
+            f"{pct:>6.0f}% {eager:>8} {bound:>8} {s.get('flagged', '')!s:>8} {ratio:>12}"
         )
     print(
         "  GFLOP: the model's own (fold_upsampling makes optimize()d and compiled modules do fewer; every rate\n"
         "  counts the model's); eager %: the optimize()d module's FLOP-weighted share of the peak (per-layer run);\n"
+        "  bound %: the share it would reach with every layer at its limit (the convolution peak, or memory\n"
+        "  bandwidth for what must stream: below 85% the target is out of this machine's reach for that row);\n"
         "  flagged: layers above 5% of the time below 50% of the peak; static/hand: the hand-written model compiled\n"
         "  with freezing at the same static size over ug.compile(sizes=...) (≥ 1.00× means ours is at least as fast)\n"
     )

@@ -399,10 +399,12 @@ def table(
     what = f"{work / 1e9:.2f} GFLOP"
     if fewer:
         what = f"the layers do {work / 1e9:.2f} of the model's {counted / 1e9:.2f} GFLOP (folded upsamplings)"
+    bound_pct = 100 * counted / (limit * 1e6) / machine.conv if limit else 0.0
     out(
         f"  {len(layers)} nodes: {total:.1f} ms node by node, forward {forward_ms:.1f} ms; {what} → "
         f"{rate:.0f} GFLOP/s = {100 * rate / machine.conv:.0f}% of the convolution peak (FLOP-weighted); "
-        f"the layers' limits sum to {limit:.1f} ms ({100 * limit / forward_ms:.0f}% of the forward); "
+        f"the layers' limits sum to {limit:.1f} ms ({100 * limit / forward_ms:.0f}% of the forward), so with every "
+        f"layer at its limit the model would reach {bound_pct:.0f}% of the peak on this machine; "
         f"{flagged} layer(s) above 5% of the time below 50% of peak"
     )
     out("")
@@ -412,6 +414,7 @@ def table(
         "gflops": counted / 1e9,
         "conv_pct": 100 * rate / machine.conv,
         "limit_pct": 100 * limit / forward_ms,
+        "bound_pct": bound_pct,
         "flagged": flagged,
     }
 
