@@ -96,8 +96,8 @@ def test_bucketed_inductor_compile_is_static_frozen_and_matches_eager():
 
 def test_buckets_compiled_from_several_threads_at_once_are_all_frozen():
     """Dynamo is not thread-safe: a bucket's GraphModule made while another thread compiled
-    broke fullgraph there (its layers compiled one by one until the recompile limit), and
-    inductor's config is one per process. Compiles take turns, each with the options."""
+    broke fullgraph there (its layers compiled one by one until the recompile limit). Compiles
+    take turns, each with the options (inductor's config patches are per thread)."""
     torch.manual_seed(0)
     g = ug.unet(3, 2, widths=(8, 16))
     gm = randomize_norms(g.lower()).eval()

@@ -5,6 +5,7 @@ import io
 import json
 import pickle
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,37 @@ def test_program_round_trip(small, tmp_path):
     # node names survive export in meta["custom"]
     tags = {n.meta.get("custom", {}).get("unet_node") for n in loaded.program.graph.nodes}
     assert {"enc0", "mid", "head"} <= tags
+
+
+def test_exports_loads_and_compiles_from_several_threads_take_turns(small, tmp_path):
+    """torch.export and loading a program are not thread-safe (two at once failed inside torch:
+    "ProxyTorchDispatchMode slot already occupied", "_CURRENT_DESERIALIZER is already set")."""
+    g, gm = small
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = gm(x)
+
+    def export_and_load(i):
+        outs = []
+        for j in range(2):
+            loaded = ug.load_exported(ug.export(gm, tmp_path / f"unet{i}_{j}.pt2", progress=False))
+            with torch.no_grad():
+                outs.append(loaded(x))
+        return outs
+
+    def compile_and_run(i):
+        model = ug.compile(gm, sizes=[16, 32], backend="eager")  # dynamo traces it: its own turn
+        with torch.no_grad():
+            outs = [model(x), model(x)]
+        assert model.compilations == 1
+        return outs
+
+    with ThreadPoolExecutor(3) as pool:
+        jobs = [pool.submit(job, i) for i, job in enumerate([export_and_load, export_and_load, compile_and_run])]
+        outs = [y for job in jobs for y in job.result()]
+    assert len(outs) == 6
+    for y in outs:
+        assert torch.allclose(y, want, atol=1e-5)
 
 
 def test_onnx_round_trip_with_onnxruntime(small, tmp_path):

@@ -23,6 +23,7 @@ onnxruntime gets the checked bytes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -35,6 +36,7 @@ from typing import Any, Callable, Iterable, TypeGuard, TypeVar
 import torch
 
 from .errors import ArtifactError
+from .util import TORCH_LOCK
 
 __all__ = ["MAX_BYTES", "Archive", "read_archive", "checked_program", "checked_native", "read_onnx", "loaded_by"]
 
@@ -675,7 +677,8 @@ def loaded_by(loader: str, path: Path, step: Callable[[], T]) -> T:
     """Run one step of ``loader`` (torch, onnxruntime) on checked bytes. Such loaders raise a dozen
     error types for a malformed file; each becomes one :class:`ArtifactError` naming the file."""
     try:
-        return step()
+        with TORCH_LOCK if loader == "torch" else contextlib.nullcontext():  # torch's loading is not thread-safe
+            return step()
     except Exception as e:  # the loader's own error types, one per failure: the artifact is at fault
         raise _refuse(path, f"{loader} cannot load it ({type(e).__name__}: {_short(e, 300)})") from e
 

@@ -46,6 +46,7 @@ from .passes.prepack import PackedConv, conv_padding
 from .record import find_record, lowered_record
 from .runtime import check_input_size, guard_inputs, module_guards
 from .types import AXIS_NAMES
+from .util import TORCH_LOCK
 
 __all__ = [
     "ServedAxis",
@@ -309,7 +310,7 @@ class CompiledUNet(nn.Module):
             self._count[0] += 1
             return compiled
 
-        with _COMPILING:
+        with TORCH_LOCK:
             self.compiled = torch.compile(module, backend=counting, fullgraph=fullgraph, dynamic=None)
 
     @property
@@ -334,18 +335,13 @@ class _Ungated(Exception):
     """Raised by a backend asked to compile outside :meth:`_Gate.call`."""
 
 
-# dynamo is not thread-safe (pytorch#118260): a GraphModule made or compiled in one thread while
-# another thread compiles broke fullgraph there (its submodules compiled one by one, up to the
-# recompile limit), and inductor's config is one per process. Every compile holds this lock.
-_COMPILING = threading.RLock()
-
-
 class _Gate:
     """Where the graphs of compiled callables compile: one thread at a time, with the options.
 
     Dynamo reads some inductor options (``freezing``) while it traces, so a patch seen only by
     the backend comes too late: the call that compiles must run under ``config.patch``. That
-    call holds :data:`_COMPILING`. Patching and locking cost about 70 µs a call, so once a
+    call holds :data:`~unetgraph.util.TORCH_LOCK` (inductor's config patches are per thread on
+    torch 2.14, dynamo's compiling is not thread-safe). Patching and locking cost about 70 µs a call, so once a
     callable has compiled its calls run without either. A compile that starts there anyway (a
     recompile: grad mode switched, another memory layout) is refused by the backend before it
     compiles anything (:meth:`backend`) and the call is retried through the gate: every graph
@@ -377,7 +373,7 @@ class _Gate:
                     raise
         from torch._inductor import config
 
-        with _COMPILING:
+        with TORCH_LOCK:
             self._inside.gated = True
             try:
                 with config.patch(self.options):
@@ -664,7 +660,7 @@ class BucketedUNet(nn.Module):
         compiled = self._compiled.get(key)
         if compiled is not None:
             return compiled
-        with _COMPILING:  # a GraphModule made while another thread compiles breaks that compile
+        with TORCH_LOCK:  # a GraphModule made while another thread compiles breaks that compile
             if key not in self._compiled:
                 # a GraphModule of its own (same submodules, same weights): its own code object, so
                 # dynamo's cache and recompile limit see one static graph per bucket

@@ -39,6 +39,7 @@ from .inputs import example_inputs as _example_inputs
 from .record import lowered_record
 from .runtime import InputGuard, check_input_size, guard_inputs
 from .serialize import from_dict, to_dict
+from .util import TORCH_LOCK
 
 if TYPE_CHECKING:
     from torch.export.pt2_archive._package_weights import Weights
@@ -113,6 +114,8 @@ def export(
             ``batch`` and ``max_size`` do not apply.
         batches: the batch sizes compiled for ``sizes``.
 
+    Safe to call from several threads: exports, compiles and loads take turns (``TORCH_LOCK``).
+
     Returns:
         ``path``. Load it with :func:`load_exported`.
 
@@ -121,7 +124,9 @@ def export(
             with a format other than ``"aoti"``.
         ShapeError: a size in ``sizes`` does not fit the graph.
     """
-    with warnings.catch_warnings():
+    # one export or compile at a time in this process: torch's tracing is not thread-safe (two exports
+    # at once failed inside torch.export), and the warning filters below are process-wide
+    with TORCH_LOCK, warnings.catch_warnings():
         # torch's own deprecation inside its exporters, not actionable here
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         if sizes is not None:

@@ -6,10 +6,19 @@ import contextlib
 import gc
 import reprlib
 import statistics
+import threading
 import time
 from typing import Callable, Iterator, Mapping
 
-__all__ = ["paused_gc", "median_ms", "interleaved_ms", "short_repr", "path_key"]
+__all__ = ["paused_gc", "median_ms", "interleaved_ms", "short_repr", "path_key", "TORCH_LOCK"]
+
+# Torch's tracing, compiling and program loading are not thread-safe (pytorch#118260). Measured here
+# (torch 2.14.1): a GraphModule made or compiled while another thread compiled lost fullgraph (its
+# submodules compiled one by one up to the recompile limit); two torch.export calls at once failed
+# ("ProxyTorchDispatchMode slot already occupied"); two program loads at once failed
+# ("_CURRENT_DESERIALIZER is already set"). Every compile, export and torch load in this library
+# holds this lock; compiled and loaded code runs outside it.
+TORCH_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
