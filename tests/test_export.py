@@ -60,7 +60,7 @@ def test_program_round_trip(small, tmp_path):
 def test_exports_loads_and_compiles_from_several_threads_take_turns(small, tmp_path):
     """torch.export and loading a program are not thread-safe (two at once failed inside torch:
     "ProxyTorchDispatchMode slot already occupied", "_CURRENT_DESERIALIZER is already set")."""
-    g, gm = small
+    _, gm = small
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         want = gm(x)
