@@ -50,7 +50,7 @@ def child(preset: str, batch: int, setting: str, repeat: int) -> None:
     import torch
 
     import unetgraph as ug
-    from benchmarks.layers import CASES, case_inputs, randomize
+    from benchmarks.layers import CASES, case_inputs, randomize, status_kb
 
     if setting == "kept" and not ug.keep_freed_memory():
         raise SystemExit("ug.keep_freed_memory() had no effect here (not glibc)")
@@ -77,7 +77,7 @@ def child(preset: str, batch: int, setting: str, repeat: int) -> None:
             unit()
             times.append(time.perf_counter() - start)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    peak = next(int(line.split()[1]) for line in Path("/proc/self/status").open() if line.startswith("VmHWM"))
+    peak = status_kb("VmHWM") or 0
     print(json.dumps({"ms": 1e3 * statistics.median(times), "faults": faults / repeat, "peak": peak / 1024}))
 
 

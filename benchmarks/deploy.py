@@ -57,7 +57,7 @@ SUMMARY: list[dict[str, Any]] = []
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    from benchmarks.layers import PRESETS
+    from benchmarks.layers import PRESETS, add_allocator_option
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", nargs="+", choices=PRESETS, default=list(PRESETS), help="presets to measure")
@@ -80,9 +80,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", nargs="+", choices=["presets", "monai", "ddpm", "recompiles"], help="sections (default: all)"
     )
     p.add_argument("--cache", action="store_true", help="allow inductor's caches (warm compile times)")
-    p.add_argument(
-        "--default-allocator", action="store_true", help="keep glibc's defaults (default: ug.keep_freed_memory())"
-    )
+    add_allocator_option(p)
     return p.parse_args(argv)
 
 
@@ -158,20 +156,12 @@ def flops(model: Callable, *inputs: Any) -> int:
     return counter.get_total_flops()
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def peak_memory_mb(fn: Callable[[], Any]) -> float | None:
     """Peak memory growth during one call: the CUDA allocator's peak on a GPU, else resident memory
     (Linux: VmHWM reset through clear_refs)."""
     import torch
+
+    from benchmarks.layers import status_kb
 
     if DEVICE.startswith("cuda"):
         torch.cuda.synchronize()
@@ -186,9 +176,9 @@ def peak_memory_mb(fn: Callable[[], Any]) -> float | None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return None
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     fn()
-    after = _status_kb("VmHWM")
+    after = status_kb("VmHWM")
     return None if before is None or after is None else max(0, after - before) / 1024
 
 

@@ -206,6 +206,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def add_allocator_option(p: argparse.ArgumentParser) -> None:
+    """``--default-allocator``: measure with glibc's defaults instead of ``ug.keep_freed_memory()``."""
+    p.add_argument(
+        "--default-allocator", action="store_true", help="keep glibc's defaults (default: ug.keep_freed_memory())"
+    )
+
+
+def status_kb(field: str) -> int | None:
+    """A ``/proc/self/status`` field in kB (``VmRSS``, ``VmHWM``), or ``None`` off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def allocator_setting(default: bool) -> str:
     """Apply the allocator setting a benchmark measures under and say which it is: glibc's
     defaults, or ``ug.keep_freed_memory()`` (docs/deploy.md recommends it for inference)."""
@@ -429,9 +447,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=None, help="override every preset's spatial size")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU and a CUDA torch are present")
-    p.add_argument(
-        "--default-allocator", action="store_true", help="keep glibc's defaults (default: ug.keep_freed_memory())"
-    )
+    add_allocator_option(p)
     return p.parse_args(argv)
 
 

@@ -39,6 +39,8 @@ ARGS: argparse.Namespace
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from benchmarks.layers import add_allocator_option  # imports torch, not inductor's config
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512], help="section 1's U-Net widths")
     p.add_argument("--size", type=int, default=128, help="section 1 and 2 input height and width")
@@ -50,9 +52,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", choices=["classic", "monai", "ddpm", "memory"], help="sections to run")
     p.add_argument("--cache", action="store_true", help="allow inductor's caches (warm compile times)")
     p.add_argument("--quick", action="store_true", help="tiny models and sizes, 2 rounds: a smoke run")
-    p.add_argument(
-        "--default-allocator", action="store_true", help="keep glibc's defaults (default: ug.keep_freed_memory())"
-    )
+    add_allocator_option(p)
     args = p.parse_args(argv)
     if args.quick:
         args.widths, args.size, args.batch, args.ddpm_batch, args.repeat = [8, 16, 32], 32, 2, 2, 2

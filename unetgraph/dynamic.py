@@ -300,10 +300,10 @@ class CompiledUNet(nn.Module):
         self.rules = valid_sizes(graph)
         self.axes = served_axes(graph, max_size=max_size)
         self.batch = batch
-        self.options = dict(options or {}) if backend == "inductor" else {}
+        self._gate = _Gate(backend, options)
+        self.options = self._gate.options
         self._count = [0]
-        self._gate = _Gate(self.options)
-        inner = self._gate.backend(_backend(backend, options))
+        inner = self._gate.backend
 
         def counting(gm: fx.GraphModule, example: list[torch.Tensor]) -> Callable:
             compiled = inner(gm, example)
@@ -348,20 +348,17 @@ class _Gate:
     compiles with the options and the lock, and refused ones are not counted.
     """
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
+    def __init__(self, backend: str | Callable, options: dict[str, Any] | None) -> None:
+        self.options = dict(options or {}) if backend == "inductor" else {}
+        self._inner = _backend(backend, options)
         self._compiled: set[int] = set()  # ids of the callables that compiled through the gate
         self._inside = threading.local()
 
-    def backend(self, inner: Callable) -> Callable:
-        """``inner``, raising :class:`_Ungated` when called outside :meth:`call`'s gate."""
-
-        def gated(gm: fx.GraphModule, example: list[torch.Tensor]) -> Callable:
-            if not getattr(self._inside, "gated", False):
-                raise _Ungated
-            return inner(gm, example)
-
-        return gated
+    def backend(self, gm: fx.GraphModule, example: list[torch.Tensor]) -> Callable:
+        """The backend, refusing (:class:`_Ungated`) when called outside :meth:`call`'s gate."""
+        if not getattr(self._inside, "gated", False):
+            raise _Ungated
+        return self._inner(gm, example)
 
     def call(self, compiled: Callable, inputs: tuple) -> Any:
         """``compiled(*inputs)``; through the gate unless ``compiled`` has compiled already."""
@@ -644,9 +641,8 @@ class BucketedUNet(nn.Module):
         self.buckets = buckets
         self.position = graph.inputs.index(buckets.input)
         self.graph = graph
-        self.options = dict(options or {}) if backend == "inductor" else {}
-        self._gate = _Gate(self.options)
-        self._backend = self._gate.backend(_backend(backend, options))
+        self._gate = _Gate(backend, options)
+        self.options = self._gate.options
         self._fullgraph = fullgraph
         self._compiled: dict[tuple[int, tuple[int, ...]], Callable] = {}
         self.compile_seconds: dict[tuple[int, tuple[int, ...]], float] = {}
@@ -665,7 +661,7 @@ class BucketedUNet(nn.Module):
                 # a GraphModule of its own (same submodules, same weights): its own code object, so
                 # dynamo's cache and recompile limit see one static graph per bucket
                 shell = fx.GraphModule(self.module, self.module.graph)
-                inner = self._backend
+                inner = self._gate.backend
 
                 def counting(gm: fx.GraphModule, example: list[torch.Tensor]) -> Callable:
                     start = time.perf_counter()

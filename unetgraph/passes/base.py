@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import torch.fx as fx
 from torch import nn
 
-from ..errors import LoweringError
+from ..errors import LoweringError, ShapeError
 from ..record import attach_record, find_record
 
 _M = TypeVar("_M", bound=nn.Module)
@@ -59,6 +59,12 @@ class PassResult:
         head = f"{self.name}: {len(self.changes)} change{'s' if len(self.changes) != 1 else ''}"
         lines = [head] + [f"  {c}" for c in self.changes] + [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def refuse_input(node: str, expected: str, got: tuple[int, ...], what: str = "an input") -> NoReturn:
+    """The :class:`ShapeError` a layer a pass made raises for an input it cannot take, naming its
+    node (torch's own errors from inside the layer would not)."""
+    raise ShapeError(f"{node}: expected {what} of shape {expected}, got {got}", node=node)
 
 
 def copy_meta(src: fx.Node, dst: fx.Node) -> fx.Node:

@@ -17,7 +17,7 @@ the classic U-Net: about three quarters of the FLOPs), the pass leaves the pair 
 from __future__ import annotations
 
 import itertools
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
@@ -26,7 +26,7 @@ from torch import nn
 
 from ..blocks.layers import CenterCrop
 from ..errors import LoweringError, ShapeError
-from .base import PassResult, has_submodule, held_by, hold, target_of
+from .base import PassResult, has_submodule, held_by, hold, refuse_input, target_of
 from .prepack import PackedConv, _packable
 
 __all__ = ["fold_upsampling", "unfold_upsampling", "UpsampledConv", "has_folds", "PAYS"]
@@ -126,26 +126,21 @@ class UpsampledConv(nn.Module):
         """A :class:`ShapeError` naming the node for inputs the pair could not take (torch's own
         errors would name neither), checked eagerly: a lowered module's input guard covers traces."""
         d, axes = self.dims, ", ".join("DHW"[3 - self.dims :])
-
-        def refuse(what: str, expected: str, got: torch.Tensor) -> NoReturn:
-            why = f"{self.node}: expected {what} of shape {expected}, got {tuple(got.shape)}"
-            raise ShapeError(why, node=self.node)
-
         if x.dim() != d + 2:
-            refuse("the coarse input", f"(N, C, {axes})", x)
+            refuse_input(self.node, f"(N, C, {axes})", tuple(x.shape), "the coarse input")
         up = self.transposed_up
         slots = [slot for slot in self.slots if slot != "up"]
         known = sum(int(p.shape[1]) for p in others if p.dim() == d + 2)
         channels = int(up.in_channels) if up is not None else int(self.weight.shape[1]) - known
         if int(x.shape[1]) != channels:
-            refuse("the coarse input", f"(N, {channels}, {axes})", x)
+            refuse_input(self.node, f"(N, {channels}, {axes})", tuple(x.shape), "the coarse input")
         fine = tuple(2 * int(s) for s in x.shape[2:])
         for p, slot in zip(others, slots):
             at_least = " or larger (centre-cropped)" if slot == "crop" else ""
             size = ", ".join(map(str, fine))
             wrong = any(s < f if slot == "crop" else s != f for s, f in zip(p.shape[2:], fine))
             if p.dim() != d + 2 or p.shape[0] != x.shape[0] or wrong:
-                refuse("each other input", f"({x.shape[0]}, C, {size}){at_least}", p)
+                refuse_input(self.node, f"({x.shape[0]}, C, {size}){at_least}", tuple(p.shape), "each other input")
         up_channels = int(up.out_channels) if up is not None else channels
         if up_channels + known != int(self.weight.shape[1]):
             got = ", ".join(str(int(p.shape[1])) for p in others)

@@ -23,8 +23,18 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ..blocks.base import leaf_module
-from ..errors import LoweringError, ShapeError
-from .base import PassResult, copy_meta, drop_module, free_target, held_by, hold, module_users, replace_node
+from ..errors import LoweringError
+from .base import (
+    PassResult,
+    copy_meta,
+    drop_module,
+    free_target,
+    held_by,
+    hold,
+    module_users,
+    refuse_input,
+    replace_node,
+)
 
 __all__ = ["prepack", "unpack", "PackedConv", "PackedLinear", "has_packed", "conv_padding"]
 
@@ -198,7 +208,7 @@ class _Packed(nn.Module):
 
     def _refuse(self, got: tuple[int, ...], expected: str) -> NoReturn:
         """A :class:`ShapeError` naming this layer, for an input it cannot take."""
-        raise ShapeError(f"{self.name}: expected an input of shape {expected}, got {got}", node=self.name)
+        refuse_input(self.name, expected, got)
 
     def to_plain(self) -> tuple[nn.Module, nn.Module | Callable | None]:
         """The plain layer (sharing this module's parameters) and the fused activation."""
