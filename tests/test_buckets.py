@@ -106,7 +106,6 @@ def test_buckets_compiled_from_several_threads_at_once_are_all_frozen():
     with torch.no_grad():
         want = {k: gm(x) for k, x in xs.items()}
     models = [ug.compile(fast, sizes=[16, 32]) for _ in range(2)]  # the second one failed
-    assert models[0].options == {"freezing": True, "cpp_wrapper": True}  # the CPU default
     for model in models:
 
         def infer(k, model=model):

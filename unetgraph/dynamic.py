@@ -417,10 +417,11 @@ def compile(
             in eval mode with the inductor backend: the weights become constants of the
             compiled code (prepacked, fused with their activations), so compile again after
             changing them; freezing applies to calls made under ``torch.no_grad()``.
-            With ``sizes`` on the CPU, ``{"freezing": True, "cpp_wrapper": True}``: the code
-            that calls the kernels is compiled C++, not Python (1.00–1.03× on the presets
-            at batch 1, 1.09× for the 4-level U-Net at 16², where calling is a larger share).
-            Pass ``{}`` to keep the weights live.
+            Pass ``{}`` to keep the weights live. For static CPU buckets,
+            ``{"freezing": True, "cpp_wrapper": True}`` compiles the code that calls the kernels
+            as C++ (1.00–1.03× on the presets at batch 1, 1.09× for the 4-level U-Net at 16²),
+            at the price of a precompiled header of about 150 MB in inductor's cache per
+            environment and compile setting; not the default for that reason.
         batch: mark the batch axis dynamic too (otherwise each batch size compiles once).
         max_size: the largest spatial size to serve (``None``: unbounded).
         fullgraph: refuse graph breaks (a lowered U-Net has none).
@@ -442,8 +443,6 @@ def compile(
         raise LoweringError("dynamic compile needs a module lowered with pad=None: pad='auto' computes sizes in Python")
     if options is None and backend == "inductor" and not gm.training:
         options = {"freezing": True}
-        if sizes is not None and all(t.device.type == "cpu" for t in gm.parameters()):
-            options["cpp_wrapper"] = True
     if sizes is not None:
         return BucketedUNet(gm, g, Buckets.of(g, sizes), backend=backend, options=options, fullgraph=fullgraph)
     return CompiledUNet(gm, g, backend=backend, options=options, batch=batch, max_size=max_size, fullgraph=fullgraph)
