@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -134,3 +135,9 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    # FSDP keeps the gloo group's worker threads alive past destroy_process_group; one that releases a
+    # tensor while Python shuts down aborts the process (pytorch/pytorch#190489). Leave without teardown,
+    # as examples/train_segmentation.py does.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
