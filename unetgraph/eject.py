@@ -22,6 +22,7 @@ import keyword
 import operator
 import re
 import textwrap
+import threading
 from collections import OrderedDict
 from fractions import Fraction
 from itertools import pairwise
@@ -132,6 +133,20 @@ def _guard_ctor(m: contract.InputGuard) -> str:
 
 
 # module type -> (constructor source, the contract's definitions it needs)
+
+# CPython 3.11's ast.parse is not thread-safe: two threads parsing at once fail with
+# "SystemError: AST constructor recursion depth mismatch" (tests/test_eject.py's threads test
+# failed 3 runs in 4 without this lock). inspect.getsource parses the whole module for a class,
+# so every read of a source here takes this lock.
+_SOURCE_LOCK = threading.Lock()
+
+
+def _source(obj: Any) -> str:
+    """``inspect.getsource(obj)``, one thread at a time."""
+    with _SOURCE_LOCK:
+        return inspect.getsource(obj)
+
+
 _RUNTIME: dict[type, tuple[Callable[[Any], str], tuple[Any, ...]]] = {
     contract.InputGuard: (_guard_ctor, contract.GUARD_PARTS),
     contract.PadToValid: (lambda m: f"PadToValid({m.sizes!r}, {m.mode!r})", contract.PAD_PARTS),
@@ -354,7 +369,7 @@ class _Writer:
         if runtime is not None:
             ctor, parts = runtime
             for part in parts:
-                self.helpers.setdefault(part.__name__, "\n" + inspect.getsource(part).strip("\n") + "\n")
+                self.helpers.setdefault(part.__name__, "\n" + _source(part).strip("\n") + "\n")
             self.imports.update(("typing.Any", "typing.NoReturn"))  # the contract's annotations
             return ctor(module)
         if getattr(nn, cls.__name__, None) is cls:
@@ -366,7 +381,7 @@ class _Writer:
     def _custom_ctor(self, module: nn.Module, path: str) -> str:
         cls = type(module)
         try:
-            source = textwrap.dedent(inspect.getsource(cls))
+            source = textwrap.dedent(_source(cls))
         except (OSError, TypeError) as e:
             raise LoweringError(f"{path}: cannot read the source of {cls.__qualname__} ({e})") from None
         lines = [line for line in source.splitlines() if not line.lstrip().startswith("@")]
@@ -516,7 +531,7 @@ class _Writer:
             raise LoweringError(f"{name}: {e.message}", node=name) from None
         self.third += made.imports
         for fn in made.helpers:
-            source = textwrap.dedent(inspect.getsource(fn))
+            source = textwrap.dedent(_source(fn))
             self.helpers.setdefault(fn.__name__, "\n" + source + "\n")
         return [f"# {name}: {node.block.label()}; its weights come from the state_dict", *made.lines]
 
