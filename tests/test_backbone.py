@@ -321,6 +321,52 @@ def test_two_threads_lower_the_same_backbone():
     assert not errors and len(results) == 2 and results[0] == results[1]
 
 
+def test_lowering_torchvision_backbones_while_other_threads_run_models():
+    """A torchvision backbone's stages are traced without torchvision's tracer, which replaces
+    ``nn.Module.__call__`` for every thread while it runs: a model called meanwhile in another
+    thread failed with ``NameError: module is not installed as a submodule``."""
+    import time
+
+    graphs = [
+        ug.unet(3, 1, encoder=ug.Backbone(name, source="torchvision", depth=2), decoder_channels=(8, 8))
+        for name in ("resnet18", "mobilenet_v3_small")
+    ]
+    served = ug.unet(1, 2, widths=(4, 8)).lower().eval()
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        want = served(x)
+    deadline = time.monotonic() + 4
+    errors: list[str] = []
+    counts = {"lowered": 0, "served": 0}
+
+    def lower(i: int) -> None:
+        while time.monotonic() < deadline and not errors:
+            try:
+                graphs[i % 2].lower()
+                counts["lowered"] += 1
+            except Exception as e:  # collected for the assertion
+                errors.append(f"lower: {type(e).__name__}: {e}")
+
+    def serve() -> None:
+        while time.monotonic() < deadline and not errors:
+            try:
+                with torch.no_grad():
+                    if not torch.equal(served(x), want):
+                        errors.append("a served output differs")
+                counts["served"] += 1
+            except Exception as e:  # collected for the assertion
+                errors.append(f"serve: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=lower, args=(i,)) for i in range(2)] + [threading.Thread(target=serve)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert counts["lowered"] >= 2 and counts["served"] >= 1
+
+
 @pytest.fixture(scope="module")
 def small_gm():
     g = ug.presets.smp_unet("resnet18", encoder_weights=None, encoder_depth=2, decoder_channels=(8, 4), classes=2)
@@ -468,3 +514,25 @@ def test_torchvision_pretrained_from_its_cache_and_a_file(tmp_path, monkeypatch)
     torch.save({"stem.weight": full.conv1.weight}, tmp_path / "wrong.pt")
     with pytest.raises(ug.SpecError, match=r"wrong.pt does not fit: keys the model does not have: stem.weight"):
         ug.unet(3, 1, encoder=spec.with_(weights=str(tmp_path / "wrong.pt")), decoder_channels=(8, 8)).lower()
+
+
+def test_an_extractor_whose_modes_trace_differently_is_not_inlined():
+    """torchvision's extractor holds a graph per mode (its class renamed after the model): one whose
+    training and evaluation graphs differ stays a called module, one whose graphs agree inlines."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from unetgraph.blocks.backbone_sources import inline_graph
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.stem(x * 2 if self.training else x)
+
+    same = create_feature_extractor(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), return_nodes=["1"])
+    differ = create_feature_extractor(Branchy(), return_nodes=["stem"])
+    assert type(differ).__name__ == "Branchy"  # why the check cannot go by the class name
+    assert inline_graph(same, ["1"]) is not None
+    assert inline_graph(differ, ["stem"]) is None

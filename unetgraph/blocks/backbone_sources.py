@@ -420,6 +420,13 @@ def _torchvision_all(spec: Backbone, in_channels: int) -> Features:
 
 
 def _torchvision_extractor(model: nn.Module, stages: tuple[str, ...], name: str) -> nn.Module:
+    """A module returning ``{stage: tensor}``. Stages that are module paths (what
+    :func:`find_stages` gives) are traced here without patching anything process-wide; finer node
+    names go to torchvision's ``create_feature_extractor``, whose tracer replaces
+    ``nn.Module.__call__`` for every thread while it runs."""
+    extractor = _stage_extractor(model, stages)
+    if extractor is not None:
+        return extractor
     from torchvision.models.feature_extraction import create_feature_extractor
 
     try:
@@ -430,6 +437,67 @@ def _torchvision_extractor(model: nn.Module, stages: tuple[str, ...], name: str)
             f"Backbone {name!r}: torchvision cannot extract {list(stages)} ({type(e).__name__}: {e}); see "
             "torchvision.models.feature_extraction.get_graph_node_names for the names it takes"
         ) from e
+
+
+class _StageTracer(ModuleTracer):
+    """A :class:`ModuleTracer` that keeps the output of each module call by the module's path."""
+
+    def __init__(self, leaf: Sequence[type]) -> None:
+        super().__init__(leaf)
+        self.outputs: dict[str, Any] = {}
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
+        out = super().call_module(m, forward, args, kwargs)
+        path = (self.submodule_paths or {}).get(m)
+        if path:
+            self.outputs[path] = out  # a module called twice: its last output, as torchvision's last node
+        return out
+
+
+def _stage_extractor(model: nn.Module, stages: tuple[str, ...]) -> nn.Module | None:
+    """``model`` traced into a GraphModule returning ``{stage: output of that module}`` (the
+    rest of the graph removed), with torchvision's layers (``torchvision.ops``) kept whole as
+    its own extractor does; a ``DualGraphModule`` where training and evaluation trace
+    differently. ``None`` where a stage is not a module path or the trace fails."""
+    paths = {path for path, _ in model.named_modules() if path}
+    if not stages or not all(s in paths for s in stages):
+        return None
+    from torchvision.models.feature_extraction import DualGraphModule
+
+    mode = model.training
+    graphs = []
+    try:
+        for training in (True, False):
+            model.train(training)
+            tracer = _StageTracer(_torchvision_leaves())
+            graph, _ = tracer.trace_module(model, 1)
+            picked = {s: tracer.outputs.get(s) for s in stages}
+            nodes = {s: p.node for s, p in picked.items() if isinstance(p, fx.Proxy)}
+            if len(nodes) != len(stages):
+                return None
+            output = next(n for n in graph.nodes if n.op == "output")
+            output.args = (nodes,)
+            gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
+            gm.graph.eliminate_dead_code()  # the layers after the deepest stage (pooling, classifier)
+            gm.recompile()
+            gm.delete_all_unused_submodules()
+            graphs.append(gm)
+    except Exception:
+        return None
+    finally:
+        model.train(mode)
+    train, evaluation = graphs
+    if _code(train.graph) == _code(evaluation.graph):
+        return evaluation.train(mode)
+    return DualGraphModule(model, train.graph, evaluation.graph, class_name=type(model).__name__).train(mode)
+
+
+@functools.cache
+def _torchvision_leaves() -> tuple[type, ...]:
+    """The layers torchvision's feature extractor keeps whole: the modules of ``torchvision.ops``."""
+    import torchvision.ops
+
+    return tuple(v for v in vars(torchvision.ops).values() if isinstance(v, type) and issubclass(v, nn.Module))
 
 
 def find_stages(model: nn.Module, in_channels: int, name: str) -> tuple[str, ...]:
@@ -680,8 +748,10 @@ def inline_graph(model: nn.Module, keys: Sequence[int | str]) -> fx.GraphModule 
     and evaluation mode (the graph would fix one mode's behaviour)."""
     graphs = []
     if isinstance(model, fx.GraphModule):
-        if type(model).__name__ == "DualGraphModule":
-            return None  # torchvision found different training and evaluation graphs
+        # torchvision's DualGraphModule (its class renamed after the model) holds one graph per mode
+        train, evaluation = getattr(model, "train_graph", None), getattr(model, "eval_graph", None)
+        if isinstance(train, fx.Graph) and isinstance(evaluation, fx.Graph) and _code(train) != _code(evaluation):
+            return None
         graphs = [copy.deepcopy(model.graph)]
         root: nn.Module = model
     else:
