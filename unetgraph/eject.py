@@ -132,8 +132,6 @@ def _guard_ctor(m: contract.InputGuard) -> str:
     return "InputGuard(\n" + "".join(textwrap.indent(a, "    ") + ",\n" for a in args) + ")"
 
 
-# module type -> (constructor source, the contract's definitions it needs)
-
 # CPython 3.11's ast.parse is not thread-safe: two threads parsing at once fail with
 # "SystemError: AST constructor recursion depth mismatch" (tests/test_eject.py's threads test
 # failed 3 runs in 4 without this lock). inspect.getsource parses the whole module for a class,
@@ -147,6 +145,7 @@ def _source(obj: Any) -> str:
         return inspect.getsource(obj)
 
 
+# module type -> (constructor source, the contract's definitions it needs)
 _RUNTIME: dict[type, tuple[Callable[[Any], str], tuple[Any, ...]]] = {
     contract.InputGuard: (_guard_ctor, contract.GUARD_PARTS),
     contract.PadToValid: (lambda m: f"PadToValid({m.sizes!r}, {m.mode!r})", contract.PAD_PARTS),
