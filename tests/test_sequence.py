@@ -167,3 +167,15 @@ def test_spec_is_data():
     assert hash(seq) == hash(ug.create_block(seq.to_dict()))
     assert seq.with_(blocks=(ug.ConvBlock(),)).blocks == (ug.ConvBlock(),)
     assert repr(ug.Sequence(ug.Down())).startswith("Sequence(Down(mode='maxpool'")
+
+
+def test_shapes_of_every_rank_map_to_a_type():
+    """Blocks given concrete shapes (shape notes, FLOP counts) rebuild types from them; a timestep's
+    ``(N,)`` raised IndexError inside a Sequence's shape notes (fuzz seed 2025512682, an ``add`` edit)."""
+    from fractions import Fraction
+
+    from unetgraph.types import TensorType
+
+    assert TensorType.of_shape((4,)) == TensorType(1, (), "scalar")
+    assert TensorType.of_shape((4, 16)) == TensorType(16, ())
+    assert TensorType.of_shape((4, 3, 8, 8)) == TensorType(3, (Fraction(1), Fraction(1)))

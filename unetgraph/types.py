@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 from fractions import Fraction
+from typing import Sequence
 
 from .contract import input_pattern, input_rank
 
@@ -72,6 +73,14 @@ class TensorType:
     def spatial(cls, channels: int, dims: int) -> TensorType:
         """The type of a full-resolution input with ``dims`` spatial axes."""
         return cls(channels, (Fraction(1),) * dims)
+
+    @classmethod
+    def of_shape(cls, shape: Sequence[int]) -> TensorType:
+        """The type a concrete shape has at full resolution: ``(N,)`` a per-sample scalar,
+        ``(N, C)`` a vector, ``(N, C, *spatial)`` dense (blocks given shapes, not types)."""
+        if len(shape) < 2:
+            return cls(1, (), "scalar")
+        return cls(shape[1], (Fraction(1),) * (len(shape) - 2))
 
     @property
     def dims(self) -> int:

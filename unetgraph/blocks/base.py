@@ -144,10 +144,8 @@ class BlockSpec:
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 
-        types = [
-            TensorType(s[1], (Fraction(1),) * (len(s) - 2)) if len(s) > 2 else TensorType(s[1], ()) for s in inputs
-        ]
-        out_type = TensorType(output[1], (Fraction(1),) * (len(output) - 2))
+        types = [TensorType.of_shape(s) for s in inputs]
+        out_type = TensorType.of_shape(output)
         with torch.device("meta"):
             module = self.build(types, out_type)
             args = [torch.empty(s) for s in inputs]

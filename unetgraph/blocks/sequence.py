@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import typing
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Iterable, Literal
 
 import torch
@@ -129,7 +128,7 @@ class Sequence(BlockSpec):
 
     def _shape_flow(self, inputs: typing.Sequence[Shape]) -> list[tuple[tuple[Shape, ...], Shape]]:
         """``(input shapes, output shape)`` of each part at concrete shapes."""
-        types = [TensorType(s[1], (Fraction(1),) * (len(s) - 2)) for s in inputs]
+        types = [TensorType.of_shape(s) for s in inputs]
         n = self._data_inputs(len(inputs))
         h, cond = tuple(inputs[:n]), tuple(inputs[n:])
         spatial = [s[2:] for s in h if len(s) > 2]
