@@ -12,6 +12,7 @@ import timm
 import torch
 import torchvision
 from deploy_helpers import randomize_norms, run_fresh
+from thread_helpers import run_together
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -325,8 +326,6 @@ def test_lowering_torchvision_backbones_while_other_threads_run_models():
     """A torchvision backbone's stages are traced without torchvision's tracer, which replaces
     ``nn.Module.__call__`` for every thread while it runs: a model called meanwhile in another
     thread failed with ``NameError: module is not installed as a submodule``."""
-    import time
-
     graphs = [
         ug.unet(3, 1, encoder=ug.Backbone(name, source="torchvision", depth=2), decoder_channels=(8, 8))
         for name in ("resnet18", "mobilenet_v3_small")
@@ -335,35 +334,12 @@ def test_lowering_torchvision_backbones_while_other_threads_run_models():
     x = torch.randn(1, 1, 16, 16)
     with torch.no_grad():
         want = served(x)
-    deadline = time.monotonic() + 4
-    errors: list[str] = []
-    counts = {"lowered": 0, "served": 0}
 
-    def lower(i: int) -> None:
-        while time.monotonic() < deadline and not errors:
-            try:
-                graphs[i % 2].lower()
-                counts["lowered"] += 1
-            except Exception as e:  # collected for the assertion
-                errors.append(f"lower: {type(e).__name__}: {e}")
+    def serve(i: int) -> None:
+        with torch.no_grad():
+            assert torch.equal(served(x), want), "a served output differs"
 
-    def serve() -> None:
-        while time.monotonic() < deadline and not errors:
-            try:
-                with torch.no_grad():
-                    if not torch.equal(served(x), want):
-                        errors.append("a served output differs")
-                counts["served"] += 1
-            except Exception as e:  # collected for the assertion
-                errors.append(f"serve: {type(e).__name__}: {e}")
-
-    threads = [threading.Thread(target=lower, args=(i,)) for i in range(2)] + [threading.Thread(target=serve)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    assert errors == []
+    counts = run_together(4, {"lowered": (lambda i: graphs[i % 2].lower(), 2), "served": (serve, 1)})
     assert counts["lowered"] >= 2 and counts["served"] >= 1
 
 

@@ -3,14 +3,13 @@ modules, loaded artifacts and ejected files all run; inputs as callers pass them
 
 import importlib.util
 import re
-import threading
-import time
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from deploy_helpers import small_diffusion
+from thread_helpers import run_together
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
@@ -284,40 +283,17 @@ def test_lowering_in_threads_while_others_serve():
     with torch.no_grad():
         want = served(x, t, y), conv(x)
     call, getattr_ = nn.Module.__call__, nn.Module.__getattr__
-    deadline = time.monotonic() + 8
-    errors: list[str] = []
-    counts = {"lowered": 0, "served": 0, "patched": 0}
 
-    def lower() -> None:
-        while time.monotonic() < deadline and not errors:
-            try:
-                if g.lower().code != code:
-                    errors.append("a lowering differs")
-                counts["lowered"] += 1
-            except Exception as e:
-                errors.append(f"lower: {type(e).__name__}: {e}")
+    def lower(i: int) -> None:
+        assert g.lower().code == code, "a lowering differs"
 
-    def serve() -> None:
-        while time.monotonic() < deadline and not errors:
-            if nn.Module.__call__ is not call or nn.Module.__getattr__ is not getattr_:
-                counts["patched"] += 1
-            try:
-                with torch.no_grad():
-                    got = served(x, t, y), conv(x)
-                if not all(torch.equal(a, b) for a, b in zip(got, want)):
-                    errors.append("a served output differs")
-                counts["served"] += 1
-            except Exception as e:
-                errors.append(f"serve: {type(e).__name__}: {e}")
+    def serve(i: int) -> None:
+        assert nn.Module.__call__ is call and nn.Module.__getattr__ is getattr_, "torch patched for the process"
+        with torch.no_grad():
+            got = served(x, t, y), conv(x)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), "a served output differs"
 
-    threads = [threading.Thread(target=lower) for _ in range(6)] + [threading.Thread(target=serve) for _ in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=60)
-    assert not any(th.is_alive() for th in threads)
-    assert errors == []
-    assert counts["patched"] == 0
+    counts = run_together(8, {"lowered": (lower, 6), "served": (serve, 4)})
     assert counts["lowered"] >= 6 and counts["served"] >= 4
     assert nn.Module.__call__ is call and nn.Module.__getattr__ is getattr_
 

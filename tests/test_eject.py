@@ -3,6 +3,7 @@
 import pytest
 import torch
 from deploy_helpers import Containers, SinusoidalScale, randomize_norms, run_fresh, second_size_inputs, small_diffusion
+from thread_helpers import run_together
 
 import unetgraph as ug
 
@@ -110,9 +111,6 @@ def test_ejecting_from_several_threads_while_others_lower_and_serve():
     """Ejecting reads class sources (``inspect.getsource`` parses their module); CPython 3.11's
     parser is not thread-safe ("SystemError: AST constructor recursion depth mismatch" when two
     threads parse at once), so ejects from several threads must take turns at it."""
-    import threading
-    import time
-
     cases = [
         ug.unet(3, 2, widths=(8, 16, 32)),
         small_diffusion(),
@@ -120,31 +118,13 @@ def test_ejecting_from_several_threads_while_others_lower_and_serve():
     ]
     models = [g.lower().eval() for g in cases]
     sources = [ug.eject_source(m) for m in models]
-    deadline = time.monotonic() + 6
-    errors: list[str] = []
-    counts = {"ejected": 0, "lowered": 0}
 
-    def eject(i: int) -> None:
-        while time.monotonic() < deadline and not errors:
-            try:
-                if ug.eject_source(models[i % 3]) != sources[i % 3]:  # verify=True runs the ejected module too
-                    errors.append("an ejected source differs")
-                counts["ejected"] += 1
-            except Exception as e:
-                errors.append(f"eject: {type(e).__name__}: {e}")
+    def eject(i: int) -> None:  # verify=True runs the ejected module too
+        assert ug.eject_source(models[i % 3]) == sources[i % 3], "an ejected source differs"
 
     def lower(i: int) -> None:
-        while time.monotonic() < deadline and not errors:
-            with torch.no_grad():
-                ug.optimize(cases[i % 3].lower().eval())
-            counts["lowered"] += 1
+        with torch.no_grad():
+            ug.optimize(cases[i % 3].lower().eval())
 
-    threads = [threading.Thread(target=eject, args=(i,)) for i in range(6)]
-    threads += [threading.Thread(target=lower, args=(i,)) for i in range(3)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
-    assert not any(th.is_alive() for th in threads)
-    assert errors == []
+    counts = run_together(6, {"ejected": (eject, 6), "lowered": (lower, 3)})
     assert counts["ejected"] >= 6 and counts["lowered"] >= 3
