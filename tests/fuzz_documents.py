@@ -166,9 +166,9 @@ def _mutate_tree(rng: random.Random, i: int) -> dict[str, Any]:
             if edges and isinstance(edges[0], dict):
                 e = rng.choice(edges)
                 if isinstance(e, dict):
-                    e[rng.choice(["src", "dst", "port", "kind"])] = rng.choice(
-                        [*list(doc.get("nodes", {}) or {"x": 0})[:40], 0, 7, -1, "skip", "cond", None]
-                    )
+                    nodes = doc.get("nodes")  # an earlier mutation may have made it anything
+                    names = list(nodes)[:40] if isinstance(nodes, dict) and nodes else ["x"]
+                    e[rng.choice(["src", "dst", "port", "kind"])] = rng.choice([*names, 0, 7, -1, "skip", "cond", None])
         elif isinstance(container, dict) and isinstance(doc.get("nodes"), dict):  # a node renamed
             nodes = doc["nodes"]
             if nodes:
