@@ -179,3 +179,35 @@ def test_shapes_of_every_rank_map_to_a_type():
     assert TensorType.of_shape((4,)) == TensorType(1, (), "scalar")
     assert TensorType.of_shape((4, 16)) == TensorType(16, ())
     assert TensorType.of_shape((4, 3, 8, 8)) == TensorType(3, (Fraction(1), Fraction(1)))
+
+
+def test_a_sequence_with_cross_attention_on_a_context_checks_and_counts_as_its_parts():
+    """A Sequence rebuilds its parts' types from concrete shapes; a context ``(N, L, D)`` on its
+    cond edge was read as a dense 1D tensor, so ``check`` refused a graph that builds and runs
+    ("CrossAttention needs a context ... got 7ch@1 (1D)")."""
+    shapes = {"x": (2, 3, 16, 16), "context": (2, 7, 5)}
+    conv, attn = ug.ConvBlock(channels=32, convs=1), ug.CrossAttention(heads=2)
+
+    def graph(split: bool) -> ug.UNetGraph:
+        b = ug.GraphBuilder()
+        b.input("x", channels=3)
+        b.input("context", channels=5, kind="context")
+        b.add("stem", ug.ConvBlock(channels=32), "encoder", 0, ["x"])
+        if split:
+            b.add("c", conv, "encoder", 0, ["stem"])
+            b.add("block", attn, "encoder", 0, ["c", ug.In("context", "cond")])
+        else:
+            b.add("block", ug.Sequence(conv, attn), "encoder", 0, ["stem", ug.In("context", "cond")])
+        b.add("head", ug.Head(channels=2), "head", 0, ["block"])
+        return b.build(["head"])
+
+    whole, split = graph(False), graph(True)
+    assert ug.check(whole, shapes)["block"].output == (2, 32, 16, 16)
+    flops = ug.summary(whole, shapes).flops
+    assert flops == ug.summary(split, shapes).flops
+    measured = ug.cost.measure(whole.lower(device="meta"), *(torch.empty(s, device="meta") for s in shapes.values()))
+    assert flops == sum(f for _, f in measured.values())
+    # the rule, one place: three axes on a cond edge are a sequence, elsewhere a dense 1D tensor
+    assert TensorType.of_shape((2, 7, 5), cond=True) == TensorType(5, (), "sequence")
+    assert attn.shape_types([(2, 32, 4, 4), (2, 7, 5)])[1].form == "sequence"
+    assert ug.ConvBlock().shape_types([(2, 7, 5)])[0] == TensorType.spatial(7, 1)

@@ -75,11 +75,16 @@ class TensorType:
         return cls(channels, (Fraction(1),) * dims)
 
     @classmethod
-    def of_shape(cls, shape: Sequence[int]) -> TensorType:
+    def of_shape(cls, shape: Sequence[int], *, cond: bool = False) -> TensorType:
         """The type a concrete shape has at full resolution: ``(N,)`` a per-sample scalar,
-        ``(N, C)`` a vector, ``(N, C, *spatial)`` dense (blocks given shapes, not types)."""
+        ``(N, C)`` a vector, ``(N, C, *spatial)`` dense (blocks given shapes, not types).
+
+        ``cond``: the shape arrives on a ``cond`` edge, where three axes are a context
+        sequence ``(N, L, C)``: conditioning is a scalar, a vector or a sequence, never dense."""
         if len(shape) < 2:
             return cls(1, (), "scalar")
+        if cond and len(shape) == 3:
+            return cls(shape[2], (), "sequence")
         return cls(shape[1], (Fraction(1),) * (len(shape) - 2))
 
     @property

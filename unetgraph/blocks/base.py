@@ -144,7 +144,7 @@ class BlockSpec:
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 
-        types = [TensorType.of_shape(s) for s in inputs]
+        types = self.shape_types(inputs)
         out_type = TensorType.of_shape(output)
         with torch.device("meta"):
             module = self.build(types, out_type)
@@ -153,6 +153,18 @@ class BlockSpec:
         with counter, torch.no_grad():
             module(*args)
         return counter.get_total_flops()
+
+    def shape_types(self, inputs: Sequence[tuple[int, ...]]) -> list[TensorType]:
+        """The types of concrete input shapes, the ones past the data inputs read as
+        conditioning (for blocks given shapes, e.g. :meth:`flops`)."""
+        n = self.data_inputs(len(inputs))
+        return [TensorType.of_shape(s, cond=i >= n) for i, s in enumerate(inputs)]
+
+    def data_inputs(self, total: int) -> int:
+        """How many of ``total`` inputs are data/skip inputs; the rest arrive on ``cond`` edges."""
+        if self.max_cond == 0 or self.max_inputs is None:
+            return total
+        return min(total, self.max_inputs)
 
     def label(self) -> str:
         """A few words for tables and drawings."""

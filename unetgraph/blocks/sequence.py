@@ -104,14 +104,11 @@ class Sequence(BlockSpec):
         self._set("max_cond", cond)
 
     # -- how types and shapes flow through the parts ----------------------------------
-    def _data_inputs(self, total: int) -> int:
-        return total if self.max_cond == 0 else typing.cast(int, self.blocks[0].max_inputs)
-
     def _flow(
         self, inputs: typing.Sequence[TensorType], sources: typing.Sequence[str] = ()
     ) -> list[tuple[tuple[TensorType, ...], TensorType]]:
         """``(inputs, output)`` types of each part."""
-        n = self._data_inputs(len(inputs))
+        n = self.data_inputs(len(inputs))
         h, cond = tuple(inputs[:n]), tuple(inputs[n:])
         names = tuple(sources[:n]) if sources else ()
         steps = []
@@ -128,8 +125,8 @@ class Sequence(BlockSpec):
 
     def _shape_flow(self, inputs: typing.Sequence[Shape]) -> list[tuple[tuple[Shape, ...], Shape]]:
         """``(input shapes, output shape)`` of each part at concrete shapes."""
-        types = [TensorType.of_shape(s) for s in inputs]
-        n = self._data_inputs(len(inputs))
+        types = self.shape_types(inputs)
+        n = self.data_inputs(len(inputs))
         h, cond = tuple(inputs[:n]), tuple(inputs[n:])
         spatial = [s[2:] for s in h if len(s) > 2]
         size: tuple[int, ...] = spatial[-1] if spatial else ()
@@ -179,7 +176,7 @@ class Sequence(BlockSpec):
             (self._child(i, part), part.build(ins, out), part.max_cond)
             for i, (part, (ins, out)) in enumerate(zip(self.blocks, self._flow(inputs)))
         ]
-        return _Chain(parts, None if self.max_cond == 0 else self._data_inputs(len(inputs)))
+        return _Chain(parts, None if self.max_cond == 0 else self.data_inputs(len(inputs)))
 
     def params(self, inputs: typing.Sequence[TensorType], output: TensorType) -> int:
         return sum(part.params(ins, out) for part, (ins, out) in zip(self.blocks, self._flow(inputs)))
