@@ -314,3 +314,163 @@ def test_atomic_dir_keeps_the_old_folder_when_writing_fails(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o777 & ~mask  # a plain mkdir's mode, not mkdtemp's 0700
+
+
+# -- hostile folders, races and failed writes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [ug.saved.METADATA, ug.saved.CONFIG, ug.saved.WEIGHTS])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_fifo_or_a_device_in_a_saved_folder_is_refused_without_blocking(saved, name, kind):
+    """Opening a FIFO waits for a writer and /dev/zero never ends: both hung or grew memory
+    without bound before files were checked on their descriptor (/dev/null stands for the
+    devices here, so that a regression fails this test instead of filling the memory)."""
+    import threading
+
+    folder, _ = saved
+    (folder / name).unlink()
+    if kind == "fifo":
+        os.mkfifo(folder / name)
+    else:
+        (folder / name).symlink_to("/dev/null")
+    result: list[BaseException | None] = []
+
+    def load():
+        try:
+            ug.load_model(folder)
+            result.append(None)
+        except BaseException as e:  # collected: the assertion below names it
+            result.append(e)
+
+    th = threading.Thread(target=load, daemon=True)
+    th.start()
+    th.join(timeout=30)
+    assert result, f"load_model still blocks on a {kind} as {name}"
+    assert isinstance(result[0], ug.SavedModelError) and "not a regular file" in str(result[0]), result[0]
+    assert str(result[0]).startswith(name)
+
+
+def test_a_folder_replaced_while_it_loads_gives_one_model_whole(tmp_path):
+    """Another thread keeps replacing the folder with one of two models that differ in their
+    recorded options and weights. A load read the three files at separate moments by name, so it
+    mixed one model's options with the other's weights, or blamed a checksum."""
+    from thread_helpers import run_together
+
+    g = seg_graph()
+    models = {"constant": g.lower(pad="auto"), "reflect": g.lower(pad="auto", pad_mode="reflect")}
+    x = torch.randn(1, 1, 21, 21)
+    want = {mode: outputs(gm, x) for mode, gm in models.items()}
+    path = tmp_path / "m"
+    ug.save_model(models["constant"], path)
+
+    def save(i):
+        for gm in models.values():
+            ug.save_model(gm, path, overwrite=True)
+
+    def load(i):
+        gm = ug.load_model(path)
+        mode = ug.lowered_record(gm).pad_mode
+        assert torch.equal(outputs(gm, x), want[mode]), f"{mode}'s options with the other model's weights"
+
+    counts = run_together(4, {"save": (save, 1), "load": (load, 2)})
+    assert counts["load"] > 5 and counts["save"] > 2, counts
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_a_folder_describing_a_huge_graph_is_refused_before_anything_is_built(saved):
+    """A 10 KB folder can describe any graph (its checksums sit in a file anyone can rewrite): the
+    tensors are now checked against a module built on the meta device, before the real one."""
+    folder, _ = saved
+    doc = json.loads((folder / ug.saved.CONFIG).read_text())
+    doc["nodes"]["mid"]["block"]["channels"] = 2**20  # a 2**20 × 2**20 × 3 × 3 weight: 40 TB of float32
+    config = (json.dumps(doc) + "\n").encode()
+    (folder / ug.saved.CONFIG).write_bytes(config)
+    meta = json.loads((folder / ug.saved.METADATA).read_text())
+    meta["files"][ug.saved.CONFIG] = hashlib.sha256(config).hexdigest()
+    (folder / ug.saved.METADATA).write_text(json.dumps(meta))
+    with pytest.raises(
+        ug.SavedModelError, match=r"mid\.conv0\.weight \(node mid\) is 16×8×3×3, the graph needs 1048576"
+    ):
+        ug.load_model(folder)
+
+
+def test_json_files_of_a_saved_folder_keep_the_document_limits(saved):
+    """config.json went through plain json.loads: a repeated key or a 5000-digit integer gave a raw
+    ValueError or was taken silently, where ug.loads refuses both."""
+    folder, _ = saved
+    config = (folder / ug.saved.CONFIG).read_text()
+    (folder / ug.saved.CONFIG).write_text(config.replace("{", '{"schema_version": 1, ', 1))
+    with pytest.raises(ug.SavedModelError, match=r"config\.json: document: the key 'schema_version' appears more"):
+        ug.load_model(folder, verify=False)
+    meta = (folder / ug.saved.METADATA).read_text()
+    (folder / ug.saved.METADATA).write_text(meta.replace('"format_version": 1', '"format_version": ' + "9" * 5000))
+    with pytest.raises(ug.SavedModelError, match=r"unetgraph\.json: format_version: an integer of 5,000 digits"):
+        ug.load_model(folder)
+
+
+FULL_DISK = """
+import resource, signal, sys, torch, unetgraph as ug
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+gm = ug.unet(1, 2, widths=(8, 16)).lower()
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+writes = (lambda: ug.save_model(gm, sys.argv[1] + "/a/b/model"), lambda: ug.unet(1, 2).save(sys.argv[1] + "/c/g.json"))
+for write in writes:
+    try:
+        write()
+    except ug.FileError as e:
+        print("FileError", e)
+"""
+
+
+def test_a_write_that_fails_is_typed_and_leaves_nothing_behind(tmp_path):
+    """A full disk (a file-size limit here) raised a raw OSError from save_model, and left the
+    folders a write had created on its way to the target."""
+    out = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        f"FileError {tmp_path}/a/b/model",
+        f"FileError {tmp_path}/c/g.json",
+    ]
+    assert all(line.endswith("cannot write: File too large") for line in lines), lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_model_refuses_what_load_model_would_and_saves_tied_tensors(tmp_path):
+    gm = seg_graph().lower()
+    state = dict(gm.state_dict())
+    state["head.weight"] = state["head.weight"].to(torch.int32)
+    with pytest.raises(
+        ug.SavedModelError, match=r"head\.weight \(node head\) is torch\.int32, the model is built in torch\.float32"
+    ):
+        ug.save_model(seg_graph(), tmp_path / "int", weights=state)
+    tied = dict(gm.state_dict())
+    tied["enc0.norm0.bias"] = tied["enc0.norm0.weight"]  # one tensor under two names
+    ug.save_model(seg_graph(), tmp_path / "tied", weights=tied)
+    back = ug.load_model(tmp_path / "tied").state_dict()
+    assert torch.equal(back["enc0.norm0.bias"], tied["enc0.norm0.weight"])
+    with pytest.raises(ug.SavedModelError, match="the key 3 is a int, not a name"):
+        ug.save_model(seg_graph(), tmp_path / "key", weights={**gm.state_dict(), 3: torch.zeros(1)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tied"]
+
+
+def test_atomic_dir_never_replaces_a_folder_that_appeared_while_writing(tmp_path):
+    """The check for an existing target and the rename were two steps: an empty folder created in
+    between was replaced silently, a full one gave a raw ENOTEMPTY."""
+    from unetgraph.files import atomic_dir
+
+    for fill in (False, True):
+        path = tmp_path / f"out{int(fill)}"
+        with pytest.raises(FileExistsError), atomic_dir(path) as tmp:
+            (tmp / "new.txt").write_text("new")
+            path.mkdir()
+            if fill:
+                (path / "theirs.txt").write_text("theirs")
+        assert sorted(p.name for p in path.iterdir()) == (["theirs.txt"] if fill else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out0", "out1"]

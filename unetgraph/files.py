@@ -37,7 +37,17 @@ from typing import Any, Iterator
 from .errors import FileError
 from .util import short_repr
 
-__all__ = ["write_atomic", "atomic_path", "atomic_dir", "stale_temporaries", "TEMP_MARK", "STALE_AFTER_S"]
+__all__ = [
+    "write_atomic",
+    "atomic_path",
+    "atomic_dir",
+    "stale_temporaries",
+    "read_regular",
+    "open_regular",
+    "TooLarge",
+    "TEMP_MARK",
+    "STALE_AFTER_S",
+]
 
 TEMP_MARK = "ugtmp"
 """The word every temporary file name carries (``.net.yaml.ugtmp-1a2b3c4d-4242-k3j2h1g0.yaml``)."""
@@ -74,7 +84,13 @@ def _writer_gone(host: str, pid: int, age_s: float) -> bool:
 
 
 def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """The temporary files in ``folder`` that killed writers left behind (the rules above)."""
+    """The temporary files in ``folder`` that killed writers left behind (the rules above).
+
+    Raises:
+        TypeError: ``folder`` is not a path (``str`` or ``os.PathLike`` of ``str``).
+    """
+    if not isinstance(folder, (str, os.PathLike)) or isinstance(os.fspath(folder), bytes):
+        raise TypeError(f"folder: expected a folder path (str or os.PathLike), got {type(folder).__name__}")
     out = []
     uid = os.getuid() if hasattr(os, "getuid") else None
     now = time.time()
@@ -98,6 +114,87 @@ def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
         if _writer_gone(m["host"], int(m["pid"]), now - st.st_mtime):
             out.append(Path(entry.path))
     return out
+
+
+class TooLarge(OSError):
+    """A file is larger than the reader's limit (``size`` and ``limit`` in bytes)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(errno.EFBIG, f"{size:,} bytes, more than the {limit:,} it may hold")
+        self.size, self.limit = size, limit
+
+
+def open_regular(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """A read-only descriptor of the regular file ``path`` (relative to ``dir_fd`` if given).
+
+    Opened without blocking and checked on the descriptor, not the name, so a FIFO (whose
+    ``open`` would wait for a writer), a device (``/dev/zero`` never ends) or a folder put in a
+    file's place is refused, and a file renamed over ``path`` meanwhile cannot slip in.
+
+    Raises:
+        IsADirectoryError, OSError: a folder; not a regular file (``EINVAL``); cannot be opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, dir_fd=dir_fd) if dir_fd is not None else os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike[str], limit: int, *, dir_fd: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`), at most ``limit``.
+
+    Raises:
+        TooLarge: the file holds more than ``limit`` bytes (checked before reading, and again
+            after, for a file that grew).
+        IsADirectoryError, OSError: as :func:`open_regular`, or the read failed.
+    """
+    fd = open_regular(path, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise TooLarge(size, limit)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(len(data), limit)
+    return data
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones this call created, outermost first."""
+    missing = []
+    for p in (folder, *folder.parents):
+        if os.path.lexists(p):
+            if not p.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{p} is a file, not a folder")
+            break
+        missing.append(p)
+    created = []
+    for p in reversed(missing):
+        try:
+            os.mkdir(p)
+        except FileExistsError:  # another writer made it meanwhile: theirs, not ours to remove
+            continue
+        created.append(p)
+    return created
+
+
+def _unmake(created: list[Path]) -> None:
+    """Remove the folders :func:`_make_parents` created, innermost first, while they are empty."""
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:  # not empty: another writer uses it
+            return
 
 
 def _target_exists(tmp: Path) -> bool:
@@ -152,21 +249,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             caller's writer raises inside the block passes through unchanged.
     """
     path = Path(path)
+    created: list[Path] = []
     try:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "it is a folder")
-        for folder in (path.parent, *path.parent.parents):
-            if folder.exists():
-                if not folder.is_dir():
-                    raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder")
-                break
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_parents(path.parent)
         _remove_stale(path.parent)
         tmp = _create_temp(path)
-    except OSError as e:
-        raise FileError(f"{path}: cannot write: {e.strerror or e}") from e
-    except ValueError as e:  # a NUL or an unencodable character in the path
-        raise FileError(f"{short_repr(str(path))}: cannot write: {e}") from e
+    except (OSError, ValueError) as e:  # ValueError: a NUL or an unencodable character in the path
+        _unmake(created)
+        raise _cannot_write(path, e) from e
     try:
         yield tmp
         try:
@@ -174,10 +266,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                 os.chmod(tmp, path.stat().st_mode & 0o777)
             os.replace(tmp, path)
         except OSError as e:
-            raise FileError(f"{path}: cannot write: {e.strerror or e}") from e
+            raise _cannot_write(path, e) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
+        _unmake(created)
         raise
+
+
+def _cannot_write(path: Path, e: OSError | ValueError) -> FileError:
+    if isinstance(e, FileError):
+        return e
+    if isinstance(e, OSError):
+        return FileError(f"{path}: cannot write: {e.strerror or e}")
+    return FileError(f"{short_repr(str(path))}: cannot write: {e}")  # a NUL in the name: quoted
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
@@ -193,7 +294,7 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
             else:
                 tmp.write_bytes(data)
         except OSError as e:
-            raise FileError(f"{path}: cannot write: {e.strerror or e}") from e
+            raise _cannot_write(Path(path), e) from e
     return Path(path)
 
 
@@ -212,36 +313,80 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
             aside (``….old``, where a kill between the two renames leaves it).
 
     Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is false.
-        FileError: the folder cannot be made.
+        FileExistsError: ``path`` exists (or appeared while writing) and ``overwrite`` is false.
+        FileError: the folder cannot be made or written (no permission, the disk full, a bad
+            name); what the caller's block raises passes through unchanged. Folders this call
+            created on the way are removed again.
     """
     path = Path(path)
+    created: list[Path] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_parents(path.parent)
         _remove_stale(path.parent)
-    except OSError as e:
-        raise FileError(f"{path}: cannot write: {e.strerror or e}") from e
-    if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(errno.EEXIST, "exists; pass overwrite=True to replace it", str(path))
-    tmp = _create_temp(path, folder=True)
+        if os.path.lexists(path) and not overwrite:
+            raise FileExistsError(errno.EEXIST, "exists; pass overwrite=True to replace it", str(path))
+        tmp = _create_temp(path, folder=True)
+    except FileExistsError:
+        _unmake(created)
+        raise
+    except (OSError, ValueError) as e:
+        _unmake(created)
+        raise _cannot_write(path, e) from e
     try:
         yield tmp
-        _sync_tree(tmp)
-        if not os.path.lexists(path):
-            os.rename(tmp, path)
-        elif not overwrite:
-            raise FileExistsError(errno.EEXIST, "appeared while writing", str(path))
-        elif _exchange(tmp, path):
-            _remove(tmp)  # now the old folder
-        else:
-            old = tmp.with_suffix(".old")
-            os.rename(path, old)
-            os.rename(tmp, path)
-            _remove(old)
-        _sync(path.parent)
+        try:
+            _sync_tree(tmp)
+            if not (_rename_new(tmp, path, overwrite) or _exchange(tmp, path)):
+                old = tmp.with_suffix(".old")
+                os.rename(path, old)
+                os.rename(tmp, path)
+                _remove(old)
+            elif tmp.exists():
+                _remove(tmp)  # now the old folder
+            _sync(path.parent)
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise _cannot_write(path, e) from e
     except BaseException:
         _remove(tmp)
+        _unmake(created)
         raise
+
+
+def _rename_new(tmp: Path, path: Path, overwrite: bool) -> bool:
+    """Rename ``tmp`` to ``path`` where nothing is there, in one step (``RENAME_NOREPLACE`` on
+    Linux: a folder that appears meanwhile, even an empty one, is never replaced); ``False``
+    where ``path`` exists and ``overwrite`` asks to replace it.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    fn = _renameat2()
+    if fn is not None:
+        at_fdcwd, rename_noreplace = -100, 1
+        if fn(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(path), rename_noreplace) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            if err != errno.EEXIST:
+                raise OSError(err, os.strerror(err), str(path))
+            if overwrite:
+                return False
+            raise FileExistsError(errno.EEXIST, "appeared while writing", str(path))
+    if os.path.lexists(path):
+        if overwrite:
+            return False
+        raise FileExistsError(errno.EEXIST, "appeared while writing", str(path))
+    try:
+        os.rename(tmp, path)
+    except OSError as e:  # an empty folder appeared meanwhile is replaced; a full one is not
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and not overwrite:
+            raise FileExistsError(errno.EEXIST, "appeared while writing", str(path)) from None
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    return True
 
 
 def _sync(path: Path) -> None:

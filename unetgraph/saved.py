@@ -26,23 +26,27 @@ JSON and safetensors only (nothing is unpickled or executed), strict keys, and e
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import SavedModelError, UNetGraphError
-from .files import atomic_dir
+from .errors import FileError, SavedModelError, UNetGraphError
+from .files import atomic_dir, open_regular
 from .graph import UNetGraph
 from .grouping import POLICIES, group_nodes
 from .lower import lower
 from .record import LoweredRecord, find_record
-from .serialize import from_dict, to_dict
+from .serialize import MAX_DOCUMENT_BYTES, loads, read_json, to_dict
+from .util import short_repr
 
 __all__ = ["save_model", "load_model", "CONFIG", "WEIGHTS", "METADATA", "FORMAT_VERSION"]
 
@@ -53,7 +57,6 @@ FORMAT = "unetgraph-model"
 FORMAT_VERSION = 1
 """The version of the folder layout this release writes and reads."""
 
-_MAX_JSON = 64 * 2**20  # a graph document of 100,000 nodes is ~30 MB
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
 _OPTIONS = {"pad": (type(None), str), "pad_mode": (str,), "guard": (bool,), "grouped": (bool,)}
 
@@ -82,22 +85,20 @@ def save_model(
     Raises:
         SavedModelError: ``path`` exists (without ``overwrite``); the weights do not fit the graph
             (a module changed by ``ug.optimize``: save the module lower() made and optimize after
-            loading); sharded (FSDP) tensors; mixed floating dtypes.
+            loading) in names, shapes or dtypes; sharded (FSDP) tensors; mixed floating dtypes.
+        FileError: the folder cannot be written (no permission, the disk full, a bad name);
+            nothing is left behind.
     """
     g, record, state = _what_to_save(model, weights)
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise SavedModelError(f"{path}: exists and is not a folder")
-    if path.exists() and not overwrite:
-        raise SavedModelError(f"{path}: exists; pass overwrite=True to replace it (in one step)")
+    path = _folder(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise SavedModelError(f"{path}: exists and is not a folder")
+        if path.exists() and not overwrite:
+            raise SavedModelError(f"{path}: exists; pass overwrite=True to replace it (in one step)")
+    except OSError as e:  # a name too long, a folder that cannot be searched
+        raise FileError(f"{path}: cannot write: {e.strerror or e}") from None
     tensors = _plain_tensors(state)
-    expected = _expected(g, record)
-    _check_tensors(
-        {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()},
-        expected,
-        "the weights",
-        hint="was it changed by ug.optimize? save the module lower() made and optimize after load_model",
-    )
     floats = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(floats) > 1:
         raise SavedModelError(
@@ -105,6 +106,15 @@ def save_model(
             "module lower() made and apply optimize(dtype=...) after load_model"
         )
     dtype = next(iter(floats)) if floats else torch.get_default_dtype()
+    options = _options(record)
+    # what load_model will build and check: the same options and dtype, so a folder that saves loads
+    _check_tensors(
+        {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()},
+        _expected(g, options, dtype),
+        "the weights",
+        hint="was it changed by ug.optimize? save the module lower() made and optimize after load_model",
+        dtypes=True,
+    )
     config = (json.dumps(to_dict(g), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     from safetensors.torch import save as save_safetensors
 
@@ -131,6 +141,10 @@ def save_model(
             (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     except FileExistsError:
         raise SavedModelError(f"{path}: exists; pass overwrite=True to replace it (in one step)") from None
+    except FileError:
+        raise
+    except OSError as e:  # the disk full, a file too large for the file system
+        raise FileError(f"{path}: cannot write: {e.strerror or e}") from None
     return path
 
 
@@ -149,38 +163,49 @@ def load_model(
         verify: check both files against the SHA-256 recorded in ``unetgraph.json`` (a flipped
             bit or an edited file is refused, naming the file).
 
+    A folder replaced while it loads (``save_model(..., overwrite=True)`` from another thread or
+    process) gives the old model or the new one whole: the folder is opened once and its three
+    files are read from that opening.
+
     Raises:
-        SavedModelError: a file is missing, too large, not valid JSON or safetensors, fails its
-            checksum or holds values this release does not read (the message names the file);
-            a tensor is missing, unexpected, or of another shape or dtype than the graph needs
-            (``.node`` names its node).
+        SavedModelError: a file is missing, too large, not a regular file (a FIFO, a device), not
+            valid JSON or safetensors, fails its checksum or holds values this release does not
+            read (the message names the file); a tensor is missing, unexpected, or of another
+            shape or dtype than the graph needs (``.node`` names its node); ``device`` is not a
+            device.
     """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise SavedModelError(f"{folder}: no such folder{_interrupted(folder)}")
-    meta = _metadata(folder)
-    config_bytes = _read(folder / CONFIG, _MAX_JSON)
-    if verify:
-        _verify(folder / CONFIG, config_bytes, meta)
-        _verify_file(folder / WEIGHTS, meta)
+    folder = _folder(path)
     try:
-        g = from_dict(json.loads(config_bytes.decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise SavedModelError(f"{CONFIG}: not a valid JSON document ({e})") from None
-    except UNetGraphError as e:
-        raise SavedModelError(f"{CONFIG}: {e.message}", node=e.node, edge=e.edge) from None
-    lowering, dtype = meta["lowering"], _DTYPES[meta["dtype"]]
-    try:
-        gm = lower(
-            g, pad=lowering["pad"], pad_mode=lowering["pad_mode"], guard=lowering["guard"], device=device, dtype=dtype
-        )
-    except UNetGraphError as e:
-        raise SavedModelError(
-            f"{METADATA}: the graph cannot be lowered as recorded: {e.message}", node=e.node
-        ) from None
-    tensors = _weights(folder / WEIGHTS, {k: (tuple(t.shape), t.dtype) for k, t in gm.state_dict().items()})
-    with torch.no_grad():
-        gm.load_state_dict({k: t.to(device) for k, t in tensors.items()}, strict=True)
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, TypeError, AssertionError) as e:
+        raise SavedModelError(f"device: {short_repr(device)} cannot be used here ({e})") from None
+    with _Pinned(folder) as files:
+        meta = _metadata(files.read(METADATA, 2**20))
+        config_bytes = files.read(CONFIG, MAX_DOCUMENT_BYTES)
+        if verify:
+            _verify(CONFIG, _digest(config_bytes), meta)
+            _verify(WEIGHTS, files.digest(WEIGHTS), meta)
+        try:
+            g = loads(config_bytes, "json")
+        except UNetGraphError as e:
+            raise SavedModelError(f"{CONFIG}: {e.message}", node=e.node, edge=e.edge) from None
+        lowering, dtype = meta["lowering"], _DTYPES[meta["dtype"]]
+        options = {k: lowering[k] for k in ("pad", "pad_mode", "guard")}
+        try:
+            # the tensors are checked against a module built on the meta device first, so a
+            # folder that describes a huge graph costs nothing before it is refused
+            expected = _expected(g, options, dtype)
+        except UNetGraphError as e:
+            raise SavedModelError(
+                f"{METADATA}: the graph cannot be lowered as recorded: {e.message}", node=e.node
+            ) from None
+        with _safetensors(files.path(WEIGHTS), WEIGHTS) as weights:
+            header = {k: (tuple(weights.get_slice(k).get_shape()), _weight_dtype(weights, k)) for k in weights.keys()}
+            _check_tensors(header, expected, WEIGHTS, dtypes=True)
+            gm = lower(g, **options, device=device, dtype=dtype)
+            with torch.no_grad():
+                gm.load_state_dict({k: weights.get_tensor(k).to(device) for k in header}, strict=True)
     if lowering["grouped"] or lowering["checkpoint"]:
         try:
             gm = group_nodes(gm, checkpoint=lowering["checkpoint"], policy=lowering["checkpoint_policy"])
@@ -221,11 +246,25 @@ def _what_to_save(
     return record.graph, record, module.state_dict()
 
 
+def _folder(path: object) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise SavedModelError(f"path: expected a folder path (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
+
+
+def _options(record: LoweredRecord) -> dict[str, Any]:
+    """The lowering options a saved folder records and :func:`load_model` lowers with."""
+    return {"pad": record.pad, "pad_mode": record.pad_mode, "guard": record.guard}
+
+
 def _plain_tensors(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     out = {}
+    storages: set[tuple[str, int]] = set()
     for key, t in state.items():
-        if not isinstance(key, str) or not isinstance(t, torch.Tensor):
-            raise SavedModelError(f"the weights: {key!r} is a {type(t).__name__}, not a tensor")
+        if not isinstance(key, str):
+            raise SavedModelError(f"the weights: the key {short_repr(key)} is a {type(key).__name__}, not a name")
+        if not isinstance(t, torch.Tensor):
+            raise SavedModelError(f"the weights: {key} is a {type(t).__name__}, not a tensor")
         if hasattr(t, "full_tensor"):
             raise SavedModelError(
                 f"the weights: {key} is a sharded DTensor (FSDP); gather a full state_dict first: "
@@ -235,7 +274,12 @@ def _plain_tensors(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
             )
         if t.is_meta:
             raise SavedModelError(f"the weights: {key} is on the meta device (no values to save)")
-        out[key] = t.detach().to("cpu").contiguous()
+        t = t.detach().to("cpu").contiguous()
+        storage = (str(t.device), t.untyped_storage().data_ptr())
+        if storage in storages:  # tied tensors: safetensors stores each under its own name
+            t = t.clone()
+        storages.add(storage)
+        out[key] = t
     return out
 
 
@@ -255,9 +299,11 @@ def _digest(data: bytes) -> str:
 # -- checking --------------------------------------------------------------------------------------
 
 
-def _expected(g: UNetGraph, record: LoweredRecord) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Key → (shape, dtype) of the module ``g`` lowers to with ``record``'s options (built on the meta device)."""
-    gm = lower(g, pad=record.pad, pad_mode=record.pad_mode, guard=record.guard, device="meta")
+def _expected(
+    g: UNetGraph, options: Mapping[str, Any], dtype: torch.dtype
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Key → (shape, dtype) of the module ``g`` lowers to with ``options`` in ``dtype`` (built on the meta device)."""
+    gm = lower(g, **options, device="meta", dtype=dtype)
     return {k: (tuple(t.shape), t.dtype) for k, t in gm.state_dict().items()}
 
 
@@ -299,26 +345,110 @@ def _check_tensors(
             )
 
 
-def _read(path: Path, limit: int) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise SavedModelError(f"{path.name}: {size:,} bytes, more than the {limit:,} this file may hold")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise SavedModelError(f"{path.name}: missing from {path.parent}") from None
-    except IsADirectoryError:
-        raise SavedModelError(f"{path.name}: is a folder, expected a file") from None
-    except OSError as e:
-        raise SavedModelError(f"{path.name}: cannot be read ({e.strerror})") from None
+class _Pinned:
+    """A saved folder opened once: its files are opened relative to that opening, so a folder
+    swapped in meanwhile (an ``overwrite=True`` save) cannot mix its files with the old ones.
+    Files are kept open until the end, and must be regular files (a FIFO or a device is refused
+    before it could block or never end)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.dir_fd: int | None = None
+        self.fds: dict[str, int] = {}
+
+    def __enter__(self) -> _Pinned:
+        for attempt in range(5):
+            self._open_folder()
+            try:
+                for name in (METADATA, CONFIG, WEIGHTS):
+                    self._fd(name)
+                return self
+            except SavedModelError:
+                # the folder was swapped and its old copy removed between our two opens: again
+                swapped = self.dir_fd is not None and self._swapped()
+                self.__exit__()
+                if not swapped or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _open_folder(self) -> None:
+        pinning = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
+        try:
+            if pinning:
+                self.dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+            elif not self.folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+        except (FileNotFoundError, NotADirectoryError):
+            raise SavedModelError(f"{self.folder}: no such folder{_interrupted(self.folder)}") from None
+        except (OSError, ValueError) as e:
+            raise SavedModelError(f"{self.folder}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+
+    def _swapped(self) -> bool:
+        try:
+            now, opened = os.stat(self.folder), os.fstat(typing.cast(int, self.dir_fd))
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in [*self.fds.values(), *([self.dir_fd] if self.dir_fd is not None else [])]:
+            os.close(fd)
+        self.fds.clear()
+        self.dir_fd = None
+
+    def _fd(self, name: str) -> int:
+        if name not in self.fds:
+            try:
+                if self.dir_fd is not None:
+                    self.fds[name] = open_regular(name, dir_fd=self.dir_fd)
+                else:
+                    self.fds[name] = open_regular(self.folder / name)
+            except FileNotFoundError:
+                raise SavedModelError(f"{name}: missing from {self.folder}") from None
+            except IsADirectoryError:
+                raise SavedModelError(f"{name}: is a folder, expected a file") from None
+            except OSError as e:
+                raise SavedModelError(f"{name}: cannot be read ({e.strerror or e})") from None
+        return self.fds[name]
+
+    def read(self, name: str, limit: int) -> bytes:
+        """The whole file, at most ``limit`` bytes."""
+        fd = self._fd(name)
+        try:
+            size = os.fstat(fd).st_size
+            if size > limit:
+                raise SavedModelError(f"{name}: {size:,} bytes, more than the {limit:,} this file may hold")
+            data = os.pread(fd, limit + 1, 0) if hasattr(os, "pread") else os.read(fd, limit + 1)
+        except OSError as e:
+            raise SavedModelError(f"{name}: cannot be read ({e.strerror or e})") from None
+        if len(data) > limit:
+            raise SavedModelError(f"{name}: more than the {limit:,} bytes this file may hold")
+        return data
+
+    def digest(self, name: str) -> str:
+        """The SHA-256 of the file, read in chunks."""
+        fd = self._fd(name)
+        h = hashlib.sha256()
+        try:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                for chunk in iter(lambda: f.read(2**24), b""):
+                    h.update(chunk)
+        except OSError as e:
+            raise SavedModelError(f"{name}: cannot be read ({e.strerror or e})") from None
+        return h.hexdigest()
+
+    def path(self, name: str) -> str:
+        """A name the opened file can be opened again by (for readers that take a name)."""
+        fd = self._fd(name)
+        proc = f"/proc/self/fd/{fd}"
+        return proc if os.path.exists(proc) else str(self.folder / name)
 
 
-def _metadata(folder: Path) -> dict[str, Any]:
-    raw = _read(folder / METADATA, 2**20)
+def _metadata(raw: bytes) -> dict[str, Any]:
     try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise SavedModelError(f"{METADATA}: not valid JSON ({e})") from None
+        meta = read_json(raw)
+    except UNetGraphError as e:
+        raise SavedModelError(f"{METADATA}: {e.message}") from None
 
     def bad(field: str, value: Any, expected: str) -> SavedModelError:
         return SavedModelError(f"{METADATA}: {field}: expected {expected}, got {value!r}"[:400])
@@ -353,49 +483,33 @@ def _metadata(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def _verify(path: Path, data: bytes, meta: Mapping[str, Any]) -> None:
-    if _digest(data) != meta["files"][path.name]:
+def _verify(name: str, digest: str, meta: Mapping[str, Any]) -> None:
+    if digest != meta["files"][name]:
         raise SavedModelError(
-            f"{path.name}: its contents changed after it was saved (SHA-256 differs from the one in {METADATA}); "
+            f"{name}: its contents changed after it was saved (SHA-256 differs from the one in {METADATA}); "
             "load_model(..., verify=False) skips this check"
         )
 
 
-def _verify_file(path: Path, meta: Mapping[str, Any]) -> None:
-    h = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(2**24), b""):
-                h.update(chunk)
-    except FileNotFoundError:
-        raise SavedModelError(f"{path.name}: missing from {path.parent}") from None
-    except OSError as e:
-        raise SavedModelError(f"{path.name}: cannot be read ({e.strerror})") from None
-    if h.hexdigest() != meta["files"][path.name]:
-        raise SavedModelError(
-            f"{path.name}: its contents changed after it was saved (SHA-256 differs from the one in {METADATA}); "
-            "load_model(..., verify=False) skips this check"
-        )
-
-
-def _weights(path: Path, expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
-    """The tensors of ``path``, after their names, shapes and dtypes were checked against ``expected``."""
+@contextlib.contextmanager
+def _safetensors(path: str, name: str) -> Iterator[Any]:
+    """``safe_open`` of ``path``, its errors as :class:`SavedModelError` naming ``name``."""
     from safetensors import SafetensorError, safe_open
 
-    if not path.is_file():
-        raise SavedModelError(f"{path.name}: missing from {path.parent}")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            got = {}
-            for key in f.keys():
-                sl = f.get_slice(key)
-                got[key] = (tuple(sl.get_shape()), _torch_dtype(sl.get_dtype(), path, key))
-            _check_tensors(got, expected, path.name, dtypes=True)
-            return {key: f.get_tensor(key) for key in got}
+        with safe_open(path, framework="pt", device="cpu") as f:
+            yield f
     except SafetensorError as e:
-        raise SavedModelError(f"{path.name}: not a valid safetensors file ({e})") from None
+        raise SavedModelError(f"{name}: not a valid safetensors file ({e})") from None
     except (OSError, ValueError, RuntimeError) as e:
-        raise SavedModelError(f"{path.name}: cannot be read ({type(e).__name__}: {e})") from None
+        raise SavedModelError(f"{name}: cannot be read ({type(e).__name__}: {e})") from None
+
+
+def _weight_dtype(f: Any, key: str) -> torch.dtype:
+    name = f.get_slice(key).get_dtype()
+    if name not in _SAFETENSORS_DTYPES:
+        raise SavedModelError(f"{WEIGHTS}: {key} (node {_node(key)}) has dtype {name}, which no unetgraph model holds")
+    return _SAFETENSORS_DTYPES[name]
 
 
 _SAFETENSORS_DTYPES = {
@@ -410,14 +524,6 @@ _SAFETENSORS_DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-
-
-def _torch_dtype(name: str, path: Path, key: str) -> torch.dtype:
-    if name not in _SAFETENSORS_DTYPES:
-        raise SavedModelError(
-            f"{path.name}: {key} (node {_node(key)}) has dtype {name}, which no unetgraph model holds"
-        )
-    return _SAFETENSORS_DTYPES[name]
 
 
 def _interrupted(folder: Path) -> str:

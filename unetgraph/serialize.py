@@ -22,10 +22,8 @@ True
 from __future__ import annotations
 
 import difflib
-import errno
 import json
 import os
-import stat
 from collections import abc
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,7 +37,7 @@ from yaml.resolver import Resolver
 
 from .blocks.base import block_from_dict
 from .errors import FileError, SpecError, UNetGraphError
-from .files import write_atomic
+from .files import TooLarge, read_regular, write_atomic
 from .graph import UNetGraph, check_identifier
 from .types import EdgeKind, Role
 from .util import path_key, short_repr
@@ -91,6 +89,8 @@ def to_dict(g: UNetGraph) -> dict[str, Any]:
     Raises:
         SpecError: a block holds a field value that is not plain data.
     """
+    if not isinstance(g, UNetGraph):
+        raise SpecError(f"expected a UNetGraph to write, got {type(g).__name__}")
     nodes = {}
     for name, block, role, level in g.node_records():
         try:
@@ -185,6 +185,12 @@ def loads(text: str | bytes, format: str = "yaml") -> UNetGraph:
             is malformed (see :func:`from_dict`).
     """
     fmt = _format(format)
+    text = _decoded(text)
+    return from_dict(_parse_json(text) if fmt == "json" else _parse_yaml(text))
+
+
+def _decoded(text: str | bytes) -> str:
+    """``text`` as ``str`` (bytes read as UTF-8), within the size limit."""
     if isinstance(text, (bytes, bytearray)):
         _check_size(len(text), "bytes")
         try:
@@ -196,7 +202,7 @@ def loads(text: str | bytes, format: str = "yaml") -> UNetGraph:
     elif not isinstance(text, str):
         raise SpecError(f"expected the document as text (str or bytes), got {type(text).__name__}")
     _check_size(len(text), "characters")
-    return from_dict(_parse_json(text) if fmt == "json" else _parse_yaml(text))
+    return text
 
 
 def save(g: UNetGraph, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
@@ -210,8 +216,15 @@ def save(g: UNetGraph, path: str | os.PathLike[str], *, format: str | None = Non
 
     Raises:
         FileError: the file cannot be written (no permission, a folder in the way, disk full).
+        SpecError: ``g`` is not a graph, or ``path`` not a path.
     """
+    _check_path(path)
     return write_atomic(path, dumps(g, format or _suffix(path)))
+
+
+def _check_path(path: object) -> None:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise SpecError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__}")
 
 
 def load(path: str | os.PathLike[str], *, format: str | None = None) -> UNetGraph:
@@ -227,18 +240,13 @@ def load(path: str | os.PathLike[str], *, format: str | None = None) -> UNetGrap
         FileError: the file is missing, a folder, not a regular file or not readable.
         SpecError, GraphError, ...: as :func:`loads`, the message starting with the file's name.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise SpecError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__}")
+    _check_path(path)
     fmt = format or _suffix(path)
     name = Path(path).name
     try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, "it is a folder")
-        if not stat.S_ISREG(mode):  # opening a FIFO blocks; a device may never end
-            raise OSError(errno.EINVAL, "not a regular file")
-        with open(path, "rb") as f:
-            data = f.read(MAX_DOCUMENT_BYTES + 1)
+        data = read_regular(path, MAX_DOCUMENT_BYTES)
+    except TooLarge as e:
+        raise SpecError(f"{name}: the document is {e.size:,} bytes; documents are at most {e.limit:,} bytes") from None
     except OSError as e:
         raise FileError(f"{path}: cannot read: {e.strerror or e}") from e
     except ValueError as e:  # a NUL or an unencodable character in the path
@@ -281,6 +289,18 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         out.repeated = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
     return out
+
+
+def read_json(text: str | bytes) -> Any:
+    """JSON text as plain data, within the documents' limits (size, nesting, values, integer
+    digits, no repeated keys): for the JSON files beside a document (a saved model's metadata).
+
+    Raises:
+        SpecError: the text is not UTF-8, not valid JSON or breaks a limit.
+    """
+    data = _parse_json(_decoded(text))
+    _scan(data)
+    return data
 
 
 def _parse_json(text: str) -> Any:
