@@ -367,3 +367,35 @@ def test_the_guard_grammar(text, ok):
     else:
         with pytest.raises(ug.ArtifactError, match="is not a guard"):
             check()
+
+
+READ_UNDER_A_MEMORY_LIMIT = """
+import resource, sys
+from unetgraph import artifact
+resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+for path in sys.argv[1:]:
+    try:
+        artifact.read_archive(path) if path.endswith(".pt2") else artifact.read_onnx(path)
+    except artifact.ArtifactError as e:
+        print("ArtifactError", e.path)
+"""
+
+
+def test_a_small_artifact_is_read_without_reserving_the_size_limit(tmp_path):
+    """A file was read with read(max_bytes + 1): CPython reserves that buffer first, 8 GiB by
+    default, so a 1 KB artifact failed with MemoryError in a process limited to 6 GiB."""
+    import os
+    import subprocess
+
+    paths = [tmp_path / "x.pt2", tmp_path / "x.onnx"]
+    for p in paths:
+        p.write_bytes(b"not an artifact" * 64)
+    out = subprocess.run(
+        [sys.executable, "-c", READ_UNDER_A_MEMORY_LIMIT, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.split() == ["ArtifactError", str(paths[0]), "ArtifactError", str(paths[1])]

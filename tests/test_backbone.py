@@ -512,3 +512,31 @@ def test_an_extractor_whose_modes_trace_differently_is_not_inlined():
     assert type(differ).__name__ == "Branchy"  # why the check cannot go by the class name
     assert inline_graph(same, ["1"]) is not None
     assert inline_graph(differ, ["stem"]) is None
+
+
+def test_a_weights_file_that_is_a_fifo_or_code_is_refused_in_words(tmp_path):
+    """A FIFO named as a backbone's weights blocked lowering (and eject) forever in torch.load's
+    open(); a file torch refuses passed on torch's advice to load with weights_only=False."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.pt")
+    torch.save({"model": nn.Linear(2, 2)}, tmp_path / "module.pt")  # a pickled module, not tensors
+    for source in ("torchvision", "timm"):
+        spec = ug.Backbone("resnet18", source=source, depth=2, weights=str(tmp_path / "fifo.pt"))
+        errors: list[BaseException] = []
+
+        def lower(spec=spec, errors=errors):
+            try:
+                ug.unet(3, 1, encoder=spec, decoder_channels=(8, 8)).lower()
+            except BaseException as e:  # collected: the assertion below names it
+                errors.append(e)
+
+        th = threading.Thread(target=lower, daemon=True)
+        th.start()
+        th.join(timeout=60)
+        assert errors, f"lowering still blocks on a FIFO as {source} weights"
+        assert isinstance(errors[0], ug.SpecError) and "fifo.pt: not a regular file" in str(errors[0]), errors[0]
+    spec = ug.Backbone("resnet18", source="torchvision", depth=2, weights=str(tmp_path / "module.pt"))
+    with pytest.raises(ug.SpecError, match=r"module\.pt is not a weights file that loads without running code") as e:
+        ug.unet(3, 1, encoder=spec, decoder_channels=(8, 8)).lower()
+    assert "weights_only=False" not in str(e.value)

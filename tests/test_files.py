@@ -154,3 +154,18 @@ def test_a_killed_folder_writer_leaves_nothing_after_the_next_write(tmp_path):
     assert (target / "w.bin").read_bytes() == b"old"
     write_atomic(tmp_path / "other.json", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "other.json"]
+
+
+def test_a_write_never_replaces_a_fifo_or_a_device(tmp_path):
+    """A rename onto a FIFO or a device replaced it with a plain file: as root, ``unetgraph eject
+    -o /dev/null`` replaced the system's /dev/null."""
+    import stat
+
+    os.mkfifo(tmp_path / "out.json")
+    with pytest.raises(FileError, match=r"out\.json: cannot write: it is not a regular file"):
+        write_atomic(tmp_path / "out.json", "{}")
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "out.json").st_mode)
+    (tmp_path / "link.json").symlink_to(tmp_path / "out.json")  # a link is replaced, never followed
+    write_atomic(tmp_path / "link.json", "{}")
+    assert (tmp_path / "link.json").read_text() == "{}" and stat.S_ISFIFO(os.lstat(tmp_path / "out.json").st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "out.json"]

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, TypeGuard, TypeVar
 import torch
 
 from .errors import ArtifactError
+from .files import TooLarge, read_regular
 from .util import TORCH_LOCK
 
 __all__ = ["MAX_BYTES", "Archive", "read_archive", "checked_program", "checked_native", "read_onnx", "loaded_by"]
@@ -76,20 +77,16 @@ def _refuse(path: Path | str, what: str, entry: str | None = None) -> ArtifactEr
 
 
 def _read_file(path: Path, max_bytes: int) -> bytes:
-    """The whole file, refusing a folder, a missing file or one over ``max_bytes``."""
+    """The whole file, refusing a folder, a missing file, a FIFO or device, or one over ``max_bytes``."""
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise _refuse(path, "not a file")
-        if size > max_bytes:
-            raise _refuse(path, f"{size:,} bytes is over the limit of {max_bytes:,} (pass max_bytes= to raise it)")
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+        return read_regular(path, max_bytes)
+    except TooLarge as e:
+        over = f"{e.size:,} bytes is over the limit of {max_bytes:,} (pass max_bytes= to raise it)"
+        raise _refuse(path, over) from None
+    except IsADirectoryError:
+        raise _refuse(path, "not a file") from None
     except OSError as e:
         raise _refuse(path, f"cannot be read ({e.strerror or e})") from None
-    if len(data) > max_bytes:  # it grew since stat()
-        raise _refuse(path, f"over the limit of {max_bytes:,} bytes (pass max_bytes= to raise it)")
-    return data
 
 
 # -- the zip ------------------------------------------------------------------------------

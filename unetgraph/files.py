@@ -163,7 +163,9 @@ def read_regular(path: str | os.PathLike[str], limit: int, *, dir_fd: int | None
         size = os.fstat(fd).st_size
         if size > limit:
             raise TooLarge(size, limit)
-        data = f.read(limit + 1)
+        data = f.read(size + 1)  # read(n) allocates n bytes up front: not the limit, which may be GiBs
+        while len(data) <= limit and (more := f.read(min(2**24, limit + 1 - len(data)))):
+            data += more  # the file grew since fstat
     if len(data) > limit:
         raise TooLarge(len(data), limit)
     return data
@@ -253,6 +255,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        _replaceable(path)
         created = _make_parents(path.parent)
         _remove_stale(path.parent)
         tmp = _create_temp(path)
@@ -271,6 +274,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         _unmake(created)
         raise
+
+
+def _replaceable(path: Path) -> None:
+    """Refuse a target that a rename would destroy rather than update: a FIFO, a device (as root,
+    ``-o /dev/null`` replaced the system's /dev/null with a file), a socket. A link is replaced
+    by the file, never followed."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise NotADirectoryError(errno.ENOTDIR, "a parent is a file, not a folder") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise OSError(errno.EINVAL, "it is not a regular file (a device, a FIFO or a socket): not replaced")
 
 
 def _cannot_write(path: Path, e: OSError | ValueError) -> FileError:

@@ -345,6 +345,7 @@ def _timm_model(
     if pretrained or weights is not None:
         args["pretrained"] = True
         if weights is not None:
+            _weights_file(weights, name)  # timm opens it by name: refuse a FIFO or a device first
             args["pretrained_cfg_overlay"] = {"file": str(weights)}
     try:
         if meta:
@@ -659,17 +660,42 @@ def create(spec: Backbone, in_channels: int, *, load: bool = True) -> tuple[nn.M
     return model, feats
 
 
+_MAX_WEIGHTS = 2**36  # 64 GiB: a weights file is read whole, once
+
+
+def _weights_file(path: str, name: str) -> bytes:
+    """The bytes of a weights file: a regular file (a FIFO would block, a device never end)."""
+    from ..files import TooLarge, read_regular
+
+    try:
+        return read_regular(str(path), _MAX_WEIGHTS)
+    except TooLarge as e:
+        raise SpecError(f"Backbone {name!r}.weights: {path}: {e.strerror}") from None
+    except (OSError, ValueError) as e:
+        raise SpecError(f"Backbone {name!r}.weights: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
 def _load_file(model: nn.Module, path: str, name: str, *, strict: bool) -> None:
     """Load a state dict file into ``model`` without running code from it."""
+    import io
+    import pickle
+
+    data = _weights_file(path, name)
     try:
         if str(path).endswith(".safetensors"):
-            from safetensors.torch import load_file
+            from safetensors.torch import load
 
-            state = load_file(str(path))
+            state = load(data)
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never ours to give
+        raise SpecError(
+            f"Backbone {name!r}.weights: {path} is not a weights file that loads without running code "
+            "(torch.load(weights_only=True) refused it)"
+        ) from None
     except Exception as e:
-        raise SpecError(f"Backbone {name!r}.weights: cannot read {path}: {type(e).__name__}: {e}") from e
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise SpecError(f"Backbone {name!r}.weights: cannot read {path}: {type(e).__name__}: {first}") from e
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
