@@ -282,10 +282,8 @@ def _replaceable(path: Path) -> None:
     by the file, never followed."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there; a parent that is a file is named later
         return
-    except NotADirectoryError:
-        raise NotADirectoryError(errno.ENOTDIR, "a parent is a file, not a folder") from None
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
         raise OSError(errno.EINVAL, "it is not a regular file (a device, a FIFO or a socket): not replaced")
 
