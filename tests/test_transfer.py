@@ -123,3 +123,22 @@ def test_compiled_source_and_bad_targets():
     with pytest.raises(ug.LoweringError, match="match: expected 'spec' or 'shape'"):
         ug.transfer_weights(g.lower(), gm, match="name")
     assert ug.transfer_report(gm) is None
+
+
+def test_a_source_that_is_not_a_state_dict_of_tensors_is_named():
+    """Values, keys and the source graph were used unchecked: a list or a meta tensor as a value, an
+    int key or a node name as source_graph gave raw AttributeError, RuntimeError or TypeError."""
+    g = ug.unet(3, 2, widths=(4, 8))
+    state = g.lower().state_dict()
+    meta = g.lower(device="meta").state_dict()
+    for source, words in [
+        ({**state, "enc0.conv0.weight": [1.0]}, "enc0.conv0.weight is a list, not a tensor"),
+        ({**state, 3: torch.zeros(1)}, "the key 3 is a int, not a name"),
+        (meta, "is on the meta device"),
+    ]:
+        with pytest.raises(ug.LoweringError, match=words):
+            g.lower(weights_from=source)
+    with pytest.raises(ug.LoweringError, match=r"source_graph: expected the UNetGraph .* got 'enc0'"):
+        ug.transfer_weights(g.lower(), state, source_graph="enc0")
+    with pytest.raises(ug.SpecError, match=r"node: expected a node name or names, got 3"):
+        ug.freeze(g.lower(), node=3)

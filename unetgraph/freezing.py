@@ -32,6 +32,7 @@ from .errors import SpecError
 from .graph import UNetGraph
 from .record import lowered_record
 from .types import Role
+from .util import short_repr
 
 __all__ = ["freeze", "unfreeze", "Frozen", "frozen_nodes", "NORMS_MODES"]
 
@@ -120,7 +121,10 @@ def frozen_nodes(
         raise SpecError("choose what to freeze: role='encoder', node='encoder' or both")
     wanted = None
     if node is not None:
-        wanted = {g[n].name for n in ([node] if isinstance(node, str) else node)}
+        names = [node] if isinstance(node, str) else node
+        if not isinstance(names, Iterable) or not all(isinstance(n, str) for n in names):
+            raise SpecError(f"node: expected a node name or names, got {short_repr(node)}")
+        wanted = {g[n].name for n in names}
     chosen = tuple(n.name for n in g.nodes(role=role) if wanted is None or n.name in wanted)
     if not chosen:
         raise SpecError(

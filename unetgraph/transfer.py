@@ -29,6 +29,7 @@ from torch import nn
 from .errors import LoweringError
 from .graph import UNetGraph
 from .record import attach_record, find_record
+from .util import short_repr
 
 __all__ = ["TensorTransfer", "TransferReport", "transfer_weights", "transfer_report"]
 
@@ -168,6 +169,9 @@ def transfer_weights(
         raise LoweringError("transfer_weights: the target was not lowered by unetgraph")
     new_graph = record.graph
     source = getattr(source, "_orig_mod", source)  # torch.compile's wrapper
+    if source_graph is not None and not isinstance(source_graph, UNetGraph):
+        got = short_repr(source_graph)
+        raise LoweringError(f"source_graph: expected the UNetGraph the source was lowered from, got {got}")
     if isinstance(source, nn.Module):
         source_graph = source_graph or _graph_of(source)
         old = source.state_dict()
@@ -175,6 +179,13 @@ def transfer_weights(
         old = dict(source)
     else:
         raise LoweringError(f"weights_from: expected a GraphModule or a state_dict, got {type(source).__name__}")
+    for key, value in old.items():
+        if not isinstance(key, str):
+            raise LoweringError(f"weights_from: the key {short_repr(key)} is a {type(key).__name__}, not a name")
+        if not isinstance(value, torch.Tensor):
+            raise LoweringError(f"weights_from: {key} is a {type(value).__name__}, not a tensor")
+        if value.is_meta:
+            raise LoweringError(f"weights_from: {key} is on the meta device (it has no values to copy)")
     target = module.state_dict()
     if any(t.is_meta for t in target.values()):
         raise LoweringError("cannot copy weights into a module on the meta device; lower it on a real device")
