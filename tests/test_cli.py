@@ -108,7 +108,7 @@ def test_bad_arguments_of_every_subcommand_print_one_line_and_exit_2(tmp_path, c
         ("check", spec, "--shape", "1,1,7,7"): "ShapeError: merge0 \\(concat\\) receives 6×6",
         ("check", "preset:ddpm_unet", "--shape", "1,3"): "SpecError: --shape: DDPM32's input x takes \\(N, 3, H, W\\)",
         ("check", "preset:nope"): "SpecError: unknown preset 'nope'",
-        ("draw", spec, "-o", blocked + ".svg"): "FileError: .*out.svg: cannot write: .*a_file is a file, not a folder",
+        ("draw", spec, "-o", blocked + ".svg"): "FileError: .*out.svg: cannot write: .*is a file, not a folder",
         ("draw", spec, "-o", str(tmp_path / "net.txt")): "RenderError: save_figure: cannot tell the format",
         ("draw", spec, "--shape", "big"): "SpecError: --shape",
         ("eject", spec, "-o", blocked + ".py"): "FileError: .*out.py: cannot write",
@@ -134,3 +134,61 @@ def test_console_script_reports_a_missing_file_without_a_traceback(tmp_path):
     res = subprocess.run([EXE, "check", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr == f"unetgraph: FileError: {tmp_path / 'nope.yaml'}: cannot read: No such file or directory\n"
+
+
+def test_an_output_that_is_the_input_document_is_refused(tmp_path, capsys):
+    g = ug.unet(1, 2, widths=(4, 8))
+    spec = g.save(tmp_path / "net.yaml")
+    doc = g.save(tmp_path / "net.json")
+    (tmp_path / "link.yaml").symlink_to(spec)  # the same file by another path
+    for argv in (
+        ["eject", str(spec), "-o", str(spec)],
+        ["eject", str(spec), "-o", str(tmp_path / "link.yaml")],
+        ["draw", str(doc), "-o", str(doc)],
+        ["draw", str(tmp_path / "link.yaml"), "-o", str(tmp_path / "." / "net.yaml")],
+    ):
+        rc, lines = _run(argv, capsys)
+        assert rc == 2 and len(lines) == 1, (argv, lines)
+        assert re.match(r"unetgraph: FileError: .*: the output is the input document", lines[0]), lines
+    assert ug.load(spec) == g and ug.load(doc) == g
+
+
+def test_presets_that_need_arguments_or_build_no_graph_are_refused_in_one_line(capsys):
+    rc, lines = _run(["check", "preset:nnunet_plain"], capsys)
+    assert rc == 2 and len(lines) == 1
+    assert lines[0].startswith("unetgraph: SpecError: preset 'nnunet_plain' needs arguments")
+    rc, lines = _run(["draw", "preset:smp_state_dict"], capsys)
+    assert rc == 2 and len(lines) == 1
+    assert lines[0].startswith("unetgraph: SpecError: 'smp_state_dict' is a helper of unetgraph.presets, not a graph")
+    listed = lines[0].split("presets: ")[1].split(", ")
+    assert "classic_unet" in listed and "nnunet_plain" not in listed and "smp_state_dict" not in listed
+
+
+def test_shape_with_unicode_digits_or_wrong_channels_for_a_graph_of_several_inputs(capsys):
+    rc, lines = _run(["check", "preset:classic_unet", "--shape", "1,1,²,8"], capsys)
+    assert rc == 2 and lines == [
+        "unetgraph: SpecError: --shape: expected positive integers separated by commas, like 1,3,256,256; got '1,1,²,8'"
+    ]
+    rc, lines = _run(["check", "preset:ddpm_unet", "--shape", "1,5,32,32"], capsys)  # inputs x and t
+    assert rc == 2 and lines == [
+        "unetgraph: ShapeError: --shape: input x expects 3 channels (N, 3, H, W), got 5 in shape (1, 5, 32, 32)"
+    ]
+
+
+def test_demo_refuses_a_huge_size_or_batch_before_writing_anything(tmp_path, capsys):
+    out = tmp_path / "d"
+    for extra in (["--size", "999999998"], ["--size", "8", "--batch", "999999999"], ["--widths", "99999999"]):
+        rc, lines = _run(["demo", "--no-compile", "--repeat", "1", "--out", str(out), *extra], capsys)
+        assert rc == 2 and len(lines) == 1, (extra, lines)
+        assert re.match(r"unetgraph: SpecError: --(size|widths):? .*over the demo's limit", lines[0]), lines
+    assert not out.exists()
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    proc = subprocess.Popen(
+        [EXE, "check", "preset:ddpm_unet", "--cost"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()  # as `| head -c 10` does, before the command writes anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert err == ""

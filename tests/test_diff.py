@@ -1,5 +1,7 @@
 """ug.diff: per-node and per-edge statuses, field changes, parameter deltas, readable text."""
 
+import pytest
+
 import unetgraph as ug
 from unetgraph.diff import FieldChange
 
@@ -86,3 +88,12 @@ def test_text_form():
     assert any(r.startswith("≈ dec1") and "input 64ch@1/2 (2D) → 32ch@1/2 (2D)" in r for r in rows)
     assert any(r.startswith("- edge enc0→merge0") and "skip" in r for r in rows)
     assert "<table>" in ug.diff(a, b)._repr_html_()
+
+
+def test_diff_of_something_not_a_graph_is_a_typed_error():
+    # '', [] and {} gave a raw AttributeError
+    for other in ("", [], {}, "zz", None):
+        with pytest.raises(ug.SpecError, match="diff: b must be a UNetGraph, got "):
+            ug.diff(base(), other)
+    with pytest.raises(ug.SpecError, match=r"diff: a must be a UNetGraph, got list \[\]"):
+        ug.diff([], base())

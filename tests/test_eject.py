@@ -128,3 +128,81 @@ def test_ejecting_from_several_threads_while_others_lower_and_serve():
 
     counts = run_together(6, {"ejected": (eject, 6), "lowered": (lower, 3)})
     assert counts["ejected"] >= 6 and counts["lowered"] >= 3
+
+
+def _renamed(g: ug.UNetGraph, old: str, new: str) -> ug.UNetGraph:
+    d = g.to_dict()
+    d["nodes"] = {new if k == old else k: v for k, v in d["nodes"].items()}
+    for edge in d["edges"]:
+        edge.update({k: new for k in ("src", "dst") if edge[k] == old})
+    return ug.UNetGraph.from_dict(d)
+
+
+def _load_class(path, name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"ejected_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+@pytest.mark.parametrize("name", ["nn", "F", "math", "operator", "Any"])
+def test_an_input_named_as_a_module_level_name_of_the_file(name, tmp_path):
+    # forward's signature took the raw name while its body read the renamed one: UnboundLocalError
+    g = _renamed(ug.unet(1, 2, widths=(4, 8)), "x", name)
+    gm = g.lower(pad="auto").eval()
+    path = ug.eject(gm, tmp_path / "m.py")  # verify=True runs it
+    model = _load_class(path, "UNet")()
+    model.load_state_dict(gm.state_dict())
+    x = torch.randn(1, 1, 7, 9)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), gm(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_module_lowered_in_another_dtype_is_ejected_computing_in_it(dtype, tmp_path):
+    # verify fed float32 inputs (ShapeError); the file kept norms in float32, as for optimize()'s mixed precision
+    gm = ug.unet(1, 2, widths=(4, 8)).lower(dtype=dtype).eval()
+    path = ug.eject(gm, tmp_path / "m.py")
+    model = _load_class(path, "UNet")()
+    model.load_state_dict(gm.state_dict())
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    x = torch.randn(1, 1, 8, 8, dtype=dtype)
+    with torch.no_grad():
+        y = model.eval()(x)
+        assert y.dtype == dtype and torch.equal(y, gm(x))
+
+
+def test_a_module_that_fails_on_a_valid_input_gives_a_typed_error():
+    # the DDPM's timestep embedding computes in float32 whatever lower(dtype=) says; verify ran outside its try
+    gm = small_diffusion().lower(dtype=torch.float64).eval()
+    with pytest.raises(ug.LoweringError, match="the module to eject fails on a valid input: RuntimeError"):
+        ug.eject_source(gm)
+
+
+@pytest.mark.parametrize(
+    "class_name, message",
+    [
+        (1, "class_name must be a string, got int 1"),
+        ("class", "class_name 'class' is not a Python identifier"),
+        ("None", "class_name 'None' is not a Python identifier"),
+        ("", "class_name '' is not a Python identifier"),
+        ("ｅnc", "class_name 'ｅnc' is not in Unicode NFKC normal form: Python reads it as 'enc'"),
+        ("nn", "class_name 'nn' is a name the ejected file uses otherwise"),
+        ("InputGuard", "class_name 'InputGuard' is a name the ejected file uses otherwise"),
+        ("super", "class_name 'super' is a name the ejected file uses otherwise"),
+    ],
+)
+def test_eject_refuses_a_class_name_the_file_cannot_hold(class_name, message, tmp_path):
+    with pytest.raises(ug.LoweringError, match=message):
+        ug.eject(ug.unet(1, 2, widths=(4, 8)), tmp_path / "m.py", class_name=class_name)
+    assert not (tmp_path / "m.py").exists()
+
+
+@pytest.mark.parametrize("name", ["nn", "torch", "InputGuard", "OrderedDict", "super"])
+def test_a_graph_named_as_a_module_level_name_is_ejected_under_a_suffixed_class_name(name, tmp_path):
+    g = ug.unet(1, 2, widths=(4, 8)).copy(name=name)
+    path = ug.eject(g, tmp_path / "m.py")  # verify=True builds and runs it
+    assert f"class {name}_1(nn.Module):" in path.read_text()
+    assert issubclass(_load_class(path, f"{name}_1"), torch.nn.Module)

@@ -132,6 +132,40 @@ class TestInvariants:
         with pytest.raises(ug.GraphError, match=f"node name '{name}' is reserved"):
             ug.unet(1, 1, widths=(4, 8)).insert_after("enc0", ug.ConvBlock(), name=name)
 
+    @pytest.mark.parametrize("name", ["torch", "slice", "inf", "device"])
+    def test_names_the_generated_code_reads_are_reserved(self, name):
+        # an input named torch became forward's parameter `torch`, and torch.cat(...) ran on a tensor
+        b = ug.GraphBuilder()
+        with pytest.raises(ug.GraphError, match=f"node name '{name}' is reserved \\(the lowered module's generated"):
+            b.input(name, channels=1)
+        with pytest.raises(ug.GraphError, match=f"node name '{name}' is reserved"):
+            ug.unet(1, 1, widths=(4, 8)).insert_after("enc0", ug.ConvBlock(), name=name)
+
+    @pytest.mark.parametrize(
+        "name, what",
+        [("x_guard", "guard of input x"), ("x_pad", "pad of input x"), ("head_crop", "crop of output head")],
+    )
+    def test_names_of_the_submodules_lowering_adds_are_reserved(self, name, what):
+        # a node x_guard replaced the input guard lowering adds under that name: the module failed to run
+        message = f"node name '{name}' is reserved: lowering names the {what} so"
+        with pytest.raises(ug.GraphError, match=message) as e:
+            ug.unet(1, 1, widths=(4, 8)).insert_after("enc0", ug.ConvBlock(), name=name)
+        assert e.value.node == name
+        d = ug.unet(1, 1, widths=(4, 8)).to_dict()
+        d["nodes"][name] = d["nodes"].pop("enc0")
+        for edge in d["edges"]:
+            edge.update({k: name for k in ("src", "dst") if edge[k] == "enc0"})
+        with pytest.raises(ug.GraphError, match=message):
+            ug.UNetGraph.from_dict(d)
+
+    def test_node_names_are_bounded_in_length(self):
+        # a 20,000-character name passed, and then `dot` failed without naming the node
+        name = "e" * 20_000
+        with pytest.raises(ug.GraphError, match=r"node name 'e+\.\.\.e+' has 20,000 characters, over the limit") as e:
+            ug.unet(1, 1, widths=(4, 8)).insert_after("enc0", ug.ConvBlock(), name=name)
+        assert e.value.node == name
+        assert "e" * 1000 in ug.unet(1, 1, widths=(4, 8)).insert_after("enc0", ug.ConvBlock(), name="e" * 1000)
+
     def test_names_python_would_normalise_are_refused_everywhere_they_enter(self):
         """Python reads identifiers NFKC-normalised: 'ｅnc0' (a full-width e) and 'enc0' are one
         name in generated code. Refused at every door, with the normal form in the message."""

@@ -82,15 +82,15 @@ class TestGeometry:
     def test_levels_one_row_per_level(self, depth):
         g = ug.unet(3, 2, widths=tuple(4 * 2**i for i in range(depth)))
         d = Drawn(g.to_dot("levels"))
-        bottom = f"bottleneck_{depth - 1}"
+        bottom = f"bottleneck@{depth - 1}"
         for i in range(depth - 1):
-            enc, dec = f"encoder_{i}", f"decoder_{i}"
+            enc, dec = f"encoder@{i}", f"decoder@{i}"
             assert d.y(enc) == d.y(dec), i  # side by side
             assert d.x(enc) < d.x(dec), i
             assert d.y(enc) > d.y(bottom)
             if i:
-                assert d.y(f"encoder_{i - 1}") > d.y(enc)  # deeper is lower
-        assert d.kind("skip") == {(f"encoder_{i}", f"decoder_{i}") for i in range(depth - 1)}
+                assert d.y(f"encoder@{i - 1}") > d.y(enc)  # deeper is lower
+        assert d.kind("skip") == {(f"encoder@{i}", f"decoder@{i}") for i in range(depth - 1)}
         assert d.y(bottom) == min(y for _, y in d.pos.values())
         assert len(d.pos) == 2 * (depth - 1) + 3  # x, head, the level boxes and the bottleneck
 
@@ -99,7 +99,7 @@ class TestGeometry:
         g = ug.unet(1, 2, widths=tuple(4 * 2**i for i in range(depth)), dims=3)
         assert_u(g, Drawn(g.to_dot("blocks", input_shape=(1, 1, 16, 16, 16))))
         d = Drawn(g.to_dot("levels"))
-        assert d.y("encoder_0") == d.y("decoder_0")
+        assert d.y("encoder@0") == d.y("decoder@0")
 
     def test_a_level_without_a_skip_still_reads_across(self):
         g = without_skip(ug.unet(3, 2, widths=(4, 8, 16, 32)), level=1)
@@ -235,7 +235,7 @@ class TestHeatAndMarks:
         legend = json.loads(run_dot(d.source, "json"))["label"]
         assert "added" in legend and "removed" in legend and "changed" in legend
         levels = Drawn(g.to_dot("levels", marks={"dec0": "added"}))
-        assert levels.attrs["decoder_0"]["color"] == "#ef6c00"  # a level with an added block changed
+        assert levels.attrs["decoder@0"]["color"] == "#ef6c00"  # a level with an added block changed
 
     def test_bad_marks(self):
         g = ug.unet(3, 2, widths=(8, 16))
@@ -298,12 +298,20 @@ class TestDetail:
         r = g.summary((1, 3, 32, 32))
         s = ug.render.scene(g, "levels", input_shape=(1, 3, 32, 32))
         by_id = {it.id: it for it in s.items}
-        assert by_id["decoder_1"].members == ("up1", "merge1", "dec1")
-        assert by_id["bottleneck_2"].members == ("down2", "mid")
-        assert by_id["decoder_1"].text == "transpose ×2 → concat → 2×conv3 batch relu"
+        assert by_id["decoder@1"].members == ("up1", "merge1", "dec1")
+        assert by_id["bottleneck@2"].members == ("down2", "mid")
+        assert by_id["decoder@1"].text == "transpose ×2 → concat → 2×conv3 batch relu"
         flops = sum(r[m].flops for m in ("up1", "merge1", "dec1"))
-        assert ug.cost.fmt_count(flops, "FLOPs") in by_id["decoder_1"].notes
-        assert "16×16×16" in by_id["decoder_1"].notes
+        assert ug.cost.fmt_count(flops, "FLOPs") in by_id["decoder@1"].notes
+        assert "16×16×16" in by_id["decoder@1"].notes
+
+    def test_a_lone_node_named_like_a_collapsed_box_keeps_its_own_box(self):
+        # a second head named decoder_0 was merged into the collapsed box of decoder level 0
+        g = ug.unet(3, 2, widths=(4, 8)).add("decoder_0", ug.Head(channels=5), ["dec0"])
+        by_id = {it.id: it for it in ug.render.scene(g, "levels").items}
+        assert by_id["decoder_0"].members == ("decoder_0",) and by_id["decoder_0"].role is ug.Role.HEAD
+        assert by_id["decoder@0"].members == ("up0", "merge0", "dec0")
+        assert Drawn(g.to_dot("levels")).attrs["decoder_0"]["label"].count("conv1 → 5") == 1
 
 
 class TestOutput:
@@ -327,7 +335,7 @@ class TestOutput:
         g = ug.unet(1, 1, widths=(2,) * 45, down=ug.Down(factor=1), up=ug.Up(factor=1, kernel=1))
         assert len(g) > ug.render.REPR_MAX_BLOCKS
         svg = g._repr_mimebundle_()["image/svg+xml"]
-        assert 'id="encoder_3"' in svg and 'id="enc3"' not in svg
+        assert 'id="encoder@3"' in svg and 'id="enc3"' not in svg
 
     def test_a_scene_is_drawn_as_given(self):
         s = ug.render.scene(ug.unet(3, 2, widths=(8, 16)), "levels")
@@ -342,6 +350,18 @@ class TestOutput:
         odd = replace(s, name='my "net"', items=tuple(replace(it, title=f"<{it.title}> & co") for it in s.items))
         d = Drawn(ug.render.to_dot(odd))
         assert "&lt;x&gt; &amp; co" in d.attrs["x"]["label"]
+
+    @pytest.mark.parametrize("name", ["Node", "Edge", "Graph", "Subgraph", "Strict", "Digraph"])
+    def test_a_graph_named_as_a_dot_keyword_is_drawn(self, name, tmp_path):
+        # `digraph Node {` is a syntax error to dot
+        path = ug.unet(3, 2, widths=(8,)).copy(name=name).save_figure(tmp_path / "u.svg")
+        assert path.read_text().lstrip().startswith("<?xml")
+
+    @pytest.mark.parametrize("dpi", ["zz", [], -1, 0, 1.5, True, float("nan"), 2**70, "300", 1201])
+    def test_save_figure_refuses_a_bad_dpi(self, dpi, tmp_path):
+        with pytest.raises(ug.RenderError, match="save_figure: dpi must be an int from 1 to 1200, got"):
+            ug.unet(3, 2, widths=(8,)).save_figure(tmp_path / "unet.png", dpi=dpi)
+        assert not list(tmp_path.iterdir())
 
     def test_save_figure_unknown_suffix(self, tmp_path):
         with pytest.raises(ug.RenderError, match="cannot tell the format"):

@@ -12,16 +12,18 @@ against the checker's, optimize it for inference, compile it with
 from __future__ import annotations
 
 import argparse
+import inspect
+import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Sequence, TextIO, TypeVar
 
 import torch
 
 from .check import check
-from .errors import RenderError, SpecError, UNetGraphError
+from .errors import FileError, RenderError, ShapeError, SpecError, UNetGraphError
 from .files import write_atomic
 from .graph import UNetGraph
 from .util import median_ms
@@ -50,6 +52,7 @@ def demo(args: argparse.Namespace) -> int:
     from .render import find_dot
 
     torch.manual_seed(0)
+    _check_demo_sizes(args.batch, args.size, args.widths)
     if not args.no_compile:
         _check_backend(args.backend)
     out = Path(args.out)
@@ -142,6 +145,27 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# the demo's bounds: an input of at most this many elements (1×3×2048×2048 fits), widths up to this
+DEMO_MAX_INPUT_ELEMENTS = 3 * 2048 * 2048
+DEMO_MAX_WIDTH = 4096
+
+
+def _check_demo_sizes(batch: int, size: int, widths: Sequence[int]) -> None:
+    """Refuse a demo input or width too large to run, before the demo writes anything.
+
+    Raises:
+        SpecError: naming the argument and the bound.
+    """
+    elements = batch * 3 * size * size
+    if elements > DEMO_MAX_INPUT_ELEMENTS:
+        raise SpecError(
+            f"--size {size} --batch {batch}: the demo's input ({batch}, 3, {size}, {size}) has {elements:,} "
+            f"elements, over the demo's limit of {DEMO_MAX_INPUT_ELEMENTS:,} (e.g. --batch 1 --size 2048)"
+        )
+    if max(widths) > DEMO_MAX_WIDTH:
+        raise SpecError(f"--widths: {max(widths)} is over the demo's limit of {DEMO_MAX_WIDTH} channels")
+
+
 def _check_backend(name: str) -> None:
     """Refuse an unknown ``torch.compile`` backend before the demo's first step, not at step 7."""
     from torch._dynamo import list_backends, lookup_backend
@@ -154,17 +178,68 @@ def _check_backend(name: str) -> None:
         ) from None
 
 
+def _builds_graph(fn: Callable[..., object]) -> bool:
+    """Whether a :mod:`unetgraph.presets` function returns a graph (``smp_state_dict`` does not)."""
+    return inspect.signature(fn).return_annotation in (UNetGraph, "UNetGraph")
+
+
+def _presets() -> dict[str, Callable[[], UNetGraph]]:
+    """The presets ``preset:NAME`` can name: the graph builders of :mod:`unetgraph.presets` callable
+    without arguments, by name."""
+    from . import presets
+
+    out: dict[str, Callable[[], UNetGraph]] = {}
+    for name in presets.__all__:
+        fn = getattr(presets, name)
+        params = inspect.signature(fn).parameters.values()
+        if _builds_graph(fn) and all(
+            p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params
+        ):
+            out[name] = fn
+    return out
+
+
 def _load(spec: str) -> UNetGraph:
-    """A graph from a ``.yaml``/``.json`` document or ``preset:NAME``."""
+    """A graph from a ``.yaml``/``.json`` document or ``preset:NAME``.
+
+    Raises:
+        SpecError: an unknown preset, one that needs arguments (use it from Python), or a name of
+            :mod:`unetgraph.presets` that is not a graph builder.
+    """
     from . import presets
     from .serialize import load
 
+    if not spec.startswith("preset:"):
+        return load(spec)
+    name = spec.removeprefix("preset:")
+    available = _presets()
+    listed = f"presets: {', '.join(available)}"
+    if name in available:
+        return available[name]()
+    if name not in presets.__all__:
+        raise SpecError(f"unknown preset {name!r}; {listed}")
+    if not _builds_graph(getattr(presets, name)):
+        raise SpecError(f"{name!r} is a helper of unetgraph.presets, not a graph preset; {listed}")
+    raise SpecError(
+        f"preset {name!r} needs arguments, so it cannot be named on the command line: build it in Python "
+        f"(ug.presets.{name}(...)) and save it; {listed}"
+    )
+
+
+def _refuse_overwrite(spec: str, output: str) -> None:
+    """Refuse an ``-o`` output that is the input document itself (the same file, by any path).
+
+    Raises:
+        FileError: naming the file.
+    """
     if spec.startswith("preset:"):
-        name = spec.removeprefix("preset:")
-        if name not in presets.__all__:
-            raise SpecError(f"unknown preset {name!r}; presets: {', '.join(presets.__all__)}")
-        return getattr(presets, name)()
-    return load(spec)
+        return
+    try:
+        same = os.path.samefile(spec, output)
+    except OSError:  # either one missing: not the same file
+        same = False
+    if same:
+        raise FileError(f"{output}: the output is the input document {spec}; give another -o path")
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
@@ -172,7 +247,7 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     parts = re.split(r"\s*[,x×]\s*", text.strip())
-    if not all(v.isdigit() and len(v) <= 9 and int(v) > 0 for v in parts):
+    if not all(re.fullmatch("[0-9]{1,9}", v) and int(v) > 0 for v in parts):
         raise SpecError(f"--shape: expected positive integers separated by commas, like 1,3,256,256; got {text!r}")
     return tuple(int(v) for v in parts)
 
@@ -187,6 +262,12 @@ def _inputs(g: UNetGraph, shape: tuple[int, ...] | None) -> dict[str, Sequence[i
     x = next((n for n in g.inputs if g[n].type.dims), None)
     if x is not None and len(shape) != 2 + g[x].type.dims:
         raise SpecError(f"--shape: {g.name}'s input {x} takes {g[x].type.pattern()}, got {','.join(map(str, shape))}")
+    if x is not None and shape[1] != g[x].type.channels:
+        raise ShapeError(
+            f"--shape: input {x} expects {g[x].type.channels} channels {g[x].type.pattern()}, got {shape[1]} "
+            f"in shape {shape}",
+            node=x,
+        )
     return dict(input_shapes(g, batch=shape[0], size=shape[2:]))
 
 
@@ -202,6 +283,7 @@ def check_command(args: argparse.Namespace) -> int:
 
 
 def draw_command(args: argparse.Namespace) -> int:
+    _refuse_overwrite(args.spec, args.output)
     g = _load(args.spec)
     shapes = _inputs(g, _shape(args.shape)) if args.shape else None
     path = g.save_figure(args.output, args.detail, input_shape=shapes)
@@ -212,6 +294,7 @@ def draw_command(args: argparse.Namespace) -> int:
 def eject_command(args: argparse.Namespace) -> int:
     from .eject import eject
 
+    _refuse_overwrite(args.spec, args.output)
     path = eject(_load(args.spec), args.output)
     print(f"wrote {path}")
     return 0
@@ -226,7 +309,8 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``unetgraph`` command; returns the exit status (0, or 2 for any error, which is
-    printed as one line: ``unetgraph: SpecError: ...``)."""
+    printed as one line: ``unetgraph: SpecError: ...``; 1, quietly, when the reader of its output
+    goes away, as ``unetgraph check ... | head`` does)."""
     parser = argparse.ArgumentParser(prog="unetgraph", description=__doc__.split("\n\n")[1].replace("\n", " "))
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="the whole flow on a default U-Net, with a short report")
@@ -256,10 +340,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.set_defaults(run=eject_command)
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        status: int = args.run(args)
+        sys.stdout.flush()  # inside the try: a reader gone before the last write is caught below
+        return status
     except UNetGraphError as e:
         print(f"unetgraph: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _close_quietly(sys.stdout)  # so the flush at exit does not fail again
+        return 1
+
+
+def _close_quietly(stream: TextIO) -> None:
+    """Close a stream whose reader has gone, dropping what it still buffers."""
+    try:
+        stream.close()
+    except BrokenPipeError:
+        pass  # closed all the same: the interpreter's exit will not flush it again
 
 
 if __name__ == "__main__":

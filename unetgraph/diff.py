@@ -31,6 +31,7 @@ from .blocks.base import block_from_dict
 from .errors import SpecError
 from .graph import Edge, Node, UNetGraph
 from .types import Role
+from .util import short_repr
 
 __all__ = ["diff", "GraphDiff", "NodeDiff", "EdgeDiff", "FieldChange", "BlockLabel"]
 
@@ -135,6 +136,9 @@ class GraphDiff:
     """
 
     def __init__(self, a: UNetGraph, b: UNetGraph) -> None:
+        for arg, value in (("a", a), ("b", b)):
+            if not isinstance(value, UNetGraph):
+                raise SpecError(f"diff: {arg} must be a UNetGraph, got {type(value).__name__} {short_repr(value)}")
         self.a, self.b = a, b
         self.nodes: dict[str, NodeDiff] = {n: _node_diff(a, b, n) for n in _merged_order(a, b)}
         ea = {(e.src, e.dst): e for e in a.edges()}
@@ -286,6 +290,9 @@ def diff(a: UNetGraph, b: UNetGraph) -> GraphDiff:
 
     Returns:
         A :class:`GraphDiff`; ``print`` it for the text form.
+
+    Raises:
+        SpecError: ``a`` or ``b`` is not a :class:`~unetgraph.UNetGraph`.
     """
     return GraphDiff(a, b)
 

@@ -16,6 +16,8 @@ written as the ops it traced to, and custom leaf layers contribute their class s
 
 from __future__ import annotations
 
+import ast
+import builtins
 import contextlib
 import inspect
 import keyword
@@ -40,9 +42,9 @@ from .blocks.backbone_sources import creation
 from .blocks.layers import NORM_TYPES
 from .check import check, valid_sizes
 from .dynamic import graph_and_module
-from .errors import LoweringError, ShapeError, SpecError
+from .errors import GraphError, LoweringError, ShapeError, SpecError
 from .files import write_atomic
-from .graph import UNetGraph
+from .graph import UNetGraph, check_identifier
 from .grouping import ungroup
 from .inputs import input_shapes
 from .lower import fx_node_names, output_fx_names
@@ -84,13 +86,15 @@ def eject(
     Args:
         model: a graph (lowered with default options) or a GraphModule made by
             :func:`unetgraph.lower` (optimized ones too).
-        class_name: the class name (default: the graph's name).
+        class_name: the class name (default: the graph's name, with a suffix ``_1`` where it
+            is a name the file uses otherwise, such as ``nn`` or ``InputGuard``).
         verify: run the generated module (with the model's weights) against the
             GraphModule on a random valid input and require equal outputs.
 
     Raises:
         LoweringError: some layer or op cannot be written in plain PyTorch (the message
-            names it), or the verification finds a difference.
+            names it), the verification finds a difference, or ``class_name`` is not an
+            identifier in NFKC form, is a keyword, or is a name the file uses otherwise.
 
     Example:
         >>> import tempfile, unetgraph as ug
@@ -106,7 +110,12 @@ def eject_source(model: UNetGraph | fx.GraphModule, *, class_name: str | None = 
     """The source :func:`eject` writes, as a string."""
     g, gm = graph_and_module(model)
     gm = ungroup(gm)  # a checkpointed module is written as the flat one (inference has nothing to recompute)
-    writer = _Writer(g, gm, class_name or g.name)
+    if class_name is not None:
+        try:
+            check_identifier(class_name, "class_name")
+        except GraphError as e:
+            raise LoweringError(e.message) from None
+    writer = _Writer(g, gm, g.name if class_name is None else class_name, chosen=class_name is not None)
     source = writer.source()
     if verify:
         _verify(source, writer.class_name, g, gm)
@@ -161,11 +170,15 @@ _CTORS: dict[str, Callable[[Any], str]] = {
 # -- the writer --------------------------------------------------------------------------------
 
 
+# Names every ejected file binds or reads at module level besides its helpers' (``InputGuard``...)
+# and its backbones' imports: forward's locals do not shadow them (nor builtins), the class takes none.
+FILE_NAMES = ("self", "torch", "nn", "F", "math", "operator", "Any", "NoReturn", "OrderedDict", "annotations")
+
+
 class _Writer:
-    def __init__(self, g: UNetGraph, gm: fx.GraphModule, class_name: str) -> None:
-        if not class_name.isidentifier():
-            raise LoweringError(f"class_name: expected a Python identifier, got {class_name!r}")
-        self.g, self.gm, self.class_name = g, gm, class_name
+    def __init__(self, g: UNetGraph, gm: fx.GraphModule, class_name: str, *, chosen: bool = False) -> None:
+        """``chosen``: ``class_name`` was asked for (a clash is refused, not renamed)."""
+        self.g, self.gm, self.class_name, self.chosen = g, gm, class_name, chosen
         self.nodes = list(gm.graph.nodes)
         self.called = {n.target for n in self.nodes if n.op == "call_module"}
         self.helpers: OrderedDict[str, str] = OrderedDict()
@@ -201,7 +214,7 @@ class _Writer:
         guard (which returns it unchanged); parameters and buffers are read in place (``self.mid.scale``)."""
         holders = {fx_name: node for node, fx_name in fx_node_names(self.gm).items() if len(self.g[node].outputs) == 1}
         names: dict[fx.Node, str] = {}
-        used: set[str] = {"self", "torch", "nn", "F", "math", "operator"}
+        used: set[str] = set(FILE_NAMES) | set(dir(builtins))
         for n in self.nodes:
             if n.op == "output":
                 continue
@@ -259,7 +272,11 @@ class _Writer:
         return lines
 
     def _precision_lines(self) -> list[str]:
-        """A reduced-precision module (``optimize(dtype=...)``): weights in that dtype, norms' in float32."""
+        """A module lowered in another dtype (``lower(dtype=...)``): all of it in that dtype; a
+        reduced-precision one (``optimize(dtype=...)``): weights in that dtype, norms' in float32."""
+        uniform = compute_dtype(self.gm)
+        if uniform is not None:
+            return [f"self.to({uniform})  # as the lowered module: computes in {uniform}"]
         low = {p.dtype for p in self.gm.parameters() if p.is_floating_point()} - {torch.get_default_dtype()}
         if len(low) != 1:
             return []
@@ -483,35 +500,37 @@ class _Writer:
     def source(self) -> str:
         init = self._init_lines()  # first: it registers the helpers
         forward = self._forward_lines()
-        # as the lowered module: with guards, a missing conditioning input reaches its guard as None
-        optional = {n.name for n in self.nodes if n.op == "placeholder" and n.args}
+        # as the lowered module: with guards, a missing conditioning input reaches its guard as None;
+        # an input named as a module-level name (nn, F) takes its renamed name, as in the body
         inputs = ", ".join(
-            f"{n}: torch.Tensor | None = None" if n in optional else f"{n}: torch.Tensor" for n in self.g.inputs
+            f"{self.names[n]}: torch.Tensor" + (" | None = None" if n.args else "")
+            for n in self.nodes
+            if n.op == "placeholder"
         )
         ret = "dict[str, torch.Tensor]" if len(self.g.outputs) > 1 else "torch.Tensor"
         doc = self._docstring()
-        body = "\n\n\n".join(
-            [
-                *(h.strip("\n") for h in self.helpers.values()),
-                f"class {self.class_name}(nn.Module):\n"
-                + textwrap.indent(doc, "    ")
-                + "\n\n    def __init__(self) -> None:\n        super().__init__()\n"
-                + textwrap.indent("\n".join(init), "        ")
-                + f"\n\n    def forward(self, {inputs}) -> {ret}:\n"
-                + textwrap.indent("\n".join(forward), "        "),
-            ]
+        helpers = [h.strip("\n") for h in self.helpers.values()]
+        methods = (
+            textwrap.indent(doc, "    ")
+            + "\n\n    def __init__(self) -> None:\n        super().__init__()\n"
+            + textwrap.indent("\n".join(init), "        ")
+            + f"\n\n    def forward(self, {inputs}) -> {ret}:\n"
+            + textwrap.indent("\n".join(forward), "        ")
         )
+        code = "\n".join([*helpers, methods])
         stdlib = [f"import {m}" for m in sorted(self.imports) if "." not in m]
-        if "OrderedDict(" in body:
+        if "OrderedDict(" in code:
             stdlib.append("from collections import OrderedDict")
         names: dict[str, list[str]] = {}
         for m in sorted(i for i in self.imports if "." in i):
             names.setdefault(m.rsplit(".", 1)[0], []).append(m.rsplit(".", 1)[1])
         stdlib += [f"from {module} import {', '.join(items)}" for module, items in names.items()]
         third = (
-            ["import torch"] + (["import torch.nn.functional as F"] if "F." in body else []) + ["from torch import nn"]
+            ["import torch"] + (["import torch.nn.functional as F"] if "F." in code else []) + ["from torch import nn"]
         )
         third += sorted(dict.fromkeys(self.third), key=lambda line: (line.startswith("from"), line))
+        self._settle_class_name([*helpers, *stdlib, *third])
+        body = "\n\n\n".join([*helpers, f"class {self.class_name}(nn.Module):\n" + methods])
         head = (
             f'"""{self.class_name}: a U-Net in plain PyTorch, ejected from its graph.\n\n'
             "Edit it freely. Load trained weights with\n"
@@ -520,6 +539,28 @@ class _Writer:
             "from __future__ import annotations\n\n" + ("\n".join(stdlib) + "\n\n" if stdlib else "") + "\n".join(third)
         )
         return f"{head}\n\n\n{body}\n"
+
+    def _settle_class_name(self, module_code: list[str]) -> None:
+        """Keep the class name off the names the rest of the file binds at module level (its
+        helpers, imports, :data:`FILE_NAMES`) and off builtins: a chosen name that clashes is
+        refused, the graph's name gets a suffix ``_1``, ``_2``...
+
+        Raises:
+            LoweringError: a chosen ``class_name`` is such a name.
+        """
+        taken = set(FILE_NAMES) | set(dir(builtins)) | _bound_names("\n".join(c.strip("\n") for c in module_code))
+        name = self.class_name
+        if name not in taken:
+            return
+        if self.chosen:
+            raise LoweringError(
+                f"class_name {name!r} is a name the ejected file uses otherwise (an import, a helper or a "
+                "builtin); pick another"
+            )
+        base, i = name, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        self.class_name = name
 
     # -- backbones: written as their creation, not layer by layer -----------------------------
     def _backbone_init(self, name: str) -> list[str]:
@@ -681,6 +722,21 @@ def _index(idx: Any, arg: Callable[[Any], str]) -> str:
 # -- constructors of torch.nn layers -----------------------------------------------------------
 
 
+def _bound_names(code: str) -> set[str]:
+    """The names module-level statements of ``code`` bind (imports, classes, functions, assignments)."""
+    names: set[str] = set()
+    with _SOURCE_LOCK:  # ast.parse is not thread-safe (see _SOURCE_LOCK)
+        tree = ast.parse(code)
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in stmt.names)
+        elif isinstance(stmt, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(stmt.name)
+        else:
+            names.update(n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+    return names
+
+
 def _class_name(cls: type) -> str:
     """How the ejected file names a layer class: ``nn.GroupNorm``, ``nn.modules.batchnorm._NormBase``,
     or a class it defines itself."""
@@ -812,6 +868,14 @@ def _affine(slope: Fraction, value: int, at: int, symbol: str) -> str:
 # -- verification ------------------------------------------------------------------------------
 
 
+def compute_dtype(gm: nn.Module) -> torch.dtype | None:
+    """The dtype a module lowered with ``lower(dtype=...)`` computes in: the one floating dtype of
+    all its parameters and buffers, when not the default; ``None`` otherwise (a default-dtype
+    module, or ``optimize(dtype=...)``'s mixed precision, whose norms and inputs keep float32)."""
+    dtypes = {t.dtype for t in (*gm.parameters(), *gm.buffers()) if t.is_floating_point()}
+    return next(iter(dtypes)) if len(dtypes) == 1 and dtypes != {torch.get_default_dtype()} else None
+
+
 def _verify(source: str, class_name: str, g: UNetGraph, gm: fx.GraphModule) -> None:
     from .dynamic import trace_inputs
 
@@ -823,9 +887,17 @@ def _verify(source: str, class_name: str, g: UNetGraph, gm: fx.GraphModule) -> N
     except Exception as e:
         raise LoweringError(f"the ejected {class_name} does not build: {type(e).__name__}: {e}") from e
     ejected.train(gm.training)
-    inputs = trace_inputs(g, batch=1)
+    dtype = compute_dtype(gm)
+    inputs = tuple(x.to(dtype) if dtype is not None and x.is_floating_point() else x for x in trace_inputs(g, batch=1))
     with torch.no_grad():
-        want, got = gm(*inputs), ejected(*inputs)
+        try:
+            want = gm(*inputs)
+        except Exception as e:
+            raise LoweringError(f"the module to eject fails on a valid input: {type(e).__name__}: {e}") from e
+        try:
+            got = ejected(*inputs)
+        except Exception as e:
+            raise LoweringError(f"the ejected {class_name} fails on a valid input: {type(e).__name__}: {e}") from e
     pairs = zip(want.values(), got.values()) if isinstance(want, dict) else [(want, got)]
     if not all(torch.equal(a, b) for a, b in pairs):
         raise LoweringError(f"the ejected {class_name} computes different outputs than the GraphModule")

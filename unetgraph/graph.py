@@ -157,11 +157,23 @@ class Level:
         return len(self.nodes)
 
 
+# Names the lowered module's generated code reads as globals (torch.fx writes these bare, so an
+# input of that name would shadow them in ``forward``): fx's own globals and the builtins it calls.
+CODE_NAMES = ("self", "torch", "inf", "nan", "NoneType", "device", "fx_pytree", "pytree", "slice", "getattr")
+
 # Names that would collide with attributes of the lowered GraphModule (its class's and those
-# every instance sets, such as ``training`` and ``meta``) or with Python.
+# every instance sets, such as ``training`` and ``meta``) or with the generated code.
 _RESERVED = (
     frozenset(dir(torch.fx.GraphModule)) | frozenset(dir(torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph())))
-) | {"self"}
+) | frozenset(CODE_NAMES)
+
+# The submodules lowering adds beside the nodes' (see unetgraph.lower): per input its guard and,
+# with pad="auto", the padding of the first spatial input; per output, with pad="auto", its crop.
+LOWERING_SUFFIXES = {"input": ("_guard", "_pad"), "output": ("_crop",)}
+
+# Longest node name: graphviz refuses longer identifiers (16,384 bytes) and a drawing labels nodes
+# by name, as do error messages and generated code.
+MAX_NAME_LENGTH = 1000
 
 
 def check_identifier(name: object, what: str) -> str:
@@ -178,6 +190,11 @@ def check_identifier(name: object, what: str) -> str:
     """
     if not isinstance(name, str):
         raise GraphError(f"{what} must be a string, got {type(name).__name__} {short_repr(name)}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise GraphError(
+            f"{what} {short_repr(name)} has {len(name):,} characters, over the limit of {MAX_NAME_LENGTH:,}",
+            node=name if what == "node name" else None,
+        )
     if not name.isidentifier() or keyword.iskeyword(name):
         raise GraphError(
             f"{what} {short_repr(name)} is not a Python identifier (letters, digits, _; not a keyword): "
@@ -197,13 +214,36 @@ def check_identifier(name: object, what: str) -> str:
 def check_node_name(name: object) -> str:
     """``name`` if it may name a node: :func:`check_identifier`'s rule, and not an attribute of
     the lowered ``GraphModule`` (its class's or an instance's: ``forward``, ``training``,
-    ``meta``...) nor starting with ``_``; else a :class:`GraphError`."""
+    ``meta``...) nor a name its generated code reads (:data:`CODE_NAMES`: ``torch``...), nor
+    starting with ``_``; else a :class:`GraphError`."""
     name = check_identifier(name, "node name")
+    if name in CODE_NAMES:
+        raise GraphError(
+            f"node name {name!r} is reserved (the lowered module's generated code uses it); pick another", node=name
+        )
     if name in _RESERVED or name.startswith("_"):
         raise GraphError(
             f"node name {name!r} is reserved (it would shadow a GraphModule attribute); pick another", node=name
         )
     return name
+
+
+def _check_lowering_names(g: nx.DiGraph, outputs: Sequence[str]) -> None:
+    """Refuse a node named as a submodule lowering adds (:data:`LOWERING_SUFFIXES`): ``x_guard``
+    for an input ``x``, ``x_pad``, ``head_crop`` for an output ``head``.
+
+    Raises:
+        GraphError: naming the node and the input or output whose submodule it would replace.
+    """
+    owners = [(n, "input") for n in g if g.nodes[n]["role"] is Role.INPUT] + [(o, "output") for o in outputs]
+    for owner, what in owners:
+        for suffix in LOWERING_SUFFIXES[what]:
+            if owner + suffix in g:
+                raise GraphError(
+                    f"node name {owner + suffix!r} is reserved: lowering names the {suffix[1:]} of {what} "
+                    f"{owner} so; pick another",
+                    node=owner + suffix,
+                )
 
 
 def _roles(role: Role | str | Iterable[Role | str] | None) -> frozenset[Role] | None:
@@ -707,6 +747,7 @@ def _lint(g: nx.DiGraph, outputs: Sequence[str]) -> tuple[str, ...]:
             raise GraphError(f"output {short_repr(o)} is not a node", node=short_repr(o))
     if len(set(outputs)) != len(outputs):
         raise GraphError(f"outputs repeat a node: {list(outputs)}")
+    _check_lowering_names(g, outputs)
     inputs = [n for n in order if g.nodes[n]["role"] is Role.INPUT]
     if not inputs:
         raise GraphError("the graph has no input node (role 'input')")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from ..diff import GraphDiff
 from ..errors import RenderError
 from ..graph import UNetGraph
+from ..util import short_repr
 from .emit import DIRECTIONS, dot_lines
 from .emit import to_dot as _scene_dot
 from .engine import INSTALL_DOT, INSTALL_PY, find_dot, run_dot, write_figure
@@ -149,15 +150,22 @@ def to_svg(source: UNetGraph | Scene, detail: str = "blocks", **options: Any) ->
     return run_dot(to_dot(source, detail, **options), "svg").decode("utf-8")
 
 
+# The largest ``dpi`` save_figure takes: print resolution; more only makes huge PNGs slowly.
+MAX_DPI = 1200
+
+
 def save_figure(
     source: UNetGraph | Scene, path: str | os.PathLike[str], detail: str = "blocks", *, dpi: int = 150, **options: Any
 ) -> Path:
     """Write the drawing to ``path`` (``.svg``, ``.png``, ``.pdf``, ``.json`` or ``.dot``/``.gv``),
-    atomically; options as for :func:`render`. ``dpi`` applies to PNG.
+    atomically; options as for :func:`render`. ``dpi`` (an int, 1 to :data:`MAX_DPI`) applies to PNG.
 
     Raises:
-        RenderError: an unknown suffix, or ``dot`` is missing for anything but DOT text.
+        RenderError: an unknown suffix, a ``dpi`` out of range, or ``dot`` is missing for
+            anything but DOT text.
     """
+    if not isinstance(dpi, int) or isinstance(dpi, bool) or not 1 <= dpi <= MAX_DPI:
+        raise RenderError(f"save_figure: dpi must be an int from 1 to {MAX_DPI}, got {short_repr(dpi)}")
     source_text = to_dot(source, detail, **options)
     return write_figure(source_text, path, dpi=dpi if Path(path).suffix.lower() == ".png" else None)
 

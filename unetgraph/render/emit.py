@@ -76,6 +76,10 @@ def heat_colour(t: float) -> str:
     return "#b30000"
 
 
+# DOT's keywords, in any case: a graph named Node must be quoted (``digraph Node {`` is a syntax error)
+DOT_KEYWORDS = ("node", "edge", "graph", "digraph", "subgraph", "strict")
+
+
 def _q(s: str) -> str:
     """A quoted DOT ID."""
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -290,5 +294,7 @@ def _present(marks: Iterable[str | None]) -> list[str]:
 
 def to_dot(scene: Scene, *, direction: str = "TB", legend: bool = True) -> str:
     """The whole DOT source of ``scene``."""
-    name = scene.name if scene.name.isascii() and scene.name.isidentifier() else _q(scene.name)
+    name = scene.name
+    if not (name.isascii() and name.isidentifier()) or name.lower() in DOT_KEYWORDS:
+        name = _q(name)  # as the graphviz package quotes it, so render()'s source is this text
     return f"digraph {name} {{\n" + "".join(dot_lines(scene, direction=direction, legend=legend)) + "}\n"

@@ -314,8 +314,9 @@ def _stages(
 
 
 def level_group(role: Role, level: int | None, deepest: bool = False) -> tuple[str, str, Role] | None:
-    """The collapsed box a node of ``role`` at ``level`` joins at ``detail="levels"``: its id,
-    title and role, or ``None`` when it stays alone (inputs, heads, embeddings, unlevelled nodes).
+    """The collapsed box a node of ``role`` at ``level`` joins at ``detail="levels"``: its id
+    (``encoder@0``, which no node name can be), title and role, or ``None`` when it stays alone
+    (inputs, heads, embeddings, unlevelled nodes).
     At a level with a bottleneck (``deepest``) the encoder side joins the bottleneck's box."""
     if level is None or role in (Role.INPUT, Role.HEAD, Role.EMBEDDING):
         return None
@@ -327,7 +328,7 @@ def level_group(role: Role, level: int | None, deepest: bool = False) -> tuple[s
         "centre": ("bottleneck", Role.BOTTLENECK),
         "right": ("decoder", Role.DECODER),
     }[side]
-    return f"{word}_{level}", f"{word} {level}", as_role
+    return f"{word}@{level}", f"{word} {level}", as_role  # "@": no node name (an identifier) has one
 
 
 def _collapse_levels(g: UNetGraph, blocks: Scene, cost: CostReport, notes: Sequence[str], heat: str | None) -> Scene:
