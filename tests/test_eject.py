@@ -175,10 +175,25 @@ def test_a_module_lowered_in_another_dtype_is_ejected_computing_in_it(dtype, tmp
 
 
 def test_a_module_that_fails_on_a_valid_input_gives_a_typed_error():
-    # the DDPM's timestep embedding computes in float32 whatever lower(dtype=) says; verify ran outside its try
-    gm = small_diffusion().lower(dtype=torch.float64).eval()
+    # verify ran outside its try: a module that fails (one weight left in float64 here) raised torch's error
+    gm = ug.unet(1, 2, widths=(4, 8)).lower().eval()
+    conv = gm.get_submodule("enc0.conv0")
+    conv.weight.data = conv.weight.data.double()
     with pytest.raises(ug.LoweringError, match="the module to eject fails on a valid input: RuntimeError"):
         ug.eject_source(gm)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_diffusion_unet_lowered_in_another_dtype_runs_and_ejects(dtype, tmp_path):
+    """The timestep encoding is computed in float32 and was handed on in float32, so a diffusion
+    U-Net lowered with lower(dtype=float64 or bfloat16) failed at its first Linear (mat1 and mat2
+    must have the same dtype); it now hands it on in the module's dtype."""
+    gm = small_diffusion().lower(dtype=dtype).eval()
+    x, t, labels = torch.randn(2, 3, 16, 16, dtype=dtype), torch.tensor([3.0, 500.0]), torch.tensor([0, 1])
+    with torch.no_grad():
+        y = gm(x, t, labels)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    ug.eject(gm, tmp_path / "ddpm.py")  # verifies the file against gm, in that dtype
 
 
 @pytest.mark.parametrize(

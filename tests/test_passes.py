@@ -170,7 +170,9 @@ def test_fold_constants_folds_frequencies_made_on_the_inputs_device():
         y = gm(*xs)
     assert "torch.arange" in gm.code
     result = fold_constants(gm)
-    assert len(result.changes) == 1 and "→ buffer time_embedding_" in result.changes[0]
+    # the frequencies become a buffer; the dtype the encoding is handed on in becomes a constant
+    assert len(result.changes) == 2 and "→ buffer time_embedding_" in result.changes[0]
+    assert result.changes[1].endswith("→ torch.float32")
     assert "torch.arange" not in gm.code and "device(type=" not in gm.code  # no device written in
     with torch.no_grad():
         assert_close(gm(*xs), y)

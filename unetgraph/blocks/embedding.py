@@ -35,6 +35,8 @@ class Sinusoidal(nn.Module):
         ``(N,) → (N, dim)``.
     """
 
+    out: torch.Tensor
+
     def __init__(self, dim: int, flip_sin_to_cos: bool, freq_shift: float, max_period: float, scale: float) -> None:
         super().__init__()
         self.dim, self.flip, self.shift, self.max_period, self.scale = (
@@ -44,6 +46,9 @@ class Sinusoidal(nn.Module):
             max_period,
             scale,
         )
+        # holds no values, only the dtype the module was moved to (``lower(dtype=...)``): the
+        # encoding is computed in float32 and handed on in that dtype
+        self.register_buffer("out", torch.empty(0), persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.dim // 2
@@ -56,7 +61,7 @@ class Sinusoidal(nn.Module):
         emb = torch.cat([cos, sin] if self.flip else [sin, cos], dim=-1)
         if self.dim % 2:
             emb = torch.nn.functional.pad(emb, (0, 1))
-        return emb
+        return emb.to(self.out.dtype)
 
 
 class FourierFeatures(nn.Module):
@@ -82,7 +87,7 @@ class FourierFeatures(nn.Module):
             x = torch.log(x)
         args = x[:, None] * self.weight[None, :] * 2 * math.pi
         sin, cos = torch.sin(args), torch.cos(args)
-        return torch.cat([cos, sin] if self.flip else [sin, cos], dim=-1)
+        return torch.cat([cos, sin] if self.flip else [sin, cos], dim=-1).to(self.weight.dtype)
 
 
 @register_block
