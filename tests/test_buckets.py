@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from deploy_helpers import randomize_norms
+from deploy_helpers import randomize_norms, small_diffusion
 
 import unetgraph as ug
 from unetgraph.dynamic import BucketedUNet, Buckets, padding_exactness
@@ -169,3 +169,37 @@ def test_a_static_bucket_stays_static_after_its_input_went_through_a_dynamic_com
         ug.compile(gm, sizes=[32], backend=recording)(x)
         torch.compile(lambda t: t * 2, backend=recording, dynamic=False)(x)
     assert symbolic == [True, False, False]
+
+
+def test_bucketed_compile_guards_inputs_like_the_lowered_module():
+    """A sampler's loop passes a Python int timestep: it becomes a tensor before dynamo sees it, so
+    the static graph is not specialised per value (it recompiled per step, and failed after 8)."""
+    torch.manual_seed(0)
+    gm = small_diffusion().lower().eval()
+    model = ug.compile(gm, sizes=[8], backend="eager")
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 4])
+    with torch.no_grad():
+        for t in range(999, 987, -1):
+            assert torch.allclose(model(x, t, y), gm(x, t, y), atol=1e-6), t
+        assert model.compilations == 1
+        assert torch.allclose(model(x, torch.tensor([5.0, 5.0]), y), gm(x, 5.0, y), atol=1e-6)
+    bad = {
+        "float64": (x.double(), 1, y),
+        "4 channels": (torch.randn(2, 4, 8, 8), 1, y),
+        "numpy": (x.numpy(), 1, y),
+        "list": (x.tolist(), 1, y),
+        "None": (None, 1, y),
+        "meta device": (x.to("meta"), 1, y),
+        "labels out of range": (x, 1, torch.tensor([0, 5])),
+        "timesteps for another batch": (x, torch.ones(3), y),
+    }
+    for case, args in bad.items():
+        with pytest.raises(ug.ShapeError) as lowered:
+            gm(*args)
+        with pytest.raises(ug.ShapeError) as bucketed:
+            model(*args)
+        assert str(bucketed.value) == str(lowered.value), case
+    with pytest.raises(ug.ShapeError, match=r"input x is missing: the model is called as forward\(x, t, y\)"):
+        model()
+    with pytest.raises(ug.ShapeError, match=r"takes 3 inputs \(x, t, y\), got 4"):
+        model(x, 1, y, y)

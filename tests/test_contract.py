@@ -74,6 +74,7 @@ BAD = {
     "float labels": ((X, T, torch.tensor([0.0, 1.0])), r"input y expects \(N,\) integer class labels, got torch\."),
     "bool label": ((X, T, False), r"input y must be a torch\.Tensor .*got a bool"),
     "complex labels": ((X, T, torch.tensor([1j, 0j])), r"input y expects \(N,\) integer class labels, got torch\.c"),
+    "timestep beyond int64": ((X, 2**70, Y), r"input t is 1\.18e\+21, outside the int64 range"),
 }
 
 
@@ -206,6 +207,38 @@ class TestInputsAsCallersPassThem:
             args, words = BAD[case]
             with pytest.raises(ug.ShapeError, match=words):
                 compiled(*args)
+
+
+def test_labels_outside_the_embedding_are_refused_in_every_mode(diffusion, tmp_path):
+    """small_diffusion has num_classes=5: labels 0 to 4. Other integer dtypes are cast to int64."""
+    _, gm = diffusion
+    torch._dynamo.reset()
+    compiled = ug.compile(gm, backend="eager")
+    ejected = import_ejected(gm, tmp_path / "ddpm.py")
+    for labels, bad in [(torch.tensor([5, 1]), 5), (torch.tensor([-1, 1]), -1), (7, 7), (torch.tensor(-3), -3)]:
+        for model in (gm, compiled):
+            with pytest.raises(ug.ShapeError, match=rf"^input y expects class labels 0 to 4 \(5 classes\), got {bad}$"):
+                model(X, T, labels)
+        with pytest.raises(ValueError, match=rf"^input y expects class labels 0 to 4 \(5 classes\), got {bad}$"):
+            ejected(X, T, labels)
+    with torch.no_grad():
+        want = gm(X, T, Y)
+        for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+            assert torch.equal(gm(X, T, Y.to(dtype)), want), dtype
+            assert torch.equal(compiled(X, T, Y.to(dtype)), want), dtype
+
+
+@pytest.mark.parametrize("mode", ["reflect", "circular", "replicate"])
+def test_pad_auto_refuses_inputs_too_small_for_its_mode_in_words(mode):
+    gm = ug.unet(3, 2, widths=(8, 16, 32, 64)).lower(pad="auto", pad_mode=mode).eval()  # sizes: multiples of 8
+    need = {"reflect": 4, "circular": 3, "replicate": 1}[mode]
+    with torch.no_grad():
+        assert gm(torch.randn(1, 3, 12, need)).shape == (1, 2, 12, need)
+        with pytest.raises(ug.ShapeError) as refused:
+            gm(torch.randn(1, 3, 12, need - 1))
+    assert refused.value.node == "x" and str(refused.value).startswith(
+        f"pad='auto' with mode '{mode}' cannot pad input x width {need - 1} (by "
+    ) and f"{mode} padding needs an input width of at least {need}" in str(refused.value)
 
 
 class TestTracers:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch._dynamo
+from deploy_helpers import small_diffusion
 from torch._inductor.utils import run_and_get_code
 
 import unetgraph as ug
@@ -95,8 +96,9 @@ def test_a_recompile_after_the_first_call_still_compiles_with_the_options():
     with torch.no_grad():
         x = torch.randn(2, 3, 8, 12)
         compiled(x)
-        # another memory layout fails dynamo's guards: a second graph, compiled frozen as the first
-        y, code = run_and_get_code(compiled, x.contiguous(memory_format=torch.channels_last))
+        # another batch fails dynamo's guards (batch is static): a second graph, compiled frozen as the first
+        x = torch.randn(3, 3, 8, 12)
+        y, code = run_and_get_code(compiled, x)
     assert compiled.compilations == 2
     assert torch.allclose(y, fast(x), atol=1e-5)
     assert any("_convolution_pointwise" in c and "'relu'" in c for c in code)
@@ -112,3 +114,67 @@ def test_mark_dynamic_and_refusals():
         ug.compile(g, backend="eager", options={"freezing": True})
     with pytest.raises(ug.LoweringError, match="UNetGraph or a GraphModule"):
         ug.compile(torch.nn.Conv2d(1, 1, 1))
+
+
+def _layouts(b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``b``'s values in ten memory layouts (each a recompile if handed to dynamo as is)."""
+    return {
+        "contiguous": b,
+        "channels_last": b.to(memory_format=torch.channels_last),
+        "H/W transposed": b.transpose(2, 3).contiguous().transpose(2, 3),
+        "batch expanded": b[:1].expand(*b.shape),
+        "every other column": torch.cat([b, b], 3)[..., ::2],
+        "every other row": torch.cat([b, b], 2)[:, :, ::2],
+        "C/N swapped": b.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3),
+        "row expanded": b[:, :, :1].expand(*b.shape),
+        "channel expanded": b[:, :1].expand(*b.shape),
+        "every other sample": torch.cat([b, b], 0)[::2],
+    }
+
+
+def test_every_memory_layout_runs_on_one_compilation():
+    """Inputs reach the compiled code in one layout: dynamo's recompile limit (8) is never hit."""
+    torch.manual_seed(0)
+    gm = ug.unet(3, 2, widths=(8, 16, 32)).lower().eval()
+    layouts = _layouts(torch.randn(2, 3, 16, 16))
+    tiles = [torch.randn(2, 3, 16, w)[..., :16] for w in range(20, 64, 4)]  # 11 strides of one size
+    with torch.no_grad():
+        for model, inputs in [
+            (ug.compile(gm, backend="eager"), list(layouts.values())),
+            (ug.compile(gm, sizes=[16], backend="eager"), tiles),
+            (ug.compile(gm, backend="eager"), tiles),  # a fresh compile of the same module: its own count
+        ]:
+            for x in inputs:
+                assert torch.allclose(model(x), gm(x), atol=1e-5)
+            assert model.compilations == 1
+
+
+def test_a_channels_last_model_takes_channels_last_inputs_without_a_copy():
+    torch.manual_seed(0)
+    fast, _ = ug.optimize(ug.unet(3, 2, widths=(8, 16)).lower().eval())  # converts x to channels_last
+    model = ug.compile(fast, backend="eager")
+    x = torch.randn(2, 3, 16, 16).to(memory_format=torch.channels_last)
+    (handed,) = model._inputs((x,), {})
+    assert handed.data_ptr() == x.data_ptr() and handed is not x  # an alias: the caller's tensor stays unmarked
+    with torch.no_grad():
+        for y in _layouts(x.contiguous()).values():
+            assert torch.allclose(model(y), fast(y), atol=1e-5)
+    assert model.compilations == 1
+
+
+def test_compiled_modules_take_inputs_by_name():
+    torch.manual_seed(0)
+    gm = small_diffusion().lower().eval()
+    x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 9.0]), torch.tensor([0, 2])
+    with torch.no_grad():
+        want = gm(x, t, y)
+        for model in (ug.compile(gm, backend="eager"), ug.compile(gm, sizes=[8], backend="eager")):
+            assert torch.equal(model(x, t=t, y=y), want) and torch.equal(model(y=y, x=x, t=t), want)
+            with pytest.raises(ug.ShapeError, match=r"takes inputs x, t, y, got an unknown input 'label'"):
+                model(x, t, label=y)
+            with pytest.raises(ug.ShapeError, match="input t given twice, by position and by name"):
+                model(x, t, t=t, y=y)
+            with pytest.raises(ug.ShapeError, match=r"input y is missing: the model is called as forward\(x, t, y\)"):
+                model(x=x, t=t)
+            with pytest.raises(ug.ShapeError, match=r"takes 3 inputs \(x, t, y\), got 4"):
+                model(x, t, y, y)

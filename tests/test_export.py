@@ -4,6 +4,7 @@ refuse invalid ones with the checker's words, are written atomically, and load w
 import io
 import json
 import pickle
+import re
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from deploy_helpers import randomize_norms, small_diffusion
 
 import unetgraph as ug
+from unetgraph.export import _run_artifact
 
 SIZES = [(1, 3, 8, 8), (3, 3, 16, 40), (2, 3, 64, 12)]
 
@@ -211,3 +213,49 @@ def test_conditioned_diffusion_unet_round_trip(tmp_path, suffix):
         loaded(x, torch.ones(3), y)
     with pytest.raises(ug.ShapeError, match=r"input x must be a torch\.Tensor \(N, 3, H, W\), got a numpy\.ndarray"):
         loaded(x.numpy(), t, y)
+    for labels in (torch.tensor([0, 5]), torch.tensor([-1, 0]), 5):  # num_classes=5: onnxruntime took -1
+        with pytest.raises(ug.ShapeError) as lowered:
+            gm(x, t, labels)
+        with pytest.raises(ug.ShapeError) as artifact:
+            loaded(x, t, labels)
+        assert str(artifact.value) == str(lowered.value)
+        assert re.fullmatch(r"input y expects class labels 0 to 4 \(5 classes\), got (5|-1)", str(artifact.value))
+    with torch.no_grad():
+        want = gm(x, t, y)
+        assert torch.allclose(torch.as_tensor(loaded(x, t, y.to(torch.uint8))), want, atol=1e-5)
+        assert torch.allclose(torch.as_tensor(loaded(x, t=t, y=y)), want, atol=1e-5)  # by name, as gm takes them
+        assert torch.allclose(torch.as_tensor(loaded(y=y, t=t, x=x)), want, atol=1e-5)
+        empty = torch.as_tensor(loaded(x[:0], t[:0], y[:0]))  # onnxruntime failed on an empty batch
+        assert empty.shape == gm(x[:0], t[:0], y[:0]).shape == (0, 3, 8, 8)
+    with pytest.raises(ug.ShapeError, match=r"takes inputs x, t, y, got an unknown input 'label'"):
+        loaded(x, t, label=y)
+    with pytest.raises(ug.ShapeError, match="input x given twice, by position and by name"):
+        loaded(x, x=x, t=t, y=y)
+    # an allocation failure while running is not the artifact's fault: it stays what it is
+    with pytest.raises(RuntimeError, match="can't allocate memory") as failed:
+        _run_artifact(loaded.spec, lambda: torch.empty(2**62, dtype=torch.uint8))
+    assert not isinstance(failed.value, ug.ArtifactError)
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
+def test_a_static_batch_export_serves_every_context_length_and_refuses_other_batches(tmp_path, suffix):
+    torch.manual_seed(0)
+    g = ug.diffusion_unet(
+        3,
+        widths=(8, 16),
+        layers_per_block=1,
+        resblock=ug.ResBlock(groups=4),
+        attention=ug.SelfAttention(groups=4),
+        cross_attention=ug.CrossAttention(groups=4),
+        time_embedding=ug.TimestepEmbedding(dim=8, channels=16),
+        context_channels=12,
+    )
+    gm = g.lower().eval()
+    loaded = ug.load_exported(ug.export(gm, tmp_path / f"m{suffix}", batch=False, progress=False))
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 9.0])
+    with torch.no_grad():
+        for length in (8, 1, 77):  # traced with 8
+            context = torch.randn(2, length, 12)
+            assert torch.allclose(torch.as_tensor(loaded(x, t, context)), gm(x, t, context), atol=1e-5), length
+    with pytest.raises(ug.ShapeError, match=r"input x has batch 1; this artifact was exported with a static batch of"):
+        loaded(x[:1], t[:1], torch.randn(1, 8, 12))

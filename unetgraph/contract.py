@@ -192,6 +192,9 @@ class InputGuard(nn.Module):
         match: also refuse a tensor on another device than the module, or a dense or sequence
             input of another dtype (the buffer ``like``, not in the state_dict, follows
             ``module.to(...)``).
+        classes: for class labels, the consuming embedding's number of classes: labels outside
+            ``0 … classes-1`` are refused (checked eagerly, not while compiling or exporting);
+            ``0``: not checked. Labels of another integer dtype are cast to int64.
     """
 
     like: torch.Tensor
@@ -207,12 +210,14 @@ class InputGuard(nn.Module):
         hint: str = "",
         signature: tuple = (),
         match: bool = True,
+        classes: int = 0,
     ) -> None:
         super().__init__()
         self.name, self.form, self.channels, self.axes = name, form, channels, tuple(axes)
         self.sizes, self.rule, self.hint = tuple(sizes), rule, hint
         self.signature, self.match = tuple(signature) or (name,), match
         self.per_sample = form in ("scalar", "index")
+        self.classes = classes
         self.register_buffer("like", torch.empty(0), persistent=False)
 
     def refuse(self, message: str) -> NoReturn:
@@ -270,6 +275,8 @@ class InputGuard(nn.Module):
                 what += f" ({x!r:.40})"
             one = " (or one number for the whole batch)" if self.per_sample else ""
             self.refuse(f"input {self.name} must be a torch.Tensor {self.expect()}{one}, got a {what}")
+        if isinstance(x, int) and not -(2**63) <= x < 2**63:
+            self.refuse(f"input {self.name} is {x:.3g}, outside the int64 range a timestep or label tensor holds")
         batch = 1 if first is None or first.dim() == 0 else first.shape[0]
         device = self.like.device if first is None else first.device
         dtype = torch.int64 if isinstance(x, int) else torch.get_default_dtype()
@@ -279,6 +286,16 @@ class InputGuard(nn.Module):
         """A timestep or label tensor: broadcast one value to the batch; refuse other batches and dtypes."""
         if x.dtype == torch.bool or x.is_complex() or (self.form == "index" and x.is_floating_point()):
             self.refuse(f"input {self.name} expects {self.expect()}, got {x.dtype}")
+        if self.form == "index":
+            if x.dtype not in (torch.int64, torch.int32):
+                x = x.long()  # embeddings take int64 or int32 indices only
+            if self.classes and x.numel() and not self._tracing():
+                low, high = int(x.min()), int(x.max())
+                if low < 0 or high >= self.classes:
+                    self.refuse(
+                        f"input {self.name} expects class labels 0 to {self.classes - 1} ({self.classes} classes), "
+                        f"got {low if low < 0 else high}"
+                    )
         if x.dim() == 0:
             x = x.reshape(1)
         if first is not None and x.dim() == 1 and first.dim() > 0:
@@ -291,6 +308,11 @@ class InputGuard(nn.Module):
                     )
                 x = x.expand(batch).contiguous()
         return x
+
+    @staticmethod
+    def _tracing() -> bool:
+        """Whether a tracer or compiler runs this (values are not known then)."""
+        return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
     def _match(self, x: torch.Tensor) -> None:
         """The device and dtype torch would otherwise refuse deep inside the first layer."""
@@ -315,16 +337,23 @@ class PadToValid(nn.Module):
 
     Args:
         sizes: axis tuples ``(axis, minimum, step, offsets, margin)``.
-        mode: ``F.pad``'s mode: ``"constant"`` (zeros), ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        mode: ``F.pad``'s mode: ``"constant"`` (zeros), ``"reflect"``, ``"replicate"`` or ``"circular"``;
+            an input too small for the mode (reflect pads less than the size) is refused in words.
+        name: the input's name, in those words (none: just "input").
     """
 
-    def __init__(self, sizes: tuple, mode: str = "constant") -> None:
+    def __init__(self, sizes: tuple, mode: str = "constant", name: str = "") -> None:
         super().__init__()
-        self.sizes, self.mode = tuple(sizes), mode
+        self.sizes, self.mode, self.name = tuple(sizes), mode, name
 
     def refuse(self, message: str) -> NoReturn:
         """Raise ``ValueError(message)``; a subclass may raise its own error type."""
         raise ValueError(message)
+
+    def refuse_input(self, message: str) -> NoReturn:
+        """Refuse an input this padding cannot take (too small for the mode): :meth:`refuse` here;
+        a subclass may raise its error type for bad inputs."""
+        self.refuse(message)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.fx.Proxy):
@@ -337,8 +366,25 @@ class PadToValid(nn.Module):
             )
         pads: list[int] = []
         for n, axis in zip(reversed(x.shape[2:]), reversed(self.sizes)):  # F.pad wants the last axis first
-            pads += padding(n, axis)
+            left, right = padding(n, axis)
+            if self.mode != "constant" and not self._pads(n, left, right):
+                need = next(m for m in range(1, 1 << 20) if self._pads(m, *padding(m, axis)))
+                word = axis_word(axis[0])
+                self.refuse_input(
+                    f"pad='auto' with mode {self.mode!r} cannot pad input {self.name + ' ' * bool(self.name)}{word} "
+                    f"{n} (by {left} and {right}): {self.mode} padding needs an input {word} of at least {need}; "
+                    "pass a larger input, or lower with pad_mode='constant'"
+                )
+            pads += [left, right]
         return F.pad(x, pads, mode=self.mode)
+
+    def _pads(self, n: int, left: int, right: int) -> bool:
+        """Whether ``F.pad`` in this mode can pad an axis of size ``n`` by ``left`` and ``right``."""
+        if self.mode == "reflect":
+            return n > max(left, right)
+        if self.mode == "circular":
+            return n >= max(left, right, 1)
+        return n >= 1  # replicate
 
     def extra_repr(self) -> str:
         return f"{self.sizes}, mode={self.mode!r}"
@@ -378,4 +424,4 @@ GUARD_PARTS = (
     _call_module_node,
     InputGuard,
 )
-PAD_PARTS = (next_valid, padding, _call_module_node, PadToValid, CropToInput)
+PAD_PARTS = (axis_word, next_valid, padding, _call_module_node, PadToValid, CropToInput)

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -59,6 +59,7 @@ __all__ = [
     "Buckets",
     "BucketedUNet",
     "padding_exactness",
+    "bind_inputs",
 ]
 
 
@@ -184,7 +185,8 @@ def export_shapes(
 
     Each spatial axis becomes ``step * Dim(...) + c`` over :func:`served_axes`; with
     ``batch=True`` every input shares one ``Dim("batch")`` (the example batch must then be
-    at least 2, or export specialises it).
+    at least 2, or export specialises it). A sequence input (a context ``(N, L, D)``) gets a
+    ``Dim`` of its own for ``L``.
 
     Example:
         >>> import unetgraph as ug
@@ -201,6 +203,9 @@ def export_shapes(
         b = Dim("batch", min=1)
         for name in g.inputs:
             shapes[name][0] = b
+    for name in g.inputs:
+        if g[name].type.form == "sequence":  # a context of any length L
+            shapes[name][1] = Dim(f"{name}_L", min=1)
     for axis in served_axes(g, max_size=max_size):
         c = axis.low - 2 * axis.step  # size = step*k + c with k ≥ 2 (export specialises k = 0, 1)
         top = None if axis.high is None else (axis.high - c) // axis.step
@@ -259,14 +264,100 @@ def _mark(x: torch.Tensor, axes: tuple[ServedAxis, ...], batch: bool) -> None:
         torch._dynamo.maybe_mark_dynamic(x, 0)
 
 
+def bind_inputs(names: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any], model: str) -> tuple[Any, ...]:
+    """``args`` and ``kwargs`` as one tuple in the order of ``names`` (the graph's inputs), as the lowered
+    module's ``forward(x, t=..., ...)`` binds them; inputs not given are ``None`` (the guards name them).
+
+    Raises:
+        ShapeError: more inputs than ``names``, a keyword that is not one of them, or one given twice.
+    """
+    if len(args) > len(names):
+        raise ShapeError(f"{model} takes {len(names)} inputs ({', '.join(names)}), got {len(args)}")
+    if not kwargs:
+        return tuple(args)
+    bound = [*args, *[None] * (len(names) - len(args))]
+    for key, value in kwargs.items():
+        if key not in names:
+            raise ShapeError(f"{model} takes inputs {', '.join(names)}, got an unknown input {key!r}")
+        at = names.index(key)
+        if at < len(args):
+            raise ShapeError(f"{model}: input {key} given twice, by position and by name", node=key)
+        bound[at] = value
+    return tuple(bound)
+
+
+def _strides(shape: tuple[int, ...], fmt: torch.memory_format) -> tuple[int, ...]:
+    """The strides of a fresh tensor of ``shape`` in memory format ``fmt`` (as ``torch.empty`` makes them)."""
+    n = len(shape)
+    if fmt in (torch.channels_last, torch.channels_last_3d):
+        order, floor = [1, *range(n - 1, 1, -1), 0], 0  # channels innermost; torch does not round sizes 0 up
+    else:
+        order, floor = list(range(n - 1, -1, -1)), 1
+    strides, step = [0] * n, 1
+    for d in order:
+        strides[d] = step
+        step *= max(shape[d], floor)
+    return tuple(strides)
+
+
+def _input_formats(module: fx.GraphModule, names: Sequence[str]) -> list[torch.memory_format]:
+    """The memory format each input is converted to right after its guard (``passes.channels_last``),
+    or ``torch.contiguous_format``: the layout compiled code is handed (so a layout is never a recompile)."""
+    placeholders = {n.name: n for n in module.graph.nodes if n.op == "placeholder"}
+    formats = []
+    for name in names:
+        fmt = torch.contiguous_format
+        node = placeholders.get(name)
+        users = list(node.users) if node is not None else []
+        users += [u for n in users if n.op == "call_module" for u in n.users]  # through the guard
+        for user in users:
+            if user.op == "call_method" and user.target == "contiguous" and user.kwargs.get("memory_format"):
+                fmt = user.kwargs["memory_format"]
+        formats.append(fmt)
+    return formats
+
+
+def _in_layout(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """``x`` with the strides a fresh tensor of its shape has in ``fmt`` (copied only when it has others),
+    as a new tensor object: dynamo keeps its dynamic marks on the caller's tensor object, and every
+    later compile that sees it would honour them (a static bucket, the caller's own torch.compile)."""
+    rank = {torch.channels_last: 4, torch.channels_last_3d: 5}.get(fmt, x.dim())
+    if x.dim() != rank or (fmt != torch.contiguous_format and x.shape[1] == 1):
+        # one channel: both layouts are the same memory, and inductor (freezing, dynamic sizes) fails on
+        # the channels-last strides of a single channel; the model's own conversion keeps it as is
+        fmt = torch.contiguous_format
+    if x.stride() == _strides(tuple(x.shape), fmt):
+        return x.view_as(x)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt).copy_(x)
+
+
+class _Inputs:
+    """What compiled code is handed: the inputs bound by position or name (:func:`bind_inputs`), checked
+    by the lowered module's own guards (a :class:`ShapeError` in their words; numbers become tensors, so
+    they never specialise the code), each in one memory layout (so no layout is a recompile)."""
+
+    def __init__(self, module: fx.GraphModule, graph: UNetGraph) -> None:
+        self.names = tuple(graph.inputs)
+        self.model = graph.name
+        self.guards = module_guards(module, graph.inputs)
+        self.formats = _input_formats(module, graph.inputs)
+
+    def __call__(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+        inputs = bind_inputs(self.names, args, kwargs, self.model)
+        if self.guards is not None:
+            inputs = guard_inputs(self.guards, inputs, self.model)
+        return tuple(_in_layout(x, f) if isinstance(x, torch.Tensor) else x for x, f in zip(inputs, self.formats))
+
+
 class CompiledUNet(nn.Module):
     """``torch.compile`` of a lowered U-Net with dynamic spatial sizes and a compilation count.
 
     Each call first runs the lowered module's input guards eagerly (a clear
     :class:`~unetgraph.errors.ShapeError` for a bad input, not a guard failure; a timestep given
-    as a number becomes a tensor, so it never specialises the compiled code), checks the size
-    with the checker's rules, marks its spatial axes dynamic within the served range, and runs
-    the compiled module. ``compilations`` counts
+    as a number becomes a tensor, so it never specialises the compiled code), puts every input in
+    one memory layout (the one the model converts to: a layout is never a recompile), checks the
+    size with the checker's rules, marks its spatial axes dynamic within the served range, and
+    runs the compiled module. Inputs may be given by name (:func:`bind_inputs`). ``compilations`` counts
     how many graphs the backend compiled so far (1 after the first call; more means a
     recompile).
 
@@ -293,7 +384,8 @@ class CompiledUNet(nn.Module):
     ) -> None:
         super().__init__()
         self.module = module
-        self.guards = module_guards(module, graph.inputs)
+        self._inputs = _Inputs(module, graph)
+        self.guards = self._inputs.guards
         self.name = graph.name
         self.input = _spatial_input(graph)
         self.position = graph.inputs.index(self.input)
@@ -310,24 +402,23 @@ class CompiledUNet(nn.Module):
             self._count[0] += 1
             return compiled
 
-        with TORCH_LOCK:
-            self.compiled = torch.compile(module, backend=counting, fullgraph=fullgraph, dynamic=None)
+        with TORCH_LOCK:  # a GraphModule made while another thread compiles breaks that compile
+            # a GraphModule of its own (same submodules, same weights): its own code object, so dynamo's
+            # cache and recompile limit are this instance's, not shared with every compile of ``module``
+            shell = fx.GraphModule(module, module.graph)
+            self.compiled = torch.compile(shell, backend=counting, fullgraph=fullgraph, dynamic=None)
 
     @property
     def compilations(self) -> int:
         """Graphs compiled so far (each recompile adds one)."""
         return self._count[0]
 
-    def forward(self, *inputs: Any) -> Any:
-        if self.guards is not None:
-            inputs = guard_inputs(self.guards, inputs, self.name)
+    def forward(self, *inputs: Any, **named: Any) -> Any:
+        """The lowered module's outputs; inputs by position or by name, as the lowered module takes them."""
+        inputs = self._inputs(inputs, named)  # new tensor objects: marking them leaves the caller's alone
         x = inputs[self.position]
         check_served(self.input, self.rules, self.axes, tuple(x.shape[2:]))
-        # dynamo keeps marks on the tensor object and every later compile that sees it honours
-        # them (a static bucket, the caller's own torch.compile): mark a view, not the caller's
-        x = x.view_as(x)
         _mark(x, self.axes, self.batch)
-        inputs = (*inputs[: self.position], x, *inputs[self.position + 1 :])
         return self._gate.call(self.compiled, inputs)
 
 
@@ -619,7 +710,8 @@ class BucketedUNet(nn.Module):
     hand-written model compiled at one size, for each size listed. Sizes in between are padded
     up where that is exact (:class:`Buckets`). Each ``(batch, bucket)`` pair compiles once, at
     its first call (or in :meth:`prepare`); ``compilations`` counts them and
-    ``compile_seconds`` says how long each took.
+    ``compile_seconds`` says how long each took. Inputs are checked, bound by name and put in one
+    layout first, as :class:`CompiledUNet` does.
 
     Shape:
         as the lowered module.
@@ -637,6 +729,7 @@ class BucketedUNet(nn.Module):
     ) -> None:
         super().__init__()
         self.module = module
+        self._inputs = _Inputs(module, graph)
         self.buckets = buckets
         self.position = graph.inputs.index(buckets.input)
         self.graph = graph
@@ -671,15 +764,18 @@ class BucketedUNet(nn.Module):
                 self._compiled[key] = torch.compile(shell, backend=counting, fullgraph=self._fullgraph, dynamic=False)
             return self._compiled[key]
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
+    def forward(self, *inputs: Any, **named: Any) -> Any:
+        """The lowered module's outputs; inputs by position or by name, as the lowered module takes them."""
+        # checked as the lowered module does, each a new tensor object in one layout: never the caller's
+        # tensor, which may carry dynamo's dynamic marks that would make this static graph dynamic
+        inputs = self._inputs(inputs, named)
         x = inputs[self.position]
         spatial = tuple(x.shape[2:])
         check_input_size(self.buckets.input, self.buckets.rules, spatial)
         bucket = self.buckets.choose(spatial)
-        # padded, or an alias: never the caller's tensor, which may carry dynamo's dynamic marks
-        # (from a dynamic compile it went through) that would make this static graph dynamic
-        x = self.buckets.pad(x, bucket) if bucket != spatial else x.view_as(x)
-        inputs = (*inputs[: self.position], x, *inputs[self.position + 1 :])
+        if bucket != spatial:
+            x = _in_layout(self.buckets.pad(x, bucket), self._inputs.formats[self.position])
+            inputs = (*inputs[: self.position], x, *inputs[self.position + 1 :])
         out = self._gate.call(self._compiled_for((x.shape[0], bucket)), inputs)
         return out if bucket == spatial else self.buckets.crop(out, spatial)
 

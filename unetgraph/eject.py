@@ -138,6 +138,8 @@ def _guard_ctor(m: contract.InputGuard) -> str:
     args.append(f"signature={m.signature!r}")
     if not m.match:
         args.append("match=False")
+    if m.classes:
+        args.append(f"classes={m.classes}")
     return "InputGuard(\n" + "".join(textwrap.indent(a, "    ") + ",\n" for a in args) + ")"
 
 
@@ -157,7 +159,7 @@ def _source(obj: Any) -> str:
 # module type -> (constructor source, the contract's definitions it needs)
 _RUNTIME: dict[type, tuple[Callable[[Any], str], tuple[Any, ...]]] = {
     contract.InputGuard: (_guard_ctor, contract.GUARD_PARTS),
-    contract.PadToValid: (lambda m: f"PadToValid({m.sizes!r}, {m.mode!r})", contract.PAD_PARTS),
+    contract.PadToValid: (lambda m: f"PadToValid({m.sizes!r}, {m.mode!r}, {m.name!r})", contract.PAD_PARTS),
     contract.CropToInput: (lambda m: f"CropToInput({m.sizes!r})", contract.PAD_PARTS),
 }
 

@@ -22,7 +22,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -30,12 +30,13 @@ from torch import nn
 
 from .artifact import MAX_BYTES, checked_native, checked_program, loaded_by, read_archive, read_onnx
 from .check import valid_sizes
-from .dynamic import Buckets, check_served, export_shapes, graph_and_module, served_axes, trace_inputs
+from .dynamic import Buckets, bind_inputs, check_served, export_shapes, graph_and_module, served_axes, trace_inputs
 from .errors import ArtifactError, LoweringError, ShapeError, UNetGraphError
 from .files import atomic_path, write_atomic
 from .graph import UNetGraph
 from .grouping import ungroup
 from .inputs import example_inputs as _example_inputs
+from .inputs import label_classes
 from .record import lowered_record
 from .runtime import InputGuard, check_input_size, guard_inputs
 from .serialize import from_dict, to_dict
@@ -267,9 +268,10 @@ def _example(
 def _document(
     g: UNetGraph, kind: str, batch: bool, max_size: int | None, args: dict[str, torch.Tensor]
 ) -> dict[str, Any]:
-    """What an artifact carries: the graph (everything else is derived from it on loading) and
-    the dtype each input was traced with (an artifact is specialised to it)."""
-    return {
+    """What an artifact carries: the graph (everything else is derived from it on loading), the
+    dtype each input was traced with (an artifact is specialised to it) and, with a static batch,
+    the batch it was traced with."""
+    doc = {
         "format": _DOC_FORMAT,
         "version": _DOC_VERSION,
         "kind": kind,
@@ -278,6 +280,9 @@ def _document(
         "dtypes": {name: str(x.dtype).removeprefix("torch.") for name, x in args.items()},
         "graph": to_dict(g),
     }
+    if not batch and args:
+        doc["batch_size"] = int(next(iter(args.values())).shape[0])
+    return doc
 
 
 def _export_onnx(
@@ -347,6 +352,9 @@ class _Spec:
                 raise ValueError(f"buckets.batches must be positive integers, got {bucketed['batches']!r}")
             self.buckets = None if bucketed is None else Buckets.of(g, [tuple(s) for s in bucketed["sizes"]])
             self.batches = () if bucketed is None else tuple(sorted(bucketed["batches"]))
+            self.batch_size = data.get("batch_size") if bucketed is None else None  # static: the traced batch
+            if self.batch_size is not None and (type(self.batch_size) is not int or self.batch_size < 0):
+                raise ValueError(f"batch_size must be a non-negative integer, got {self.batch_size!r}")
         except Exception as e:  # a document from a file: whatever is wrong with it, it is refused
             raise ArtifactError(
                 f"{source}: not a unetgraph export ({type(e).__name__}: {e})", path=source, entry=_DOC
@@ -355,13 +363,26 @@ class _Spec:
         self.source = source
         self.outputs = g.outputs
         self.spatial = self.rules.input
-        self.guards = [InputGuard(n, g[n].type, signature=g.inputs, match_module=False) for n in g.inputs]
+        self.guards = [
+            InputGuard(n, g[n].type, signature=g.inputs, match_module=False, classes=label_classes(g, n))
+            for n in g.inputs
+        ]
 
-    def prepare(self, inputs: Sequence[Any]) -> tuple[torch.Tensor, ...]:
-        """Check ``inputs`` in the checker's words, as the lowered module's guards do (timesteps and
-        labels given as one number or one value are broadcast to the batch); timesteps of another
-        dtype (``int64`` from a scheduler) are cast to the traced one, any other dtype mismatch is refused."""
-        ready = list(guard_inputs(self.guards, inputs, self.name))
+    def prepare(self, inputs: Sequence[Any], named: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, ...]:
+        """Check ``inputs`` (by position, or by name in ``named``) in the checker's words, as the lowered
+        module's guards do (timesteps and labels given as one number or one value are broadcast to the
+        batch; labels outside the embedding's classes are refused); timesteps of another dtype (``int64``
+        from a scheduler) are cast to the traced one, any other dtype mismatch is refused, and so is
+        another batch than a static one."""
+        bound = bind_inputs(self.graph.inputs, inputs, named or {}, self.name)
+        ready = list(guard_inputs(self.guards, bound, self.name))
+        if self.batch_size is not None and ready[0].shape[0] != self.batch_size:
+            first = self.guards[0].name
+            raise ShapeError(
+                f"input {first} has batch {ready[0].shape[0]}; this artifact was exported with a static batch of "
+                f"{self.batch_size} (batch=False): pass {self.batch_size} samples, or export with batch=True",
+                node=first,
+            )
         for i, (guard, x) in enumerate(zip(self.guards, ready)):
             if guard.name == self.spatial and self.buckets is not None:
                 check_input_size(self.spatial, self.rules, tuple(x.shape[2:]))
@@ -396,11 +417,22 @@ def _run_artifact(spec: _Spec, step: Callable[[], Any]) -> Any:
     except (torch.OutOfMemoryError, UNetGraphError):  # ours: a bucket runner refusing a batch in words
         raise
     except Exception as e:  # the runtime's own error types: the inputs were checked, the artifact is at fault
+        if _out_of_memory(e):
+            raise
         raise ArtifactError(
             f"{spec.source}: the {spec.kind} artifact failed on inputs it accepts ({type(e).__name__}: "
             f"{' '.join(str(e).split())[:300]})",
             path=spec.source,
         ) from e
+
+
+def _out_of_memory(e: Exception) -> bool:
+    """Whether ``e`` is an allocation failure: torch's CPU allocator raises a plain ``RuntimeError``,
+    onnxruntime its own error type, neither a ``torch.OutOfMemoryError``."""
+    text = str(e)
+    return isinstance(e, MemoryError) or any(
+        words in text for words in ("can't allocate memory", "Failed to allocate memory", "bad allocation")
+    )
 
 
 class _BucketRunner:
@@ -463,8 +495,9 @@ class ExportedUNet(nn.Module):
         """The architecture the artifact was exported from."""
         return self.spec.graph
 
-    def forward(self, *inputs: Any) -> Any:
-        inputs = self.spec.prepare(inputs)
+    def forward(self, *inputs: Any, **named: Any) -> Any:
+        """The exported model's outputs; inputs by position or by name, as the lowered module takes them."""
+        inputs = self.spec.prepare(inputs, named)
         run = self.module if hasattr(self, "module") else self._run
         return _run_artifact(self.spec, lambda: run(*inputs))
 
@@ -524,10 +557,16 @@ class OnnxUNet:
         """The architecture the artifact was exported from."""
         return self.spec.graph
 
-    def __call__(self, *inputs: Any) -> torch.Tensor | dict[str, torch.Tensor]:
-        inputs = self.spec.prepare(inputs)
+    def __call__(self, *inputs: Any, **named: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The exported model's outputs; inputs by position or by name, as the lowered module takes them."""
+        inputs = self.spec.prepare(inputs, named)
+        empty = inputs[0].shape[0] == 0  # onnxruntime cannot reshape an empty batch: run one zero sample
+        if empty:
+            inputs = tuple(x.new_zeros((1, *x.shape[1:])) for x in inputs)
         feeds = {n: x.detach().cpu().numpy() for n, x in zip(self.input_names, inputs)}
         outs = [torch.from_numpy(o) for o in _run_artifact(self.spec, lambda: self.session.run(None, feeds))]
+        if empty:
+            outs = [o[:0] for o in outs]
         return outs[0] if len(outs) == 1 else dict(zip(self.spec.outputs, outs))
 
     def __repr__(self) -> str:

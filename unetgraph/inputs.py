@@ -15,7 +15,7 @@ from .check import input_shapes_at, valid_sizes
 from .errors import ShapeError
 from .graph import UNetGraph
 
-__all__ = ["input_shapes", "example_inputs"]
+__all__ = ["input_shapes", "example_inputs", "label_classes"]
 
 
 def input_shapes(
@@ -65,9 +65,14 @@ def example_inputs(
         if form == "scalar":
             out[name] = torch.rand(shape, generator=generator) * 1000
         elif form == "index":
-            classes = [getattr(g[e.dst].block, "num_classes", None) for e in g.out_edges(name)]
-            high = min((c for c in classes if isinstance(c, int)), default=1)
-            out[name] = torch.randint(0, high, shape, generator=generator)
+            out[name] = torch.randint(0, label_classes(g, name) or 1, shape, generator=generator)
         else:
             out[name] = torch.randn(shape, generator=generator)
     return out
+
+
+def label_classes(g: UNetGraph, name: str) -> int:
+    """How many classes the labels of input ``name`` may name: the smallest ``num_classes`` of the
+    blocks that consume it (0 when none says)."""
+    classes = [getattr(g[e.dst].block, "num_classes", None) for e in g.out_edges(name)]
+    return min((c for c in classes if isinstance(c, int) and not isinstance(c, bool)), default=0)

@@ -31,7 +31,7 @@ from .blocks.tracing import ModuleTracer
 from .check import SizeRules, check, pad_rules, valid_sizes
 from .errors import LoweringError, ShapeError, UNetGraphError
 from .graph import Node, UNetGraph
-from .inputs import input_shapes
+from .inputs import input_shapes, label_classes
 from .record import LoweredRecord, attach_record, lowered_record
 from .runtime import CropToInput, InputGuard, PadToValid
 from .transfer import transfer_weights
@@ -61,7 +61,8 @@ def lower(
             convolutions the margin the network consumes is padded too (overlap-tile).
             ``None`` refuses sizes that do not fit.
         pad_mode: ``F.pad`` mode for ``pad="auto"``: ``"constant"`` (zeros), ``"reflect"``,
-            ``"replicate"`` or ``"circular"``.
+            ``"replicate"`` or ``"circular"``; an input too small for the mode (reflect needs more
+            rows than it pads) is refused in words.
         guard: check each input before any layer runs (its type, rank, channels, dtype,
             device, batch and size), raising :class:`~unetgraph.errors.ShapeError` with the
             checker's message; timesteps and labels given as one number or one value are
@@ -119,13 +120,14 @@ def lower(
             hint = " (lower with pad='auto' to accept any size)" if pad is None else ""
             size_rules = rules if pad is None and name == main else None
             with torch.device(device) if device is not None else contextlib.nullcontext():
-                check = InputGuard(name, node.type, size_rules, hint=hint, signature=g.inputs)
+                classes = label_classes(g, name) if node.type.form == "index" else 0  # labels: their range
+                check = InputGuard(name, node.type, size_rules, hint=hint, signature=g.inputs, classes=classes)
             # every other input is checked against the first (its batch, device): numbers and
             # single timesteps or labels are broadcast to that batch
             guarded = (env[name],) if i == 0 else (env[name], env[g.inputs[0]])
             env[name] = _call(graph, root, f"{name}_guard", check if dtype is None else check.to(dtype), guarded, node)
     if pad == "auto" and main is not None and rules is not None:  # _rules refused pad="auto" without them
-        env[main] = _call(graph, root, f"{main}_pad", PadToValid(rules, pad_mode), (env[main],), g[main])
+        env[main] = _call(graph, root, f"{main}_pad", PadToValid(rules, pad_mode, main), (env[main],), g[main])
     ports: dict[tuple[str, int], fx.Node] = {}  # the outputs of nodes with several
     for name in g:
         node = g[name]

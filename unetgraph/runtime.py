@@ -65,6 +65,7 @@ class InputGuard(contract.InputGuard):
         signature: the lowered module's arguments, named when an input is missing.
         match_module: also refuse an input on another device than the module, or a dense or
             sequence input of another dtype. Off for guards that stand alone (a loaded artifact's).
+        classes: class labels: the consuming embedding's number of classes (``0``: unchecked).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class InputGuard(contract.InputGuard):
         hint: str = "",
         signature: Sequence[str] = (),
         match_module: bool = True,
+        classes: int = 0,
     ) -> None:
         super().__init__(
             name,
@@ -87,6 +89,7 @@ class InputGuard(contract.InputGuard):
             hint=hint,
             signature=tuple(signature),
             match=match_module,
+            classes=classes,
         )
 
     def refuse(self, message: str) -> NoReturn:
@@ -97,11 +100,14 @@ class InputGuard(contract.InputGuard):
 class PadToValid(contract.PadToValid):
     """Pad each spatial axis up to the next valid size of ``rules``, centred (``pad="auto"``)."""
 
-    def __init__(self, rules: SizeRules, mode: str = "constant") -> None:
-        super().__init__(axis_tuples(rules), mode)
+    def __init__(self, rules: SizeRules, mode: str = "constant", name: str = "") -> None:
+        super().__init__(axis_tuples(rules), mode, name)
 
     def refuse(self, message: str) -> NoReturn:
         raise LoweringError(message)
+
+    def refuse_input(self, message: str) -> NoReturn:
+        raise ShapeError(message, node=self.name or None)
 
 
 @leaf_module
