@@ -418,11 +418,11 @@ class _Pinned:
             size = os.fstat(fd).st_size
             if size > limit:
                 raise SavedModelError(f"{name}: {size:,} bytes, more than the {limit:,} this file may hold")
-            data = os.pread(fd, limit + 1, 0) if hasattr(os, "pread") else os.read(fd, limit + 1)
+            data = os.pread(fd, size + 1, 0) if hasattr(os, "pread") else os.read(fd, size + 1)
         except OSError as e:
             raise SavedModelError(f"{name}: cannot be read ({e.strerror or e})") from None
-        if len(data) > limit:
-            raise SavedModelError(f"{name}: more than the {limit:,} bytes this file may hold")
+        if len(data) > size:  # saved files are written whole, then renamed: never while read
+            raise SavedModelError(f"{name}: grew while it was read; a save writes a new folder, not into this one")
         return data
 
     def digest(self, name: str) -> str:
