@@ -499,6 +499,8 @@ def _safetensors(path: str, name: str) -> Iterator[Any]:
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             yield f
+    except UNetGraphError:  # ours, from the work done while the file is open: already in words
+        raise
     except SafetensorError as e:
         raise SavedModelError(f"{name}: not a valid safetensors file ({e})") from None
     except (OSError, ValueError, RuntimeError) as e:
