@@ -259,3 +259,32 @@ def test_a_static_batch_export_serves_every_context_length_and_refuses_other_bat
             assert torch.allclose(torch.as_tensor(loaded(x, t, context)), gm(x, t, context), atol=1e-5), length
     with pytest.raises(ug.ShapeError, match=r"input x has batch 1; this artifact was exported with a static batch of"):
         loaded(x[:1], t[:1], torch.randn(1, 8, 12))
+
+
+def test_models_served_from_other_threads_while_one_exports_are_not_disturbed(small, tmp_path):
+    """torch.export replaces nn.Module.__call__ and dynamo's settings for every thread while it
+    traces: a bucketed model served meanwhile failed in every run, in the export ("Unexpected key
+    _export_root.x_guard@1", "Trying to pop empty mode stack") or in the serving thread (a recompile
+    in fake mode). Calls of compiled and loaded models now wait while an export runs alone."""
+    from thread_helpers import run_together
+
+    _, gm = small
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = gm(x)
+    models = [
+        ug.compile(gm, sizes=[16], backend="eager"),
+        ug.compile(gm, backend="eager"),
+        ug.load_exported(ug.export(gm, tmp_path / "served.pt2", progress=False)),
+    ]
+
+    def serve(i):
+        with torch.no_grad():
+            y = models[i](x)
+        assert torch.allclose(y, want, atol=1e-5), f"model {i} served other values"
+
+    def export(i):
+        ug.export(gm, tmp_path / f"unet{i}.pt2", progress=False)
+
+    counts = run_together(4, {"serve": (serve, len(models)), "export": (export, 1)})
+    assert counts["serve"] >= len(models) and counts["export"] >= 2, counts

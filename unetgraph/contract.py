@@ -289,7 +289,7 @@ class InputGuard(nn.Module):
         if self.form == "index":
             if x.dtype not in (torch.int64, torch.int32):
                 x = x.long()  # embeddings take int64 or int32 indices only
-            if self.classes and x.numel() and not self._tracing():
+            if self.classes and x.numel() and not x.is_meta and not self._tracing():
                 low, high = int(x.min()), int(x.max())
                 if low < 0 or high >= self.classes:
                     self.refuse(

@@ -46,7 +46,7 @@ from .passes.prepack import PackedConv, conv_padding
 from .record import find_record, lowered_record
 from .runtime import check_input_size, guard_inputs, module_guards
 from .types import AXIS_NAMES
-from .util import TORCH_LOCK
+from .util import TORCH_LOCK, TURNS
 
 __all__ = [
     "ServedAxis",
@@ -415,11 +415,12 @@ class CompiledUNet(nn.Module):
 
     def forward(self, *inputs: Any, **named: Any) -> Any:
         """The lowered module's outputs; inputs by position or by name, as the lowered module takes them."""
-        inputs = self._inputs(inputs, named)  # new tensor objects: marking them leaves the caller's alone
-        x = inputs[self.position]
-        check_served(self.input, self.rules, self.axes, tuple(x.shape[2:]))
-        _mark(x, self.axes, self.batch)
-        return self._gate.call(self.compiled, inputs)
+        with TURNS.running():  # not while another thread exports
+            inputs = self._inputs(inputs, named)  # new tensor objects: marking them leaves the caller's alone
+            x = inputs[self.position]
+            check_served(self.input, self.rules, self.axes, tuple(x.shape[2:]))
+            _mark(x, self.axes, self.batch)
+            return self._gate.call(self.compiled, inputs)
 
 
 class _Ungated(Exception):
@@ -766,6 +767,10 @@ class BucketedUNet(nn.Module):
 
     def forward(self, *inputs: Any, **named: Any) -> Any:
         """The lowered module's outputs; inputs by position or by name, as the lowered module takes them."""
+        with TURNS.running():  # not while another thread exports
+            return self._forward(inputs, named)
+
+    def _forward(self, inputs: tuple, named: dict[str, Any]) -> Any:
         # checked as the lowered module does, each a new tensor object in one layout: never the caller's
         # tensor, which may carry dynamo's dynamic marks that would make this static graph dynamic
         inputs = self._inputs(inputs, named)

@@ -40,7 +40,7 @@ from .inputs import label_classes
 from .record import lowered_record
 from .runtime import InputGuard, check_input_size, guard_inputs
 from .serialize import from_dict, to_dict
-from .util import TORCH_LOCK
+from .util import TORCH_LOCK, TURNS
 
 if TYPE_CHECKING:
     from torch.export.pt2_archive._package_weights import Weights
@@ -127,7 +127,7 @@ def export(
     """
     # one export or compile at a time in this process: torch's tracing is not thread-safe (two exports
     # at once failed inside torch.export), and the warning filters below are process-wide
-    with TORCH_LOCK, warnings.catch_warnings():
+    with TURNS.alone(), TORCH_LOCK, warnings.catch_warnings():
         # torch's own deprecation inside its exporters, not actionable here
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         if sizes is not None:
@@ -497,9 +497,10 @@ class ExportedUNet(nn.Module):
 
     def forward(self, *inputs: Any, **named: Any) -> Any:
         """The exported model's outputs; inputs by position or by name, as the lowered module takes them."""
-        inputs = self.spec.prepare(inputs, named)
-        run = self.module if hasattr(self, "module") else self._run
-        return _run_artifact(self.spec, lambda: run(*inputs))
+        with TURNS.running():  # not while another thread exports
+            inputs = self.spec.prepare(inputs, named)
+            run = self.module if hasattr(self, "module") else self._run
+            return _run_artifact(self.spec, lambda: run(*inputs))
 
     def extra_repr(self) -> str:
         return self.spec.describe()

@@ -129,8 +129,10 @@ def guard_inputs(guards: Sequence[InputGuard], inputs: Sequence[Any], model: str
         raise ShapeError(f"{model} takes {len(guards)} inputs ({names}), got {len(inputs)}")
     ready: list[torch.Tensor] = []
     for i, guard in enumerate(guards):
-        x = inputs[i] if i < len(inputs) else None
-        ready.append(guard(x) if i == 0 else guard(x, ready[0]))
+        x: Any = inputs[i] if i < len(inputs) else None  # anything: the guard says what is wrong with it
+        # forward, not __call__: torch.export and fx tracers replace nn.Module.__call__ for every
+        # thread while they trace, so a module called here meanwhile lands in another thread's trace
+        ready.append(guard.forward(x) if i == 0 else guard.forward(x, ready[0]))
     return tuple(ready)
 
 

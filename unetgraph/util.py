@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Callable, Iterator, Mapping
 
-__all__ = ["paused_gc", "median_ms", "interleaved_ms", "short_repr", "path_key", "TORCH_LOCK"]
+__all__ = ["paused_gc", "median_ms", "interleaved_ms", "short_repr", "path_key", "TORCH_LOCK", "TURNS"]
 
 # Torch's tracing, compiling and program loading are not thread-safe (pytorch#118260). Measured here
 # (torch 2.14.1): a GraphModule made or compiled while another thread compiled lost fullgraph (its
@@ -19,6 +19,69 @@ __all__ = ["paused_gc", "median_ms", "interleaved_ms", "short_repr", "path_key",
 # ("_CURRENT_DESERIALIZER is already set"). Every compile, export and torch load in this library
 # holds this lock; compiled and loaded code runs outside it.
 TORCH_LOCK = threading.RLock()
+
+
+class _Turns:
+    """Compiled and loaded models run side by side; an export runs alone.
+
+    While torch.export traces it replaces ``nn.Module.__call__`` and dynamo's settings for every
+    thread, so a model running in another thread meanwhile lands in the export's trace or finds its
+    compiled code's guards changed. Measured (torch 2.14.1), serving a size-bucketed model in two
+    threads while a third exported: every run failed in one thread or the other ("Unexpected key
+    _export_root.x_guard@1", "Trying to pop empty mode stack", a recompile in fake mode). Calls of
+    ``ug.compile``'d and loaded models hold :meth:`running`; exports hold :meth:`alone`, which waits
+    for the calls in flight and holds new ones back. A thread that already holds a turn or
+    :data:`TORCH_LOCK` is never held back (an export may run what it exported)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._alone: int | None = None  # the exporting thread
+        self._mine = threading.local()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Hold a turn to run compiled or loaded code (many threads at once)."""
+        me = threading.get_ident()
+        with self._cond:
+            owned = TORCH_LOCK._is_owned()  # type: ignore[attr-defined]
+            while self._alone not in (None, me) and not owned and not getattr(self._mine, "depth", 0):
+                self._cond.wait()
+            self._running += 1
+            self._mine.depth = getattr(self._mine, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._mine.depth -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        """Hold the process to oneself: wait for every call in flight (other threads'), hold new ones back."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._alone == me:  # nested
+                outer = True
+            else:
+                outer = False
+                while self._alone is not None:
+                    self._cond.wait()
+                self._alone = me
+                while self._running - getattr(self._mine, "depth", 0) > 0:
+                    self._cond.wait()
+        try:
+            yield
+        finally:
+            if not outer:
+                with self._cond:
+                    self._alone = None
+                    self._cond.notify_all()
+
+
+TURNS = _Turns()
+"""Calls of compiled and loaded models run side by side, exports alone (see :class:`_Turns`)."""
 
 
 @contextlib.contextmanager
