@@ -240,9 +240,11 @@ def test_pad_auto_refuses_inputs_too_small_for_its_mode_in_words(mode):
         assert gm(torch.randn(1, 3, 12, need)).shape == (1, 2, 12, need)
         with pytest.raises(ug.ShapeError) as refused:
             gm(torch.randn(1, 3, 12, need - 1))
-    assert refused.value.node == "x" and str(refused.value).startswith(
-        f"pad='auto' with mode '{mode}' cannot pad input x width {need - 1} (by "
-    ) and f"{mode} padding needs an input width of at least {need}" in str(refused.value)
+    assert (
+        refused.value.node == "x"
+        and str(refused.value).startswith(f"pad='auto' with mode '{mode}' cannot pad input x width {need - 1} (by ")
+        and f"{mode} padding needs an input width of at least {need}" in str(refused.value)
+    )
 
 
 class TestTracers:
