@@ -5,6 +5,7 @@ convnext_atto); the parity tests run smp's models themselves.
 """
 
 import threading
+from functools import partial
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -12,7 +13,7 @@ import timm
 import torch
 import torchvision
 from deploy_helpers import randomize_norms, run_fresh
-from thread_helpers import run_together
+from thread_helpers import error_within, run_together
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -523,19 +524,9 @@ def test_a_weights_file_that_is_a_fifo_or_code_is_refused_in_words(tmp_path):
     torch.save({"model": nn.Linear(2, 2)}, tmp_path / "module.pt")  # a pickled module, not tensors
     for source in ("torchvision", "timm"):
         spec = ug.Backbone("resnet18", source=source, depth=2, weights=str(tmp_path / "fifo.pt"))
-        errors: list[BaseException] = []
-
-        def lower(spec=spec, errors=errors):
-            try:
-                ug.unet(3, 1, encoder=spec, decoder_channels=(8, 8)).lower()
-            except BaseException as e:  # collected: the assertion below names it
-                errors.append(e)
-
-        th = threading.Thread(target=lower, daemon=True)
-        th.start()
-        th.join(timeout=60)
-        assert errors, f"lowering still blocks on a FIFO as {source} weights"
-        assert isinstance(errors[0], ug.SpecError) and "fifo.pt: not a regular file" in str(errors[0]), errors[0]
+        lower = partial(ug.unet(3, 1, encoder=spec, decoder_channels=(8, 8)).lower)
+        error = error_within(60, lower, f"lowering with a FIFO as {source} weights")
+        assert isinstance(error, ug.SpecError) and "fifo.pt: not a regular file" in str(error), error
     spec = ug.Backbone("resnet18", source="torchvision", depth=2, weights=str(tmp_path / "module.pt"))
     with pytest.raises(ug.SpecError, match=r"module\.pt is not a weights file that loads without running code") as e:
         ug.unet(3, 1, encoder=spec, decoder_channels=(8, 8)).lower()

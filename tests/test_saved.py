@@ -325,7 +325,7 @@ def test_a_fifo_or_a_device_in_a_saved_folder_is_refused_without_blocking(saved,
     """Opening a FIFO waits for a writer and /dev/zero never ends: both hung or grew memory
     without bound before files were checked on their descriptor (/dev/null stands for the
     devices here, so that a regression fails this test instead of filling the memory)."""
-    import threading
+    from thread_helpers import error_within
 
     folder, _ = saved
     (folder / name).unlink()
@@ -333,21 +333,9 @@ def test_a_fifo_or_a_device_in_a_saved_folder_is_refused_without_blocking(saved,
         os.mkfifo(folder / name)
     else:
         (folder / name).symlink_to("/dev/null")
-    result: list[BaseException | None] = []
-
-    def load():
-        try:
-            ug.load_model(folder)
-            result.append(None)
-        except BaseException as e:  # collected: the assertion below names it
-            result.append(e)
-
-    th = threading.Thread(target=load, daemon=True)
-    th.start()
-    th.join(timeout=30)
-    assert result, f"load_model still blocks on a {kind} as {name}"
-    assert isinstance(result[0], ug.SavedModelError) and "not a regular file" in str(result[0]), result[0]
-    assert str(result[0]).startswith(name)
+    error = error_within(30, lambda: ug.load_model(folder), f"load_model with a {kind} as {name}")
+    assert isinstance(error, ug.SavedModelError) and "not a regular file" in str(error), error
+    assert str(error).startswith(name)
 
 
 def test_a_folder_replaced_while_it_loads_gives_one_model_whole(tmp_path):

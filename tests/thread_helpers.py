@@ -37,3 +37,23 @@ def run_together(seconds: float, jobs: dict[str, tuple[Callable[[int], object], 
     assert not any(th.is_alive() for th in threads), "a thread still runs"
     assert not errors, "\n".join(errors)  # a helper module: pytest does not rewrite its asserts
     return counts
+
+
+def error_within(seconds: float, call: Callable[[], object], what: str) -> BaseException | None:
+    """What ``call()`` raised (``None`` if it returned), run in a daemon thread; fails the test,
+    naming ``what``, if it still runs after ``seconds`` (a call that blocks forever, on a FIFO say,
+    is left behind in its daemon thread)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as e:  # returned to the caller, who names it
+            outcome.append(e)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(timeout=seconds)
+    assert outcome, f"{what} still blocks after {seconds} s"
+    return outcome[0]
