@@ -32,7 +32,7 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeGuard
 
 from .errors import FileError
 from .util import short_repr
@@ -43,6 +43,7 @@ __all__ = [
     "atomic_dir",
     "stale_temporaries",
     "read_regular",
+    "is_path",
     "open_regular",
     "TooLarge",
     "TEMP_MARK",
@@ -83,13 +84,19 @@ def _writer_gone(host: str, pid: int, age_s: float) -> bool:
     return False
 
 
+def is_path(value: object) -> TypeGuard[str | os.PathLike[str]]:
+    """Whether ``value`` is a path this library takes: ``str`` or an ``os.PathLike`` of ``str``
+    (``bytes`` paths are refused by every reader and writer, each in its own error type)."""
+    return isinstance(value, (str, os.PathLike)) and not isinstance(os.fspath(value), bytes)
+
+
 def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """The temporary files in ``folder`` that killed writers left behind (the rules above).
 
     Raises:
         TypeError: ``folder`` is not a path (``str`` or ``os.PathLike`` of ``str``).
     """
-    if not isinstance(folder, (str, os.PathLike)) or isinstance(os.fspath(folder), bytes):
+    if not is_path(folder):
         raise TypeError(f"folder: expected a folder path (str or os.PathLike), got {type(folder).__name__}")
     out = []
     uid = os.getuid() if hasattr(os, "getuid") else None

@@ -40,7 +40,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import FileError, SavedModelError, UNetGraphError
-from .files import atomic_dir, open_regular
+from .files import atomic_dir, is_path, open_regular
 from .graph import UNetGraph
 from .grouping import POLICIES, group_nodes
 from .lower import lower
@@ -247,7 +247,7 @@ def _what_to_save(
 
 
 def _folder(path: object) -> Path:
-    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+    if not is_path(path):
         raise SavedModelError(f"path: expected a folder path (str or os.PathLike), got {type(path).__name__}")
     return Path(path)
 

@@ -37,7 +37,7 @@ from yaml.resolver import Resolver
 
 from .blocks.base import block_from_dict
 from .errors import FileError, SpecError, UNetGraphError
-from .files import TooLarge, read_regular, write_atomic
+from .files import TooLarge, is_path, read_regular, write_atomic
 from .graph import UNetGraph, check_identifier
 from .types import EdgeKind, Role
 from .util import path_key, short_repr
@@ -223,7 +223,7 @@ def save(g: UNetGraph, path: str | os.PathLike[str], *, format: str | None = Non
 
 
 def _check_path(path: object) -> None:
-    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+    if not is_path(path):
         raise SpecError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__}")
 
 
